@@ -1,0 +1,252 @@
+"""The per-run event log and its subscriptions.
+
+Publishing is synchronous (``publish`` assigns the next ``seq`` and appends without a
+checkpoint), so the order of the log is exactly the order in which the engine produced the
+chunks: never the order in which trio happened to wake tasks. Nothing ever waits for a
+subscriber: a subscription is only a cursor. The log keeps a bounded window of recent chunks
+in memory (plus whatever storage has not persisted yet); a subscriber that falls behind the
+window re-reads older chunks from storage, so it never loses one and never sees one twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._core._chunks import Chunk, DataChunk, WorkflowFinish
+
+if TYPE_CHECKING:
+    from .storage import Storage
+
+#: Chunks kept in memory after they are persisted, for subscribers that are close behind.
+DEFAULT_WINDOW = 4096
+#: Unpersisted chunks that make the log ask its flusher to write them out.
+FLUSH_THRESHOLD = 1024
+#: Chunks read from storage at once by a lagging subscriber.
+STORAGE_PAGE = 512
+
+
+@attrs.frozen(kw_only=True)
+class EventLogStatistics:
+    """A snapshot of an :class:`EventLog`'s bookkeeping."""
+
+    next_seq: int
+    first_in_memory: int
+    in_memory: int
+    unflushed: int
+    subscriptions: int
+    storage_reads: int
+
+
+class EventLog:
+    """The event log of one run: sequence numbers, an in-memory window, wake-ups."""
+
+    def __init__(
+        self,
+        run_id: str,
+        storage: Storage,
+        *,
+        next_seq: int = 1,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.run_id = run_id
+        self.storage = storage
+        self.next_seq = next_seq
+        self._window = window
+        self._buffer: deque[Chunk] = deque()
+        self._first_seq = next_seq  # seq of _buffer[0]
+        self._flushed_seq = next_seq  # every seq below this is in storage
+        self._wakeup: trio.Event | None = None
+        self._flush_wanted: trio.Event | None = None
+        self._subscriptions = 0
+        self._storage_reads = 0
+        #: The in-process hub this log belongs to (kept alive by its subscriptions).
+        self.owner: Any = None
+
+    # --- writing --------------------------------------------------------------------------
+
+    def publish(self, chunk: Chunk) -> Chunk:
+        """Append ``chunk`` (whose ``seq`` must be :attr:`next_seq`). Synchronous."""
+        if chunk.seq != self.next_seq:
+            raise ValueError(f"chunk seq {chunk.seq} != next seq {self.next_seq}")
+        self._buffer.append(chunk)
+        self.next_seq += 1
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
+        unflushed = self.next_seq - self._flushed_seq
+        if unflushed >= FLUSH_THRESHOLD and self._flush_wanted is not None:
+            self._flush_wanted.set()
+        elif len(self._buffer) > self._window + unflushed:
+            self._trim()
+        return chunk
+
+    def publish_stored(self, chunk: Chunk) -> Chunk:
+        """Append a chunk that the caller already wrote to storage."""
+        all_flushed = self._flushed_seq == self.next_seq
+        self.publish(chunk)
+        if all_flushed:
+            self._flushed_seq = self.next_seq
+        return chunk
+
+    def publish_data(self, type: str, data: Any) -> Chunk:
+        return self.publish(DataChunk(type=type, run_id=self.run_id, seq=self.next_seq, data=data))
+
+    def take_unflushed(self) -> list[Chunk]:
+        """Chunks not yet handed to storage, oldest first; they count as flushed from now
+        on (the caller writes them, under the run's write lock)."""
+        start = self._flushed_seq - self._first_seq
+        if start >= len(self._buffer):
+            return []
+        pending = [self._buffer[i] for i in range(start, len(self._buffer))]
+        self._flushed_seq = self.next_seq
+        self._trim()
+        return pending
+
+    def _trim(self) -> None:
+        keep_from = min(self._flushed_seq, self.next_seq - self._window)
+        while self._buffer and self._first_seq < keep_from:
+            self._buffer.popleft()
+            self._first_seq += 1
+
+    async def wait_flush_wanted(self) -> None:
+        """Block until enough unpersisted chunks piled up to be worth a write."""
+        if self.next_seq - self._flushed_seq < FLUSH_THRESHOLD:
+            self._flush_wanted = trio.Event()
+            await self._flush_wanted.wait()
+            self._flush_wanted = None
+        else:
+            await trio.lowlevel.checkpoint()
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def wait_for_more(self, seq: int) -> None:
+        """Block until a chunk with ``seq`` or later exists."""
+        while self.next_seq <= seq:
+            if self._wakeup is None:
+                self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    async def read(self, seq: int) -> list[Chunk]:
+        """Chunks from ``seq`` on that exist now (possibly several), read from memory or,
+        when they left the window, from storage. Empty when ``seq`` is not there yet."""
+        if seq >= self.next_seq:
+            return []
+        if seq >= self._first_seq:
+            start = seq - self._first_seq
+            end = min(len(self._buffer), start + STORAGE_PAGE)
+            return [self._buffer[i] for i in range(start, end)]
+        self._storage_reads += 1
+        limit = min(STORAGE_PAGE, self._first_seq - seq)
+        return list(await self.storage.read_events(self.run_id, from_seq=seq, limit=limit))
+
+    def subscribe(
+        self, *, from_seq: int = 1, ends_after: Callable[[Chunk], bool] | None = None,
+        follow: bool = True,
+    ) -> Subscription:
+        return Subscription(self, from_seq=from_seq, ends_after=ends_after, follow=follow)
+
+    def statistics(self) -> EventLogStatistics:
+        return EventLogStatistics(
+            next_seq=self.next_seq,
+            first_in_memory=self._first_seq,
+            in_memory=len(self._buffer),
+            unflushed=self.next_seq - self._flushed_seq,
+            subscriptions=self._subscriptions,
+            storage_reads=self._storage_reads,
+        )
+
+
+def ends_at_terminal_finish(chunk: Chunk) -> bool:
+    """A ``workflow-finish`` whose status is final (not suspended or paused)."""
+    return isinstance(chunk, WorkflowFinish) and chunk.payload.workflow_status not in (
+        "suspended",
+        "paused",
+    )
+
+
+def ends_at_any_finish(chunk: Chunk) -> bool:
+    return isinstance(chunk, WorkflowFinish)
+
+
+class Subscription:
+    """A cursor into a run's log: an async iterable of chunks.
+
+    Iteration replays from ``from_seq`` and then follows live chunks. It ends after the
+    chunk for which ``ends_after`` is true, or (``follow=False``) when it reaches the end of
+    the log. Each ``__anext__`` is a checkpoint. ``aclose()`` (or ``async with``) detaches.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        from_seq: int = 1,
+        ends_after: Callable[[Chunk], bool] | None = None,
+        follow: bool = True,
+        skip: Callable[[Chunk], bool] | None = None,
+    ) -> None:
+        if from_seq < 1:
+            raise ValueError(f"from_seq must be >= 1, got {from_seq}")
+        self._log = log
+        self.next_seq = from_seq
+        self._ends_after = ends_after
+        self._follow = follow
+        self._skip = skip
+        self._batch: deque[Chunk] = deque()
+        self._done = False
+        log._subscriptions += 1
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while True:
+            chunk = await self._next_raw()
+            if chunk is None:
+                raise StopAsyncIteration
+            if self._skip is None or not self._skip(chunk):
+                return chunk
+
+    async def _next_raw(self) -> Chunk | None:
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            return None
+        if not self._batch:
+            batch = await self._log.read(self.next_seq)
+            if not batch:
+                if not self._follow:
+                    self.close()
+                    await trio.lowlevel.checkpoint()
+                    return None
+                await self._log.wait_for_more(self.next_seq)
+                batch = await self._log.read(self.next_seq)
+            else:
+                await trio.lowlevel.checkpoint()
+            self._batch.extend(batch)
+        chunk = self._batch.popleft()
+        self.next_seq = chunk.seq + 1
+        if self._ends_after is not None and self._ends_after(chunk):
+            self.close()
+        return chunk
+
+    def close(self) -> None:
+        """Detach (synchronous, idempotent)."""
+        if not self._done:
+            self._done = True
+            self._batch.clear()
+            self._log._subscriptions -= 1
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,244 @@
+"""What a step sees: StepContext, RequestContext and the writer."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._core._chunks import StepOutputPayload, WorkflowStepOutput
+from ._core._graph import get_path
+from ._core._model import Usage
+from ._serde import to_jsonable, validate
+
+if TYPE_CHECKING:
+    from ._engine import Level
+
+
+class RequestContext(MutableMapping[str, Any]):
+    """The run's mutable key/value context, persisted across suspend/resume.
+
+    Values must be JSON-like (they are stored with the run). ``get_path("user.id")``
+    reads nested values.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(data) if data is not None else {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"RequestContext({self._data!r})"
+
+    def get_path(self, path: str, default: Any = None) -> Any:
+        """The value at a dotted ``path`` (``"user.id"``), or ``default``."""
+        try:
+            return get_path(self._data, path)
+        except (KeyError, IndexError):
+            return default
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy of the context."""
+        return dict(to_jsonable(self._data))
+
+
+def coerce_request_context(value: RequestContext | Mapping[str, Any] | None) -> RequestContext:
+    if value is None:
+        return RequestContext()
+    if isinstance(value, RequestContext):
+        return value
+    if isinstance(value, Mapping):
+        return RequestContext(value)
+    raise TypeError(f"request_context must be a RequestContext or a dict, got {value!r}")
+
+
+class Writer:
+    """``ctx.writer``: streams output from inside a step into the run's log."""
+
+    __slots__ = ("_level", "_step_name")
+
+    def __init__(self, level: Level, step_name: str) -> None:
+        self._level = level
+        self._step_name = step_name
+
+    async def write(self, obj: Any) -> None:
+        """Emit a ``workflow-step-output`` chunk (``from_="USER"``) carrying ``obj``.
+
+        A checkpoint: cancellation of the run is delivered here.
+        """
+        await trio.lowlevel.checkpoint()
+        log = self._level.execution.log
+        log.publish(
+            WorkflowStepOutput(
+                run_id=log.run_id,
+                seq=log.next_seq,
+                payload=StepOutputPayload(output=to_jsonable(obj), step_name=self._step_name),
+            )
+        )
+
+    async def custom(self, type: str, data: Any) -> None:
+        """Emit a :class:`DataChunk`; ``type`` is the full name and must start with
+        ``data-`` (else ValueError)."""
+        if not isinstance(type, str) or not type.startswith("data-"):
+            raise ValueError(f"a custom chunk type must start with 'data-', got {type!r}")
+        await trio.lowlevel.checkpoint()
+        self._level.execution.log.publish_data(type, to_jsonable(data))
+
+
+class StepContext:
+    """The argument of every step's ``execute(ctx)`` (and of conditions, map functions
+    and sleep functions, which get the same view without ``suspend``/``set_state``).
+
+    Cancellation reaches a running step at its next trio checkpoint as ``trio.Cancelled``;
+    a step that must finish cleanup uses ``trio.CancelScope(shield=True)``.
+    """
+
+    __slots__ = (
+        "_bail_value",
+        "_bailed",
+        "_is_condition",
+        "_level",
+        "_new_state",
+        "_resume_labels",
+        "_state_schema",
+        "_suspend_payload",
+        "_suspend_schema",
+        "_suspended",
+        "input_data",
+        "iteration_count",
+        "resume_data",
+        "retry_count",
+        "state",
+        "step_id",
+        "suspend_data",
+        "tracing_context",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        level: Level,
+        *,
+        step_id: str,
+        step_name: str,
+        input_data: Any,
+        state: Any,
+        resume_data: Any = None,
+        suspend_data: Any = None,
+        retry_count: int = 0,
+        iteration_count: int = 0,
+        suspend_schema: Any = None,
+        state_schema: Any = None,
+        is_condition: bool = False,
+    ) -> None:
+        self._level = level
+        self.step_id = step_id
+        self.input_data = input_data
+        # A private copy: mutating ctx.state in place must not leak into the workflow state.
+        self.state = copy.copy(state) if isinstance(state, dict) else state
+        self.resume_data = resume_data
+        self.suspend_data = suspend_data
+        self.retry_count = retry_count
+        self.iteration_count = iteration_count
+        self.writer = Writer(level, step_name)
+        self.tracing_context: Any = None
+        self._suspend_schema = suspend_schema
+        self._state_schema = state_schema
+        self._is_condition = is_condition
+        self._suspended = False
+        self._suspend_payload: Any = None
+        self._resume_labels: list[str] = []
+        self._bailed = False
+        self._bail_value: Any = None
+        self._new_state: Any = None
+
+    # identity
+    @property
+    def run_id(self) -> str:
+        return self._level.execution.run_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self._level.workflow.id
+
+    @property
+    def resource_id(self) -> str | None:
+        return self._level.execution.resource_id
+
+    @property
+    def request_context(self) -> RequestContext:
+        return self._level.execution.request_context
+
+    def get_init_data(self) -> Any:
+        """The workflow input (of this workflow level)."""
+        return self._level.input
+
+    def get_step_result(self, step: Any) -> Any:
+        """``step``'s output if it succeeded, else None (``step``: a Step, Workflow or id)."""
+        return self._level.step_output(step if isinstance(step, str) else step.id)
+
+    def set_state(self, new_state: Any) -> None:
+        """Shallow-merge ``new_state`` into the workflow state when this step ends
+        (discarded if the step fails, kept if it suspends). The last call wins."""
+        if self._is_condition:
+            raise RuntimeError("set_state() is not available in a condition")
+        self._new_state = new_state
+
+    async def suspend(
+        self, payload: Any = None, *, resume_label: str | Sequence[str] | None = None
+    ) -> None:
+        """Mark this step suspended; returns None (idiom: ``return await ctx.suspend()``).
+
+        ``payload`` is validated by the step's ``suspend_schema`` (ValidationError raised
+        here when invalid). ``resume_label`` (a str or a list of str) lets ``resume(label=)``
+        find this step.
+        """
+        if self._is_condition:
+            raise RuntimeError("suspend() is not available in a condition")
+        if self._suspend_schema is not None:
+            payload = validate(payload, self._suspend_schema, "Invalid suspend data:")
+        await trio.lowlevel.checkpoint()
+        self._suspended = True
+        self._suspend_payload = payload
+        if resume_label is not None:
+            labels = [resume_label] if isinstance(resume_label, str) else list(resume_label)
+            for label in labels:
+                if not isinstance(label, str) or not label:
+                    raise ValueError(f"resume_label must be a non-empty str, got {label!r}")
+            self._resume_labels = labels
+
+    def bail(self, result: Any) -> None:
+        """End this step with ``result`` and the whole workflow with success and
+        ``result``; later entries and not-yet-started foreach items do not run."""
+        if self._is_condition:
+            return
+        self._bailed = True
+        self._bail_value = result
+
+    def abort(self) -> None:
+        """Cancel the whole run (same as ``run.cancel()``): the step is interrupted at its
+        next checkpoint."""
+        self._level.execution.request_cancel("aborted by a step")
+
+    def record_usage(self, usage: Usage) -> None:
+        """Add token usage to the run's totals."""
+        if not isinstance(usage, Usage):
+            raise TypeError(f"record_usage() takes a tf.Usage, got {usage!r}")
+        self._level.execution.add_usage(usage)

@@ -1,0 +1,86 @@
+"""Which suspended path a resume targets (pure, trio-free).
+
+A *path* is a list of step ids from the top-level workflow down through nested workflows,
+e.g. ``["outer", "inner"]``. Stored step results of nested workflows carry their own
+suspended paths in ``metadata["nested"]["suspended"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .._errors import MultipleSuspendedStepsError, NotSuspendedError, StepNotSuspendedError
+from ._model import ResumeLabel
+
+
+@attrs.frozen(kw_only=True)
+class ResumeTarget:
+    path: list[str]
+    foreach_index: int | None = None
+
+
+def nested_header(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not stored:
+        return None
+    metadata = stored.get("metadata") or {}
+    nested = metadata.get("nested")
+    return nested if isinstance(nested, dict) else None
+
+
+def full_suspended_paths(
+    suspended_paths: Mapping[str, Sequence[int]], steps: Mapping[str, Mapping[str, Any]]
+) -> list[list[str]]:
+    """Every suspended path, expanded through nested workflows, in suspension order."""
+    paths: list[list[str]] = []
+    for step_id in suspended_paths:
+        header = nested_header(steps.get(step_id))
+        inner = header.get("suspended") if header else None
+        if inner:
+            paths.extend([step_id, *p] for p in inner)
+        else:
+            paths.append([step_id])
+    return paths
+
+
+def resolve_target(
+    *,
+    step: Sequence[str] | None,
+    label: str | None,
+    for_each_index: int | None,
+    suspended_paths: Mapping[str, Sequence[int]],
+    steps: Mapping[str, Mapping[str, Any]],
+    resume_labels: Mapping[str, ResumeLabel],
+) -> ResumeTarget:
+    """Resolve ``step``/``label`` (or neither) to one suspended path.
+
+    Raises NotSuspendedError (nothing suspended), StepNotSuspendedError (``step`` or
+    ``label`` names nothing suspended), MultipleSuspendedStepsError (ambiguous).
+    """
+    available = full_suspended_paths(suspended_paths, steps)
+    if label is not None:
+        found = resume_labels.get(label)
+        if found is None:
+            raise StepNotSuspendedError(f"label:{label}", available)
+        index = for_each_index if for_each_index is not None else found.foreach_index
+        return ResumeTarget(path=list(found.path), foreach_index=index)
+    if not available:
+        raise NotSuspendedError("No suspended steps found in this workflow run")
+    if step is None:
+        if len(available) > 1:
+            raise MultipleSuspendedStepsError(available)
+        return ResumeTarget(path=available[0], foreach_index=for_each_index)
+    given = list(step)
+    if not given:
+        raise ValueError("step must name at least one step id")
+    matches = [p for p in available if p[: len(given)] == given]
+    if not matches:
+        # Allow naming an inner step by its own id (or tail path) when that is unambiguous.
+        matches = [p for p in available if p[-len(given) :] == given]
+    if not matches:
+        raise StepNotSuspendedError(".".join(given), available)
+    if len(matches) > 1:
+        raise MultipleSuspendedStepsError(matches)
+    return ResumeTarget(path=matches[0], foreach_index=for_each_index)

@@ -1,0 +1,1502 @@
+"""The trio layer: executes a workflow graph, level by level, inside a run's cancel scope.
+
+One :class:`Execution` is one start, resume or restart of a run. It owns the run's cancel
+scope (cancelling it *is* the ``canceled`` status), emits chunks into the run's log, and
+writes a snapshot after every top-level entry, so the stored run is at most one entry
+behind. A :class:`Level` executes one workflow graph: the top-level workflow, or a nested
+workflow used as a step.
+
+Step errors never escape into a nursery: every step runs under ``except Exception``, and
+the original exception object is recorded. ``trio.Cancelled`` (and KeyboardInterrupt,
+SystemExit) always propagate.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import inspect
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._context import RequestContext, StepContext
+from ._core._chunks import (
+    Chunk,
+    StepProgressPayload,
+    StepResultPayload,
+    StepStartPayload,
+    StepSuspendedPayload,
+    StepWaitingPayload,
+    WorkflowCanceled,
+    WorkflowFinish,
+    WorkflowFinishPayload,
+    WorkflowPaused,
+    WorkflowStart,
+    WorkflowStartPayload,
+    WorkflowStepProgress,
+    WorkflowStepResult,
+    WorkflowStepStart,
+    WorkflowStepSuspended,
+    WorkflowStepWaiting,
+)
+from ._core._graph import (
+    BranchEntry,
+    Const,
+    Entry,
+    ForeachEntry,
+    FromContext,
+    FromInit,
+    FromStep,
+    LoopEntry,
+    MapEntry,
+    ParallelEntry,
+    SleepEntry,
+    StepEntry,
+    get_path,
+)
+from ._core._model import (
+    ResumeLabel,
+    RunSnapshot,
+    SerializedError,
+    StepResult,
+    TripwireInfo,
+    Usage,
+    WorkflowResult,
+)
+from ._core._resume import ResumeTarget, full_suspended_paths, nested_header
+from ._core._status import RunStatus, StepStatus, combine_branch_statuses
+from ._errors import (
+    NonRetryableError,
+    RuntimeClosedError,
+    StepTimeoutError,
+    TripwireError,
+    ValidationError,
+)
+from ._serde import dump_error, load_error, serialize_error, to_jsonable, validate
+from ._workflow import Step, Workflow
+
+if TYPE_CHECKING:
+    from ._runtime import RunHub, Runtime
+
+logger = logging.getLogger("trioflow")
+
+#: The execution the current task belongs to (tasks inherit it from the execution task).
+current_execution: contextvars.ContextVar[Execution] = contextvars.ContextVar(
+    "trioflow_execution"
+)
+
+#: How long the final snapshot write of a canceled run may take while shielded.
+SHIELDED_WRITE_GRACE = 10.0
+
+_S = StepStatus
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_trace_id() -> str:
+    return secrets.token_hex(16)
+
+
+def new_span_id() -> str:
+    return secrets.token_hex(8)
+
+
+async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync or async user function."""
+    value = fn(*args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+# --- stored step results ---------------------------------------------------------------
+
+
+def dump_step_result(result: StepResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": result.status.value}
+    for name in (
+        "output",
+        "payload",
+        "suspend_payload",
+        "suspend_output",
+        "resume_payload",
+        "metadata",
+    ):
+        value = getattr(result, name)
+        if value is not None:
+            out[name] = to_jsonable(value)
+    for name in ("started_at", "ended_at", "suspended_at", "resumed_at"):
+        value = getattr(result, name)
+        if value is not None:
+            out[name] = value
+    if result.error is not None:
+        out["error"] = dump_error(result.error)
+    return out
+
+
+def load_step_result(data: dict[str, Any]) -> StepResult:
+    return StepResult(
+        status=StepStatus(data["status"]),
+        output=data.get("output"),
+        payload=data.get("payload"),
+        started_at=data.get("started_at"),
+        ended_at=data.get("ended_at"),
+        error=load_error(data.get("error")),
+        suspend_payload=data.get("suspend_payload"),
+        suspend_output=data.get("suspend_output"),
+        suspended_at=data.get("suspended_at"),
+        resume_payload=data.get("resume_payload"),
+        resumed_at=data.get("resumed_at"),
+        metadata=data.get("metadata"),
+    )
+
+
+# --- outcomes ------------------------------------------------------------------------------
+
+
+@attrs.define
+class Outcome:
+    """How an entry (or a whole level) ended."""
+
+    status: StepStatus
+    output: Any = None
+    error: BaseException | SerializedError | None = None
+    tripwire: TripwireInfo | None = None
+
+
+@attrs.define
+class StepRun:
+    """What running one node produced, beyond its StepResult."""
+
+    result: StepResult
+    bailed: bool = False
+    labels: list[_Label] = attrs.field(factory=list)
+    tripwire: TripwireInfo | None = None
+    # Full inner paths of a suspended nested workflow (for the parent's bookkeeping).
+    inner_paths: list[list[str]] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class NodeResume:
+    """Resuming one node: the resume data, the path below it (nested workflows), the
+    stored result of the node, and (foreach) which iteration(s)."""
+
+    data: Any
+    tail: list[str]
+    stored: dict[str, Any] | None
+    foreach_index: int | None = None
+
+
+def outcome_of(run: StepRun) -> Outcome:
+    result = run.result
+    if run.bailed:
+        return Outcome(_S.BAILED, output=result.output)
+    if result.status is _S.FAILED and run.tripwire is not None:
+        return Outcome(_S.TRIPWIRE, error=result.error, tripwire=run.tripwire)
+    return Outcome(result.status, output=result.output, error=result.error)
+
+
+def merge_state(state: Any, update: Any, schema: Any) -> Any:
+    """Shallow-merge ``update`` into ``state`` (dicts, or instances of ``schema``)."""
+    if update is None:
+        return state
+    if schema is not None and attrs.has(schema):
+        if isinstance(update, schema):
+            return update
+        if isinstance(update, dict):
+            current = to_jsonable(state) if state is not None else {}
+            return validate({**current, **update}, schema, "Invalid state:")
+        raise TypeError(f"set_state() expects a dict or a {schema.__name__}, got {update!r}")
+    if isinstance(update, dict):
+        base = state if isinstance(state, dict) else {}
+        return {**base, **update}
+    if attrs.has(type(update)):
+        base = state if isinstance(state, dict) else {}
+        return {**base, **to_jsonable(update)}
+    raise TypeError(f"set_state() expects a dict, got {update!r}")
+
+
+# --- one workflow graph --------------------------------------------------------------------
+
+
+class Level:
+    """Executes one workflow graph (top level, or a nested workflow used as a step)."""
+
+    def __init__(
+        self,
+        execution: Execution,
+        workflow: Workflow,
+        *,
+        key_prefix: str,
+        chunk_prefix: str,
+        input: Any,
+        state: Any,
+        is_root: bool,
+        header: dict[str, Any] | None = None,
+    ) -> None:
+        self.execution = execution
+        self.workflow = workflow
+        self.key_prefix = key_prefix
+        self.chunk_prefix = chunk_prefix
+        self.input = input
+        self.state = state
+        self.is_root = is_root
+        self.results: dict[str, StepResult] = {}
+        self.suspended_paths: dict[str, list[int]] = {}
+        self.resume_labels: dict[str, ResumeLabel] = {}
+        self.execution_path: list[str] = []
+        self._seen: set[str] = set()
+        self.active_entry: int | None = 0
+        self.active_input: Any = input
+        if header is not None:
+            self.load_header(header)
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def load_header(self, header: dict[str, Any]) -> None:
+        self.suspended_paths = {k: list(v) for k, v in (header.get("suspended_paths") or {}).items()}
+        self.resume_labels = {
+            k: ResumeLabel(path=list(v["path"]), foreach_index=v.get("foreach_index"))
+            for k, v in (header.get("resume_labels") or {}).items()
+        }
+        self.execution_path = list(header.get("execution_path") or [])
+        self._seen = set(self.execution_path)
+        self.active_entry = header.get("active_entry")
+        self.active_input = header.get("active_input")
+        prefix = self.key_prefix
+        for key, stored in self.execution.stored.items():
+            if key.startswith(prefix):
+                rest = key[len(prefix) :]
+                if "." not in rest and "[" not in rest:
+                    self.results[rest] = load_step_result(stored)
+
+    def header(self) -> dict[str, Any]:
+        """This level's bookkeeping as stored in its parent step's metadata."""
+        return {
+            "input": to_jsonable(self.input),
+            "state": to_jsonable(self.state),
+            "suspended_paths": {k: list(v) for k, v in self.suspended_paths.items()},
+            "suspended": self.full_suspended_paths(),
+            "resume_labels": {
+                k: {"path": v.path, "foreach_index": v.foreach_index}
+                for k, v in self.resume_labels.items()
+            },
+            "execution_path": list(self.execution_path),
+            "active_entry": self.active_entry,
+            "active_input": to_jsonable(self.active_input),
+        }
+
+    def full_suspended_paths(self) -> list[list[str]]:
+        stored = {k: self.execution.stored.get(self.key_prefix + k, {}) for k in self.suspended_paths}
+        return full_suspended_paths(self.suspended_paths, stored)
+
+    def suspend_payloads(self) -> dict[str, Any]:
+        """``{"step": payload, "nested.inner": payload}`` for every suspended path."""
+        out: dict[str, Any] = {}
+        for path in self.full_suspended_paths():
+            key = self.key_prefix + ".".join(path)
+            stored = self.execution.stored.get(key)
+            result = self.results.get(path[0])
+            if stored is not None:
+                out[".".join(path)] = stored.get("suspend_payload")
+            elif result is not None:
+                out[".".join(path)] = result.suspend_payload
+        return out
+
+    def step_output(self, step_id: str) -> Any:
+        result = self.results.get(step_id)
+        if result is None or result.status is not _S.SUCCESS:
+            return None
+        return result.output
+
+    def chunk_id(self, node_id: str) -> str:
+        return self.chunk_prefix + node_id
+
+    def settle(self, node_id: str, run: StepRun, entry_path: list[int]) -> None:
+        """Record a node's result at this level (sync: atomic under trio's scheduling)."""
+        result = run.result
+        self.results[node_id] = result
+        self.execution.stored[self.key_prefix + node_id] = dump_step_result(result)
+        if node_id not in self._seen:
+            self._seen.add(node_id)
+            self.execution_path.append(node_id)
+        for label in [k for k, v in self.resume_labels.items() if v.path[:1] == [node_id]]:
+            del self.resume_labels[label]
+        if result.status is _S.SUSPENDED:
+            self.suspended_paths[node_id] = entry_path
+            for label in run.labels:
+                self.resume_labels[label.name] = ResumeLabel(
+                    path=[node_id, *label.path], foreach_index=label.foreach_index
+                )
+        else:
+            self.suspended_paths.pop(node_id, None)
+
+    def apply_state(self, update: Any, schema: Any) -> None:
+        self.state = merge_state(
+            self.state, update, schema if schema is not None else self.workflow.state_schema
+        )
+
+    # --- chunk helpers --------------------------------------------------------------------
+
+    @property
+    def emits(self) -> bool:
+        return self.workflow.emit_step_events and self.execution.emit_step_events
+
+    def publish(self, make: Callable[[str, int], Chunk]) -> None:
+        log = self.execution.log
+        log.publish(make(log.run_id, log.next_seq))
+
+    def emit_start(
+        self,
+        chunk_id: str,
+        *,
+        call_id: str | None,
+        payload: Any,
+        started_at: int,
+        resume: NodeResume | None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if resume is not None:
+            body = StepStartPayload(
+                id=chunk_id,
+                step_name=chunk_id,
+                step_call_id=call_id,
+                resume_payload=to_jsonable(resume.data),
+                resumed_at=started_at,
+                metadata=metadata,
+            )
+        else:
+            body = StepStartPayload(
+                id=chunk_id,
+                step_name=chunk_id,
+                step_call_id=call_id,
+                payload=to_jsonable(payload),
+                started_at=started_at,
+                metadata=metadata,
+            )
+        self.publish(lambda run_id, seq: WorkflowStepStart(run_id=run_id, seq=seq, payload=body))
+
+    def emit_settled(self, chunk_id: str, result: StepResult, call_id: str | None) -> None:
+        if result.status is _S.SUSPENDED:
+            suspended = StepSuspendedPayload(
+                id=chunk_id,
+                step_name=chunk_id,
+                suspend_payload=to_jsonable(result.suspend_payload),
+                suspend_output=to_jsonable(result.suspend_output),
+                suspended_at=result.suspended_at,
+                payload=to_jsonable(result.payload),
+                started_at=result.started_at,
+                step_call_id=call_id,
+            )
+            self.publish(
+                lambda run_id, seq: WorkflowStepSuspended(run_id=run_id, seq=seq, payload=suspended)
+            )
+            return
+        body = StepResultPayload(
+            id=chunk_id,
+            step_name=chunk_id,
+            status=result.status.value,
+            output=to_jsonable(result.output),
+            payload=to_jsonable(result.payload),
+            error=serialize_error(result.error) if result.error is not None else None,
+            started_at=result.started_at,
+            ended_at=result.ended_at,
+            resume_payload=to_jsonable(result.resume_payload),
+            resumed_at=result.resumed_at,
+            step_call_id=call_id,
+            metadata=result.metadata if result.metadata and "nested" not in result.metadata
+            and "foreach" not in result.metadata else None,
+        )
+        self.publish(lambda run_id, seq: WorkflowStepResult(run_id=run_id, seq=seq, payload=body))
+
+    # --- running the graph ----------------------------------------------------------------
+
+    async def run(self, start: int, value: Any, target: ResumeTarget | None, *, restart: bool
+                  = False) -> Outcome:
+        entries = self.workflow.entries
+        execution = self.execution
+        for idx in range(start, len(entries)):
+            entry = entries[idx]
+            self.active_entry = idx
+            self.active_input = value
+            first = idx == start
+            outcome = await self.run_entry(
+                idx, entry, value, target if first else None, restart=restart and first
+            )
+            if outcome.status is _S.SUCCESS:
+                value = outcome.output
+                self.active_entry = idx + 1
+                self.active_input = value
+                if self.is_root:
+                    await execution.persist(RunStatus.RUNNING)
+                    if execution.per_step and idx + 1 < len(entries):
+                        return Outcome(_S.PAUSED, output=value)
+                continue
+            if outcome.status is _S.BAILED:
+                self.active_entry = None
+                return Outcome(_S.SUCCESS, output=outcome.output)
+            return outcome
+        self.active_entry = None
+        return Outcome(_S.SUCCESS, output=value)
+
+    async def run_entry(
+        self, idx: int, entry: Entry, value: Any, target: ResumeTarget | None, *, restart: bool
+    ) -> Outcome:
+        if isinstance(entry, StepEntry):
+            node = entry.node
+            resume = self.node_resume(node.id, target)
+            if restart and resume is None:
+                resume = self.restart_resume(node.id)
+            run = await self.run_node(node, value, resume=resume, chunk_id=self.chunk_id(node.id))
+            self.settle(node.id, run, [idx])
+            return outcome_of(run)
+        if isinstance(entry, ParallelEntry):
+            return await self.run_block(
+                idx, list(entry.nodes), value, target, fail_fast=entry.fail_fast, restart=restart
+            )
+        if isinstance(entry, BranchEntry):
+            return await self.run_branch(idx, entry, value, target, restart=restart)
+        if isinstance(entry, LoopEntry):
+            return await self.run_loop(idx, entry, value, target, restart=restart)
+        if isinstance(entry, ForeachEntry):
+            return await self.run_foreach(idx, entry, value, target, restart=restart)
+        if isinstance(entry, MapEntry):
+            return await self.run_map(idx, entry, value)
+        return await self.run_sleep(idx, entry, value)
+
+    def node_resume(self, node_id: str, target: ResumeTarget | None) -> NodeResume | None:
+        if target is None or not target.path or target.path[0] != node_id:
+            return None
+        return NodeResume(
+            data=self.execution.resume_data,
+            tail=target.path[1:],
+            stored=self.execution.stored.get(self.key_prefix + node_id),
+            foreach_index=target.foreach_index,
+        )
+
+    def restart_resume(self, node_id: str) -> NodeResume | None:
+        """On restart, a nested workflow continues from its own stored header."""
+        stored = self.execution.stored.get(self.key_prefix + node_id)
+        if stored is None or nested_header(stored) is None:
+            return None
+        return NodeResume(data=None, tail=[], stored=stored)
+
+    def make_context(
+        self,
+        step_id: str,
+        chunk_id: str,
+        value: Any,
+        *,
+        iteration: int = 0,
+        is_condition: bool = False,
+        retry_count: int = 0,
+    ) -> StepContext:
+        return StepContext(
+            self,
+            step_id=step_id,
+            step_name=chunk_id,
+            input_data=value,
+            state=self.state,
+            iteration_count=iteration,
+            retry_count=-1 if is_condition else retry_count,
+            is_condition=is_condition,
+        )
+
+    # --- one node ---------------------------------------------------------------------------
+
+    async def run_node(
+        self,
+        node: Step | Workflow,
+        value: Any,
+        *,
+        resume: NodeResume | None,
+        chunk_id: str,
+        emit: bool = True,
+        iteration: int = 0,
+        foreach_index: int | None = None,
+    ) -> StepRun:
+        if isinstance(node, Workflow):
+            return await self.run_nested(
+                node, value, resume=resume, chunk_id=chunk_id, emit=emit,
+                foreach_index=foreach_index,
+            )
+        return await self.run_step(
+            node, value, resume=resume, chunk_id=chunk_id, emit=emit, iteration=iteration,
+        )
+
+    async def run_step(
+        self,
+        node: Step,
+        value: Any,
+        *,
+        resume: NodeResume | None,
+        chunk_id: str,
+        emit: bool,
+        iteration: int,
+    ) -> StepRun:
+        execution = self.execution
+        emit = emit and self.emits
+        call_id = execution.next_call_id()
+        started_at = now_ms()
+        metadata = {"iteration_count": iteration} if iteration else None
+        resume_data = None
+        suspend_data = None
+        if resume is not None:
+            stored = resume.stored or {}
+            if "payload" in stored:
+                value = stored["payload"]
+            suspend_data = stored.get("suspend_payload")
+            resume_data = resume.data
+        if emit:
+            self.emit_start(
+                chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume,
+                metadata=metadata,
+            )
+        base = {
+            "payload": value,
+            "started_at": started_at,
+            "metadata": metadata,
+            "resume_payload": resume_data if resume is not None else None,
+            "resumed_at": started_at if resume is not None else None,
+        }
+
+        def settle(result: StepResult, run: StepRun | None = None) -> StepRun:
+            if emit:
+                self.emit_settled(chunk_id, result, call_id)
+            return run if run is not None else StepRun(result=result)
+
+        def failed(error: BaseException, tripwire: TripwireInfo | None = None) -> StepRun:
+            result = StepResult(status=_S.FAILED, error=error, ended_at=now_ms(), **base)
+            return settle(result, StepRun(result=result, tripwire=tripwire))
+
+        step_input = value
+        if node.input_schema is not None and self.workflow.validate_inputs:
+            try:
+                step_input = validate(value, node.input_schema, "Invalid step input:")
+            except ValidationError as exc:
+                return failed(exc)
+        if resume is not None and node.resume_schema is not None and self.workflow.validate_inputs:
+            try:
+                resume_data = validate(resume_data, node.resume_schema, "Invalid resume data:")
+            except ValidationError as exc:
+                return failed(exc)
+
+        retries = node.retries if node.retries is not None else self.workflow.retry_config.attempts
+        delay = self.workflow.retry_config.delay
+        attempt = 0
+        while True:
+            ctx = StepContext(
+                self,
+                step_id=node.id,
+                step_name=chunk_id,
+                input_data=step_input,
+                state=self.state,
+                resume_data=resume_data,
+                suspend_data=suspend_data,
+                retry_count=attempt,
+                iteration_count=iteration,
+                suspend_schema=node.suspend_schema,
+                state_schema=node.state_schema,
+            )
+            try:
+                output = await _call_with_timeout(node, ctx)
+            except trio.Cancelled:
+                result = StepResult(status=_S.CANCELED, ended_at=now_ms(), **base)
+                if emit:
+                    self.emit_settled(chunk_id, result, call_id)
+                raise
+            except TripwireError as exc:
+                info = TripwireInfo(
+                    reason=exc.reason, retry=exc.retry, metadata=exc.metadata, step_id=node.id
+                )
+                return failed(exc, info)
+            except NonRetryableError as exc:
+                return failed(exc)
+            except Exception as exc:
+                if attempt < retries:
+                    attempt += 1
+                    if delay > 0:
+                        await trio.sleep(delay)
+                    continue
+                return failed(exc)
+            break
+
+        ended_at = now_ms()
+        try:
+            if ctx._new_state is not None:
+                self.apply_state(ctx._new_state, node.state_schema)
+        except (TypeError, ValidationError) as exc:
+            return failed(exc)
+        if ctx._suspended:
+            result = StepResult(
+                status=_S.SUSPENDED,
+                suspend_payload=ctx._suspend_payload,
+                suspend_output=output,
+                suspended_at=ended_at,
+                **base,
+            )
+            run = StepRun(result=result, labels=[_Label(n, []) for n in ctx._resume_labels])
+            return settle(result, run)
+        if ctx._bailed:
+            result = StepResult(status=_S.SUCCESS, output=ctx._bail_value, ended_at=ended_at, **base)
+            return settle(result, StepRun(result=result, bailed=True))
+        result = StepResult(status=_S.SUCCESS, output=output, ended_at=ended_at, **base)
+        return settle(result)
+
+    async def run_nested(
+        self,
+        node: Workflow,
+        value: Any,
+        *,
+        resume: NodeResume | None,
+        chunk_id: str,
+        emit: bool,
+        foreach_index: int | None,
+    ) -> StepRun:
+        execution = self.execution
+        emit = emit and self.emits
+        call_id = execution.next_call_id()
+        started_at = now_ms()
+        index = f"[{foreach_index}]" if foreach_index is not None else ""
+        key_prefix = f"{self.key_prefix}{node.id}{index}."
+        header = nested_header(resume.stored) if resume is not None else None
+        if header is not None and "payload" in (resume.stored or {}):
+            value = (resume.stored or {})["payload"]
+        if emit:
+            self.emit_start(
+                chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume
+            )
+        base = {
+            "payload": value,
+            "started_at": started_at,
+            "resume_payload": resume.data if resume is not None and header is not None else None,
+            "resumed_at": started_at if resume is not None and header is not None else None,
+        }
+
+        def finish(result: StepResult, run: StepRun) -> StepRun:
+            if emit:
+                self.emit_settled(chunk_id, result, call_id)
+            return run
+
+        if header is not None:
+            sub = Level(
+                execution,
+                node,
+                key_prefix=key_prefix,
+                chunk_prefix=chunk_id + ".",
+                input=header.get("input"),
+                state=header.get("state"),
+                is_root=False,
+                header=header,
+            )
+            # The nested run continues with the parent's current state merged over its own.
+            sub.state = merge_state(sub.state, self.state, None) if isinstance(
+                self.state, dict
+            ) else sub.state
+            inner_target: ResumeTarget | None = None
+            start = sub.active_entry if sub.active_entry is not None else len(node.entries)
+            if resume is not None and resume.tail:
+                inner_target = ResumeTarget(path=resume.tail, foreach_index=resume.foreach_index)
+                start = sub.suspended_paths[resume.tail[0]][0]
+            outcome = await sub.run(
+                start, sub.active_input, inner_target, restart=inner_target is None
+            )
+        else:
+            nested_input = value
+            if node.input_schema is not None and node.validate_inputs:
+                try:
+                    nested_input = validate(value, node.input_schema, "Invalid step input:")
+                except ValidationError as exc:
+                    result = StepResult(status=_S.FAILED, error=exc, ended_at=now_ms(), **base)
+                    return finish(result, StepRun(result=result))
+            sub = Level(
+                execution,
+                node,
+                key_prefix=key_prefix,
+                chunk_prefix=chunk_id + ".",
+                input=nested_input,
+                state=self.state,
+                is_root=False,
+            )
+            outcome = await sub.run(0, nested_input, None)
+
+        ended_at = now_ms()
+        metadata = {"nested": sub.header()}
+        if outcome.status in (_S.SUCCESS, _S.SUSPENDED):
+            self.apply_state(sub.state, None)
+        if outcome.status is _S.SUCCESS:
+            result = StepResult(
+                status=_S.SUCCESS, output=outcome.output, ended_at=ended_at, metadata=metadata,
+                **base,
+            )
+            return finish(result, StepRun(result=result))
+        if outcome.status is _S.SUSPENDED:
+            paths = sub.full_suspended_paths()
+            payloads = sub.suspend_payloads()
+            first = payloads.get(".".join(paths[0])) if paths else None
+            result = StepResult(
+                status=_S.SUSPENDED,
+                suspend_payload=first,
+                suspended_at=ended_at,
+                metadata=metadata,
+                **base,
+            )
+            labels = [
+                _Label(name, label.path, label.foreach_index)
+                for name, label in sub.resume_labels.items()
+            ]
+            return finish(result, StepRun(result=result, labels=labels, inner_paths=paths))
+        status = _S.FAILED if outcome.status is _S.TRIPWIRE else outcome.status
+        result = StepResult(
+            status=status, error=outcome.error, ended_at=ended_at, metadata=metadata, **base
+        )
+        return finish(result, StepRun(result=result, tripwire=outcome.tripwire))
+
+    # --- parallel / branch ---------------------------------------------------------------
+
+    async def run_block(
+        self,
+        idx: int,
+        nodes: list[Any],
+        value: Any,
+        target: ResumeTarget | None,
+        *,
+        fail_fast: bool,
+        restart: bool,
+        considered: list[int] | None = None,
+    ) -> Outcome:
+        """Run ``nodes`` concurrently (a parallel entry, or the chosen arms of a branch)."""
+        positions = considered if considered is not None else list(range(len(nodes)))
+        runs: dict[int, StepRun] = {}
+        failures: list[int] = []
+        to_run: list[tuple[int, NodeResume | None]] = []
+        if target is not None:
+            for b in positions:
+                resume = self.node_resume(nodes[b].id, target)
+                if resume is not None:
+                    to_run.append((b, resume))
+        elif restart:
+            for b in positions:
+                previous = self.results.get(nodes[b].id)
+                if previous is None or previous.status is not _S.SUCCESS:
+                    to_run.append((b, self.restart_resume(nodes[b].id)))
+        else:
+            to_run = [(b, None) for b in positions]
+
+        scopes: dict[int, trio.CancelScope] = {}
+
+        async def branch(b: int, resume: NodeResume | None) -> None:
+            node = nodes[b]
+            with trio.CancelScope() as scope:
+                scopes[b] = scope
+                run = await self.run_node(
+                    node, value, resume=resume, chunk_id=self.chunk_id(node.id)
+                )
+                runs[b] = run
+                self.settle(node.id, run, [idx, b])
+                if run.result.status is _S.FAILED:
+                    failures.append(b)
+                    if fail_fast:
+                        for other, other_scope in scopes.items():
+                            if other != b:
+                                other_scope.cancel(reason=f"fail_fast: {node.id} failed")
+            if scope.cancelled_caught:
+                canceled = StepResult(status=_S.CANCELED, payload=value, ended_at=now_ms())
+                runs[b] = StepRun(result=canceled)
+                self.settle(node.id, runs[b], [idx, b])
+
+        if len(to_run) == 1:
+            await branch(*to_run[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for b, resume in to_run:
+                    nursery.start_soon(branch, b, resume)
+
+        statuses: list[StepStatus] = []
+        output: dict[str, Any] = {}
+        tripwire: TripwireInfo | None = None
+        for b in positions:
+            node = nodes[b]
+            run_b = runs.get(b)
+            result = run_b.result if run_b is not None else self.results.get(node.id)
+            if result is None:
+                continue
+            if run_b is not None and run_b.tripwire is not None:
+                tripwire = tripwire or run_b.tripwire
+            statuses.append(result.status)
+            if result.status is _S.SUCCESS:
+                output[node.id] = result.output
+        status = combine_branch_statuses(statuses, canceled=False)
+        if status is _S.FAILED:
+            if failures:
+                first_failed = runs[failures[0]].result
+            else:
+                first_failed = next(
+                    r for n in nodes if (r := self.results.get(n.id)) and r.status is _S.FAILED
+                )
+            if tripwire is not None:
+                return Outcome(_S.TRIPWIRE, error=first_failed.error, tripwire=tripwire)
+            return Outcome(_S.FAILED, error=first_failed.error)
+        if status is _S.SUCCESS:
+            bail = next((r for r in runs.values() if r.bailed), None)
+            if bail is not None:
+                return Outcome(_S.BAILED, output=bail.result.output)
+        return Outcome(status, output=output if status is _S.SUCCESS else None)
+
+    async def run_branch(
+        self, idx: int, entry: BranchEntry, value: Any, target: ResumeTarget | None, *,
+        restart: bool,
+    ) -> Outcome:
+        nodes = list(entry.nodes)
+        if target is not None or restart:
+            # Conditions are not evaluated again: only the arms that ran count.
+            ran = [b for b, node in enumerate(nodes) if node.id in self.results]
+            return await self.run_block(
+                idx, nodes, value, target, fail_fast=False, restart=restart, considered=ran
+            )
+        truth = [False] * len(nodes)
+
+        async def evaluate(b: int) -> None:
+            ctx = self.make_context(nodes[b].id, self.chunk_id(nodes[b].id), value,
+                                    is_condition=True)
+            try:
+                truth[b] = bool(await call_maybe_async(entry.conditions[b], ctx))
+            except Exception:
+                logger.warning(
+                    "branch condition for %r raised; treated as false", nodes[b].id,
+                    exc_info=True,
+                )
+                truth[b] = False
+
+        if len(nodes) == 1:
+            await evaluate(0)
+        else:
+            async with trio.open_nursery() as nursery:
+                for b in range(len(nodes)):
+                    nursery.start_soon(evaluate, b)
+        chosen = [b for b in range(len(nodes)) if truth[b]]
+        if not chosen:
+            return Outcome(_S.SUCCESS, output={})
+        return await self.run_block(
+            idx, nodes, value, None, fail_fast=False, restart=False, considered=chosen
+        )
+
+    # --- loops -------------------------------------------------------------------------------
+
+    async def run_loop(
+        self, idx: int, entry: LoopEntry, value: Any, target: ResumeTarget | None, *,
+        restart: bool,
+    ) -> Outcome:
+        node = entry.node
+        iteration = 1
+        resume = self.node_resume(node.id, target)
+        previous = self.results.get(node.id)
+        if (resume is not None or restart) and previous is not None:
+            iteration = int((previous.metadata or {}).get("iteration_count") or 1)
+            if previous.payload is not None:
+                value = previous.payload
+            if restart and resume is None:
+                resume = self.restart_resume(node.id)
+        while True:
+            run = await self.run_node(
+                node, value, resume=resume, chunk_id=self.chunk_id(node.id), iteration=iteration
+            )
+            resume = None
+            self.settle(node.id, run, [idx])
+            outcome = outcome_of(run)
+            if outcome.status is not _S.SUCCESS:
+                return outcome
+            value = outcome.output
+            ctx = self.make_context(
+                node.id, self.chunk_id(node.id), value, iteration=iteration, is_condition=True
+            )
+            try:
+                verdict = bool(await call_maybe_async(entry.condition, ctx))
+            except Exception as exc:
+                return Outcome(_S.FAILED, error=exc)
+            again = verdict if entry.kind == "dowhile" else not verdict
+            if not again:
+                return Outcome(_S.SUCCESS, output=value)
+            iteration += 1
+
+    # --- foreach -------------------------------------------------------------------------------
+
+    async def run_foreach(
+        self, idx: int, entry: ForeachEntry, value: Any, target: ResumeTarget | None, *,
+        restart: bool,
+    ) -> Outcome:
+        node = entry.node
+        chunk_id = self.chunk_id(node.id)
+        execution = self.execution
+        emit = self.emits
+        resume = self.node_resume(node.id, target)
+        stored = execution.stored.get(self.key_prefix + node.id) if (
+            resume is not None or restart
+        ) else None
+        if stored is not None and "payload" in stored:
+            value = stored["payload"]
+        started_at = now_ms()
+        if not isinstance(value, list):
+            error = TypeError(f"foreach expects a list, got {_type_name(value)}")
+            result = StepResult(
+                status=_S.FAILED, payload=value, error=error, started_at=started_at,
+                ended_at=now_ms(),
+            )
+            if emit:
+                self.emit_start(chunk_id, call_id=None, payload=value, started_at=started_at,
+                                resume=None)
+                self.emit_settled(chunk_id, result, None)
+            self.settle(node.id, StepRun(result=result), [idx])
+            return Outcome(_S.FAILED, error=error)
+
+        items = value
+        total = len(items)
+        previous: list[dict[str, Any] | None] = [None] * total
+        if stored is not None:
+            saved = ((stored.get("metadata") or {}).get("foreach") or {}).get("outcomes") or []
+            previous[: len(saved)] = saved[:total]
+        outcomes: list[dict[str, Any] | None] = list(previous)
+        outputs: list[Any] = [p.get("output") if p else None for p in previous]
+        suspended_payloads: dict[int, Any] = {}
+        runs: dict[int, StepRun] = {}
+
+        plan: list[tuple[int, NodeResume | None]] = []
+        for i in range(total):
+            prev = previous[i]
+            status = prev.get("status") if prev else None
+            if status == "success":
+                continue
+            if status == "suspended":
+                if resume is not None and resume.foreach_index in (None, i):
+                    plan.append((i, NodeResume(
+                        data=resume.data, tail=resume.tail, stored=prev,
+                        foreach_index=None,
+                    )))
+                elif restart and resume is None:
+                    continue
+                else:
+                    suspended_payloads[i] = prev.get("suspend_payload") if prev else None
+                continue
+            plan.append((i, None))
+
+        if emit:
+            self.emit_start(
+                chunk_id, call_id=None, payload=items, started_at=started_at,
+                resume=resume if resume is not None else None,
+            )
+        completed = 0
+        stop = False
+        first_failure: int | None = None
+        bailed: int | None = None
+        slots = trio.Semaphore(entry.concurrency)
+
+        def progress(i: int, status: str, output: Any = None) -> None:
+            if not emit:
+                return
+            body = StepProgressPayload(
+                id=chunk_id,
+                step_name=chunk_id,
+                completed_count=completed,
+                total_count=total,
+                current_index=i,
+                iteration_status=status,
+                iteration_output=to_jsonable(output) if status == "success" else None,
+            )
+            self.publish(
+                lambda run_id, seq: WorkflowStepProgress(run_id=run_id, seq=seq, payload=body)
+            )
+
+        async def iterate(i: int, item_resume: NodeResume | None) -> None:
+            nonlocal completed, stop, first_failure, bailed
+            try:
+                run = await self.run_node(
+                    node, items[i], resume=item_resume, chunk_id=chunk_id, emit=False,
+                    foreach_index=i,
+                )
+            finally:
+                slots.release()
+            runs[i] = run
+            result = run.result
+            record: dict[str, Any] = {"status": result.status.value}
+            if result.metadata:
+                record["metadata"] = to_jsonable(result.metadata)
+            if result.payload is not None:
+                record["payload"] = to_jsonable(result.payload)
+            if run.bailed:
+                bailed = i if bailed is None else bailed
+                stop = True
+                completed += 1
+                record["status"] = "success"
+                progress(i, "failed")
+            elif result.status is _S.SUCCESS:
+                completed += 1
+                outputs[i] = result.output
+                record["output"] = to_jsonable(result.output)
+                progress(i, "success", result.output)
+            elif result.status is _S.SUSPENDED:
+                stop = True
+                suspended_payloads[i] = result.suspend_payload
+                record["suspend_payload"] = to_jsonable(result.suspend_payload)
+                if run.labels:
+                    record["labels"] = [lab.name for lab in run.labels]
+                progress(i, "suspended")
+            else:
+                completed += 1
+                stop = True
+                if first_failure is None:
+                    first_failure = i
+                progress(i, "failed")
+            outcomes[i] = record
+
+        async with trio.open_nursery() as nursery:
+            for i, item_resume in plan:
+                await slots.acquire()
+                if stop:
+                    slots.release()
+                    break
+                nursery.start_soon(iterate, i, item_resume)
+
+        ended_at = now_ms()
+        metadata = {"foreach": {"outcomes": outcomes}}
+        base = {
+            "payload": items,
+            "started_at": started_at,
+            "metadata": metadata,
+            "resume_payload": resume.data if resume is not None else None,
+            "resumed_at": started_at if resume is not None else None,
+        }
+        if first_failure is not None:
+            failed_result = runs[first_failure].result
+            result = StepResult(status=_S.FAILED, error=failed_result.error, ended_at=ended_at,
+                                **base)
+            if emit:
+                self.emit_settled(chunk_id, result, None)
+            tripwire = runs[first_failure].tripwire
+            self.settle(node.id, StepRun(result=result, tripwire=tripwire), [idx])
+            if tripwire is not None:
+                return Outcome(_S.TRIPWIRE, error=failed_result.error, tripwire=tripwire)
+            return Outcome(_S.FAILED, error=failed_result.error)
+        if bailed is not None:
+            bail_value = runs[bailed].result.output
+            result = StepResult(status=_S.SUCCESS, output=bail_value, ended_at=ended_at, **base)
+            if emit:
+                self.emit_settled(chunk_id, result, None)
+            self.settle(node.id, StepRun(result=result), [idx])
+            return Outcome(_S.BAILED, output=bail_value)
+        if suspended_payloads:
+            first = min(suspended_payloads)
+            result = StepResult(
+                status=_S.SUSPENDED,
+                suspend_payload=suspended_payloads[first],
+                suspended_at=ended_at,
+                **base,
+            )
+            if emit:
+                self.emit_settled(chunk_id, result, None)
+            labels: list[_Label] = []
+            for i, record in enumerate(outcomes):
+                if record and record.get("status") == "suspended":
+                    labels.extend(_Label(name, [], i) for name in record.get("labels") or [])
+            self.settle(node.id, StepRun(result=result, labels=labels), [idx])
+            return Outcome(_S.SUSPENDED)
+        result = StepResult(status=_S.SUCCESS, output=outputs, ended_at=ended_at, **base)
+        if emit:
+            self.emit_settled(chunk_id, result, None)
+        self.settle(node.id, StepRun(result=result), [idx])
+        return Outcome(_S.SUCCESS, output=outputs)
+
+    # --- map / sleep ---------------------------------------------------------------------
+
+    def resolve_source(self, source: Any) -> Any:
+        if isinstance(source, Const):
+            return source.value
+        if isinstance(source, FromInit):
+            return get_path(self.input, source.path)
+        if isinstance(source, FromContext):
+            return get_path(self.execution.request_context.to_dict(), source.path)
+        if isinstance(source, FromStep):
+            result = self.results.get(source.step_id)
+            if result is None or result.status is not _S.SUCCESS:
+                raise KeyError(f"step {source.step_id!r} has no successful output to map from")
+            return get_path(result.output, source.path)
+        raise TypeError(f"unknown map source {source!r}")
+
+    async def run_map(self, idx: int, entry: MapEntry, value: Any) -> Outcome:
+        chunk_id = self.chunk_id(entry.id)
+        emit = self.emits
+        started_at = now_ms()
+        if emit:
+            self.emit_start(chunk_id, call_id=None, payload=value, started_at=started_at,
+                            resume=None)
+        try:
+            if entry.fn is not None:
+                ctx = self.make_context(entry.id, chunk_id, value)
+                output = await call_maybe_async(entry.fn, ctx)
+            else:
+                await trio.lowlevel.checkpoint()
+                output = {k: self.resolve_source(s) for k, s in (entry.mapping or {}).items()}
+        except Exception as exc:
+            result = StepResult(status=_S.FAILED, payload=value, error=exc,
+                                started_at=started_at, ended_at=now_ms())
+        else:
+            result = StepResult(status=_S.SUCCESS, payload=value, output=output,
+                                started_at=started_at, ended_at=now_ms())
+        if emit:
+            self.emit_settled(chunk_id, result, None)
+        run = StepRun(result=result)
+        self.settle(entry.id, run, [idx])
+        return outcome_of(run)
+
+    async def run_sleep(self, idx: int, entry: SleepEntry, value: Any) -> Outcome:
+        chunk_id = self.chunk_id(entry.id)
+        emit = self.emits
+        started_at = now_ms()
+        try:
+            seconds = await self.sleep_seconds(entry, value, chunk_id)
+        except Exception as exc:
+            result = StepResult(status=_S.FAILED, payload=value, error=exc,
+                                started_at=started_at, ended_at=now_ms())
+            if emit:
+                self.emit_settled(chunk_id, result, None)
+            self.settle(entry.id, StepRun(result=result), [idx])
+            return Outcome(_S.FAILED, error=exc)
+        if emit:
+            waiting = StepWaitingPayload(
+                id=chunk_id, step_name=chunk_id, payload=to_jsonable(value), started_at=started_at
+            )
+            self.publish(
+                lambda run_id, seq: WorkflowStepWaiting(run_id=run_id, seq=seq, payload=waiting)
+            )
+        if self.is_root:
+            await self.execution.persist(RunStatus.WAITING)
+        try:
+            await trio.sleep(seconds)
+        except trio.Cancelled:
+            result = StepResult(status=_S.CANCELED, payload=value, started_at=started_at,
+                                ended_at=now_ms())
+            if emit:
+                self.emit_settled(chunk_id, result, None)
+            raise
+        result = StepResult(status=_S.SUCCESS, payload=value, output=value,
+                            started_at=started_at, ended_at=now_ms())
+        if emit:
+            self.emit_settled(chunk_id, result, None)
+        self.settle(entry.id, StepRun(result=result), [idx])
+        return Outcome(_S.SUCCESS, output=value)
+
+    async def sleep_seconds(self, entry: SleepEntry, value: Any, chunk_id: str) -> float:
+        if entry.until is not None:
+            when = entry.until
+            if callable(when):
+                when = await call_maybe_async(when, self.make_context(entry.id, chunk_id, value))
+            if not isinstance(when, _dt.datetime) or when.tzinfo is None:
+                raise ValueError(f"sleep_until needs an aware datetime, got {when!r}")
+            return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
+        seconds = entry.seconds
+        if callable(seconds):
+            seconds = await call_maybe_async(seconds, self.make_context(entry.id, chunk_id, value))
+        if isinstance(seconds, _dt.timedelta):
+            seconds = seconds.total_seconds()
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            seconds >= 0 and math.isfinite(seconds)
+        ):
+            raise ValueError(f"sleep needs a finite number of seconds >= 0, got {seconds!r}")
+        return float(seconds)
+
+
+class _Label:
+    """A resume label found below a level: its name, the path below, the iteration."""
+
+    __slots__ = ("foreach_index", "name", "path")
+
+    def __init__(self, name: str, path: list[str], foreach_index: int | None = None) -> None:
+        self.name = name
+        self.path = path
+        self.foreach_index = foreach_index
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "dict", list: "list", str: "str", int: "int", float: "float"}.get(
+        type(value), type(value).__name__
+    )
+
+
+async def _call_with_timeout(node: Step, ctx: StepContext) -> Any:
+    """Run one attempt; a timeout becomes StepTimeoutError (also when the step swallowed
+    the cancellation, which voids trio's own TooSlowError)."""
+    if node.timeout is None:
+        return await node.execute(ctx)
+    scope = trio.CancelScope(deadline=trio.current_time() + node.timeout)
+    try:
+        with scope:
+            output = await node.execute(ctx)
+    except Exception as exc:
+        if scope.cancel_called:
+            raise StepTimeoutError(node.id, node.timeout) from exc
+        raise
+    if scope.cancel_called:
+        raise StepTimeoutError(node.id, node.timeout)
+    return output
+
+
+# --- one execution of a run -------------------------------------------------------------
+
+
+class Execution:
+    """One start, resume or restart of a run. Created by the Run, executed as a task in the
+    runtime's nursery."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        hub: RunHub,
+        workflow: Workflow,
+        base: RunSnapshot,
+        kind: str,
+        input: Any,
+        state: Any,
+        request_context: RequestContext,
+        trace_id: str,
+        per_step: bool = False,
+        target: ResumeTarget | None = None,
+        resume_data: Any = None,
+    ) -> None:
+        self.runtime = runtime
+        self.hub = hub
+        self.log = hub.log
+        self.storage = runtime.storage
+        self.workflow = workflow
+        self.base = base
+        self.kind = kind
+        self.run_id = base.run_id
+        self.resource_id = base.resource_id
+        self.request_context = request_context
+        self.trace_id = trace_id
+        self.span_id = new_span_id()
+        self.per_step = per_step
+        self.target = target
+        self.resume_data = resume_data
+        self.emit_step_events = workflow.emit_step_events
+        self.input_json = to_jsonable(input)
+        self.usage = Usage()
+        self.stored: dict[str, dict[str, Any]] = dict(base.steps)
+        self.cancel_requested = False
+        self.scope: trio.CancelScope | None = None
+        self.done = trio.Event()
+        self.result: WorkflowResult | None = None
+        self.failure: BaseException | None = None
+        self._call_ids = itertools.count(1)
+        self._call_prefix = secrets.token_hex(4)
+        self.root = Level(
+            self,
+            workflow,
+            key_prefix="",
+            chunk_prefix="",
+            input=input,
+            state=state,
+            is_root=True,
+        )
+        if kind != "start":
+            self.root.load_header(
+                {
+                    "suspended_paths": base.suspended_paths,
+                    "resume_labels": {
+                        k: {"path": v.path, "foreach_index": v.foreach_index}
+                        for k, v in base.resume_labels.items()
+                    },
+                    "execution_path": base.step_execution_path,
+                    "active_entry": base.active_entry,
+                    "active_input": base.active_input,
+                }
+            )
+
+    def next_call_id(self) -> str:
+        return f"{self._call_prefix}-{next(self._call_ids)}"
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
+
+    def request_cancel(self, reason: str) -> None:
+        """Cancel this execution (synchronous): its scope is cancelled at once."""
+        self.cancel_requested = True
+        if self.scope is not None:
+            self.scope.cancel(reason=reason)
+
+    def snapshot(self, status: RunStatus, **final: Any) -> RunSnapshot:
+        root = self.root
+        return attrs.evolve(
+            self.base,
+            status=status,
+            input=self.input_json,
+            state=to_jsonable(root.state),
+            steps=dict(self.stored),
+            suspended_paths={k: list(v) for k, v in root.suspended_paths.items()},
+            resume_labels=dict(root.resume_labels),
+            request_context=self.request_context.to_dict(),
+            trace_id=self.trace_id,
+            span_id=self.span_id,
+            step_execution_path=list(root.execution_path),
+            active_entry=root.active_entry,
+            active_input=to_jsonable(root.active_input),
+            usage=self.base.usage + self.usage,
+            updated_at=now_ms(),
+            **final,
+        )
+
+    async def persist(self, status: RunStatus, *, extra: list[Chunk] | None = None,
+                      **final: Any) -> None:
+        """Write the snapshot and every chunk not yet stored, in one storage call."""
+        async with self.hub.write_lock:
+            events = self.log.take_unflushed()
+            if extra:
+                events.extend(extra)
+            snapshot = self.snapshot(status, **final)
+            await self.storage.save_snapshot(snapshot, events)
+        self.hub.status = status
+
+    def emit_workflow_start(self) -> None:
+        log = self.log
+        log.publish(
+            WorkflowStart(
+                run_id=self.run_id,
+                seq=log.next_seq,
+                payload=WorkflowStartPayload(workflow_id=self.workflow.id),
+            )
+        )
+
+    async def _flusher(self) -> None:
+        """Write chunks out between snapshots when a step floods the log."""
+        while True:
+            await self.log.wait_flush_wanted()
+            async with self.hub.write_lock:
+                events = self.log.take_unflushed()
+                if events:
+                    await self.storage.append_events(self.run_id, events)
+
+    async def run(self) -> None:
+        """The execution task. Never raises a step's error; on the runtime's own
+        cancellation the last snapshot stays ``running`` (restartable)."""
+        current_execution.set(self)
+        try:
+            async with trio.open_nursery() as helpers:
+                helpers.start_soon(self._flusher)
+                try:
+                    await self._run()
+                finally:
+                    helpers.cancel_scope.cancel(reason="execution ended")
+        except trio.Cancelled:
+            if self.result is None:
+                self.failure = RuntimeClosedError(
+                    f"the runtime stopped while run {self.run_id} was executing; "
+                    "restart() continues it"
+                )
+            raise
+        except BaseException as exc:
+            # An engine bug, or KeyboardInterrupt/SystemExit: never leave waiters hanging.
+            if self.result is None:
+                self.failure = exc
+            raise
+        finally:
+            self.hub.execution_ended(self)
+            self.done.set()
+
+    async def _run(self) -> None:
+        root = self.root
+        outcome: Outcome | None = None
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            if self.cancel_requested:
+                scope.cancel(reason="canceled before it started")
+            if self.kind == "start":
+                outcome = await root.run(0, root.input, None)
+            elif self.kind == "resume":
+                assert self.target is not None
+                start = root.suspended_paths[self.target.path[0]][0]
+                outcome = await root.run(start, root.active_input, self.target)
+            else:
+                start = root.active_entry if root.active_entry is not None else len(
+                    self.workflow.entries
+                )
+                outcome = await root.run(start, root.active_input, None, restart=True)
+        if self.cancel_requested or outcome is None:
+            outcome = Outcome(_S.CANCELED)
+        with trio.move_on_after(SHIELDED_WRITE_GRACE, shield=True):
+            await self._finish(outcome)
+
+    async def _finish(self, outcome: Outcome) -> None:
+        root = self.root
+        log = self.log
+        status = _run_status(outcome)
+        if status is RunStatus.CANCELED:
+            log.publish(WorkflowCanceled(run_id=self.run_id, seq=log.next_seq))
+        elif status is RunStatus.PAUSED:
+            log.publish(WorkflowPaused(run_id=self.run_id, seq=log.next_seq))
+        error = outcome.error
+        metadata: dict[str, Any] = {}
+        if error is not None and status in (RunStatus.FAILED, RunStatus.TRIPWIRE):
+            ser = serialize_error(error)
+            metadata = {"error": {"message": ser.message, "name": ser.name}}
+        finish = WorkflowFinish(
+            run_id=self.run_id,
+            seq=log.next_seq,
+            payload=WorkflowFinishPayload(
+                workflow_status=status.value,
+                usage=self.usage,
+                metadata=metadata,
+                tripwire=outcome.tripwire,
+            ),
+        )
+        final: dict[str, Any] = {}
+        if status is RunStatus.SUCCESS:
+            final["result"] = to_jsonable(outcome.output)
+            root.active_entry = None
+        if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) and error is not None:
+            final["error"] = serialize_error(error)
+        if outcome.tripwire is not None:
+            final["tripwire"] = outcome.tripwire
+        if status is RunStatus.CANCELED:
+            root.suspended_paths.clear()
+        await self.persist(status, extra=[finish], **final)
+        steps = dict(root.results)
+        self.result = WorkflowResult(
+            status=status,
+            result=outcome.output if status is RunStatus.SUCCESS else None,
+            error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
+            steps=steps,
+            input=root.input,
+            state=root.state,
+            suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],
+            suspend_payload=root.suspend_payloads() if status is RunStatus.SUSPENDED else {},
+            tripwire=outcome.tripwire,
+            run_id=self.run_id,
+            trace_id=self.trace_id,
+            step_execution_path=list(root.execution_path),
+        )
+        # The finish chunk is already stored (same write as the final snapshot): publish it
+        # only now, so a subscriber that sees it can rely on the stored state.
+        log.publish_stored(finish)
+        await self.runtime.run_callbacks(self.workflow, self.result)
+
+
+def _run_status(outcome: Outcome) -> RunStatus:
+    status = outcome.status
+    if status is _S.BAILED:
+        return RunStatus.SUCCESS
+    if status is _S.TRIPWIRE:
+        return RunStatus.TRIPWIRE
+    if status is _S.FAILED and outcome.tripwire is not None:
+        return RunStatus.TRIPWIRE
+    return RunStatus(status.value)

@@ -1,0 +1,790 @@
+"""Run, RunOutput and LegacyRunOutput: the user-facing handles of a run."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._broadcast import Subscription, ends_at_any_finish, ends_at_terminal_finish
+from ._context import RequestContext, coerce_request_context
+from ._core._chunks import (
+    Chunk,
+    WorkflowCanceled,
+    WorkflowFinish,
+    WorkflowFinishPayload,
+    WorkflowStart,
+    WorkflowStepOutput,
+    WorkflowStepResult,
+    WorkflowStepStart,
+    WorkflowStepSuspended,
+    WorkflowStepWaiting,
+)
+from ._core._graph import find_node
+from ._core._model import RunSnapshot, Usage, WorkflowResult
+from ._core._resume import ResumeTarget, resolve_target
+from ._core._status import TERMINAL, RunStatus
+from ._engine import Execution, call_maybe_async, current_execution, new_trace_id, now_ms
+from ._errors import (
+    NotSuspendedError,
+    ResumeAlreadyClaimedError,
+    RunAlreadyStartedError,
+    RunNotActiveError,
+    RuntimeClosedError,
+    SnapshotNotFoundError,
+    ValidationError,
+)
+from ._serde import structure, to_jsonable, validate
+from ._workflow import Step, Workflow
+from .tracing import TracingOptions, coerce_tracing_options
+
+if TYPE_CHECKING:
+    from ._runtime import RunHub, Runtime
+
+
+@attrs.frozen(kw_only=True)
+class StartInfo:
+    """What ``on_start`` receives."""
+
+    run_id: str
+    workflow_id: str
+    resource_id: str | None
+    input_data: Any
+    state: Any
+    request_context: RequestContext
+
+    def get_init_data(self) -> Any:
+        return self.input_data
+
+
+def _deprecated_context(
+    request_context: Any, runtime_context: Any
+) -> RequestContext | Mapping[str, Any] | None:
+    if runtime_context is not None:
+        warnings.warn(
+            "runtime_context= is deprecated; use request_context=", DeprecationWarning, stacklevel=3
+        )
+        if request_context is None:
+            return runtime_context  # type: ignore[no-any-return]
+    return request_context  # type: ignore[no-any-return]
+
+
+def _normalize_step(step: Any) -> list[str] | None:
+    if step is None:
+        return None
+    if isinstance(step, Step | Workflow):
+        return [step.id]
+    if isinstance(step, str):
+        if not step:
+            raise ValueError("step must not be empty")
+        return step.split(".")
+    if isinstance(step, Sequence):
+        out: list[str] = []
+        for part in step:
+            normalized = _normalize_step(part)
+            if normalized is None:
+                raise TypeError(f"invalid step in path: {part!r}")
+            out.extend(normalized)
+        return out
+    raise TypeError(f"step must be a Step, a Workflow, an id or a list of them, got {step!r}")
+
+
+def _node_at(workflow: Workflow, path: list[str]) -> Any:
+    current: Any = workflow
+    node: Any = None
+    for part in path:
+        if not isinstance(current, Workflow):
+            return None
+        node = find_node(current.entries, part)
+        if node is None:
+            return None
+        current = node
+    return node
+
+
+def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
+    schema = workflow.state_schema
+    if schema is None:
+        if initial_state is None:
+            return {}
+        if not isinstance(initial_state, Mapping):
+            raise ValidationError(
+                "Invalid initial state:", [("", f"expected object, got {type(initial_state).__name__}")]
+            )
+        return dict(initial_state)
+    raw = {} if initial_state is None else initial_state
+    if not workflow.validate_inputs:
+        return raw
+    return validate(raw, schema, "Invalid initial state:")
+
+
+class Run:
+    """One run of a workflow: start it, stream it, resume it, cancel it, restart it.
+
+    Awaiting ``start``/``resume``/``restart`` waits for the execution to end; cancelling
+    that wait does **not** cancel the run (it belongs to the runtime): use ``cancel()``.
+    """
+
+    def __init__(self, runtime: Runtime, workflow: Workflow, hub: RunHub, snapshot: RunSnapshot):
+        self._runtime = runtime
+        self._workflow = workflow
+        self._hub = hub
+        self.run_id = snapshot.run_id
+        self.resource_id = snapshot.resource_id
+        self._claimed = snapshot.status is not RunStatus.PENDING
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} of {self._workflow.id!r} ({self.status.value})>"
+
+    @property
+    def workflow_id(self) -> str:
+        return self._workflow.id
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status as this process knows it."""
+        return self._hub.status
+
+    # --- start ------------------------------------------------------------------------------
+
+    async def _begin_start(
+        self,
+        *,
+        input_data: Any,
+        initial_state: Any,
+        request_context: RequestContext | Mapping[str, Any] | None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None,
+        per_step: bool,
+    ) -> Execution:
+        wf = self._workflow
+        if self._claimed or self._hub.execution is not None:
+            raise RunAlreadyStartedError(f"run {self.run_id} already started")
+        if wf.validate_inputs and wf.input_schema is not None:
+            input_value = validate(input_data, wf.input_schema, "Invalid input data:")
+        else:
+            input_value = input_data
+        state = _initial_state(wf, initial_state)
+        context = coerce_request_context(request_context)
+        tracing = coerce_tracing_options(tracing_options)
+        try:
+            to_jsonable(input_value)
+        except TypeError as exc:
+            raise ValidationError("Invalid input data:", [("", str(exc))]) from None
+        self._claimed = True
+        try:
+            if wf.on_start is not None:
+                info = StartInfo(
+                    run_id=self.run_id,
+                    workflow_id=wf.id,
+                    resource_id=self.resource_id,
+                    input_data=input_value,
+                    state=state,
+                    request_context=context,
+                )
+                await call_maybe_async(wf.on_start, info)
+            snapshot = await self._runtime.storage.load_snapshot(self.run_id)
+            if snapshot is None:
+                raise SnapshotNotFoundError(wf.id, self.run_id)
+            if snapshot.status is not RunStatus.PENDING:
+                raise RunAlreadyStartedError(f"run {self.run_id} already started")
+            trace_id = tracing.trace_id or new_trace_id()
+            claimed = attrs.evolve(
+                snapshot,
+                status=RunStatus.RUNNING,
+                input=to_jsonable(input_value),
+                state=to_jsonable(state),
+                request_context=context.to_dict(),
+                trace_id=trace_id,
+                active_entry=0,
+                active_input=to_jsonable(input_value),
+                updated_at=now_ms(),
+            )
+            if not await self._runtime.storage.save_snapshot(
+                claimed, expected_status=RunStatus.PENDING
+            ):
+                raise RunAlreadyStartedError(f"run {self.run_id} already started")
+        except BaseException:
+            self._claimed = False
+            raise
+        execution = Execution(
+            runtime=self._runtime,
+            hub=self._hub,
+            workflow=wf,
+            base=claimed,
+            kind="start",
+            input=input_value,
+            state=state,
+            request_context=context,
+            trace_id=trace_id,
+            per_step=per_step,
+        )
+        execution.emit_workflow_start()
+        self._runtime.spawn(execution)
+        return execution
+
+    async def start(
+        self,
+        *,
+        input_data: Any = None,
+        initial_state: Any = None,
+        request_context: RequestContext | Mapping[str, Any] | None = None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        per_step: bool = False,
+        runtime_context: Any = None,
+    ) -> WorkflowResult:
+        """Start the run and wait until it suspends or ends.
+
+        Raises ValidationError (bad input/state), RunAlreadyStartedError, or what
+        ``on_start`` raised — all before anything runs. A step's failure is not raised: it
+        is the result's ``error``.
+        """
+        execution = await self._begin_start(
+            input_data=input_data,
+            initial_state=initial_state,
+            request_context=_deprecated_context(request_context, runtime_context),
+            tracing_options=tracing_options,
+            per_step=per_step,
+        )
+        return await _wait(execution)
+
+    async def stream(
+        self,
+        *,
+        input_data: Any = None,
+        initial_state: Any = None,
+        request_context: RequestContext | Mapping[str, Any] | None = None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        per_step: bool = False,
+        close_on_suspend: bool = True,
+        runtime_context: Any = None,
+    ) -> RunOutput:
+        """Start the run and return its :class:`RunOutput` at once; the run progresses
+        whether or not anyone reads."""
+        execution = await self._begin_start(
+            input_data=input_data,
+            initial_state=initial_state,
+            request_context=_deprecated_context(request_context, runtime_context),
+            tracing_options=tracing_options,
+            per_step=per_step,
+        )
+        return RunOutput(self, execution, close_on_suspend=close_on_suspend)
+
+    async def stream_vnext(self, **kwargs: Any) -> RunOutput:
+        """Deprecated alias of :meth:`stream`."""
+        warnings.warn("stream_vnext() is deprecated; use stream()", DeprecationWarning,
+                      stacklevel=2)
+        return await self.stream(**kwargs)
+
+    async def stream_legacy(
+        self,
+        *,
+        input_data: Any = None,
+        initial_state: Any = None,
+        request_context: RequestContext | Mapping[str, Any] | None = None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        runtime_context: Any = None,
+    ) -> LegacyRunOutput:
+        """Start the run with the v0 event format (see :class:`LegacyRunOutput`)."""
+        execution = await self._begin_start(
+            input_data=input_data,
+            initial_state=initial_state,
+            request_context=_deprecated_context(request_context, runtime_context),
+            tracing_options=tracing_options,
+            per_step=False,
+        )
+        return LegacyRunOutput(RunOutput(self, execution, close_on_suspend=False))
+
+    # --- resume -------------------------------------------------------------------------------
+
+    async def _begin_resume(
+        self,
+        *,
+        resume_data: Any,
+        step: Any,
+        label: str | None,
+        for_each_index: int | None,
+        request_context: RequestContext | Mapping[str, Any] | None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None,
+    ) -> Execution:
+        wf = self._workflow
+        storage = self._runtime.storage
+        path = _normalize_step(step)
+        if for_each_index is not None and (
+            isinstance(for_each_index, bool) or not isinstance(for_each_index, int)
+            or for_each_index < 0
+        ):
+            raise ValueError(f"for_each_index must be an int >= 0, got {for_each_index!r}")
+        caller_context = coerce_request_context(request_context)
+        tracing = coerce_tracing_options(tracing_options)
+        snapshot = await storage.load_snapshot(self.run_id)
+        if snapshot is None:
+            raise SnapshotNotFoundError(wf.id, self.run_id)
+        if snapshot.status is not RunStatus.SUSPENDED:
+            if snapshot.status in (RunStatus.RUNNING, RunStatus.WAITING) and (
+                snapshot.suspended_paths
+            ):
+                raise ResumeAlreadyClaimedError(self.run_id)
+            raise NotSuspendedError()
+        target = resolve_target(
+            step=path,
+            label=label,
+            for_each_index=for_each_index,
+            suspended_paths=snapshot.suspended_paths,
+            steps=snapshot.steps,
+            resume_labels=snapshot.resume_labels,
+        )
+        node = _node_at(wf, target.path)
+        data = resume_data
+        schema = getattr(node, "resume_schema", None)
+        if schema is not None and wf.validate_inputs:
+            data = validate(resume_data, schema, "Invalid resume data:")
+        try:
+            to_jsonable(data)
+        except TypeError as exc:
+            raise ValidationError("Invalid resume data:", [("", str(exc))]) from None
+        context = RequestContext({**snapshot.request_context, **caller_context})
+        trace_id = tracing.trace_id or snapshot.trace_id or new_trace_id()
+        claimed = attrs.evolve(
+            snapshot,
+            status=RunStatus.RUNNING,
+            request_context=context.to_dict(),
+            trace_id=trace_id,
+            updated_at=now_ms(),
+        )
+        if not await storage.save_snapshot(claimed, expected_status=RunStatus.SUSPENDED):
+            current = await storage.load_snapshot(self.run_id)
+            if current is not None and current.status in (RunStatus.RUNNING, RunStatus.WAITING):
+                raise ResumeAlreadyClaimedError(self.run_id)
+            if current is None:
+                raise SnapshotNotFoundError(wf.id, self.run_id)
+            raise NotSuspendedError()
+        return self._spawn_continuation(claimed, "resume", context, trace_id, target, data)
+
+    def _spawn_continuation(
+        self,
+        claimed: RunSnapshot,
+        kind: str,
+        context: RequestContext,
+        trace_id: str,
+        target: ResumeTarget | None,
+        data: Any,
+    ) -> Execution:
+        wf = self._workflow
+        input_value = claimed.input
+        if wf.validate_inputs and wf.input_schema is not None:
+            try:
+                input_value = structure(claimed.input, wf.input_schema)
+            except Exception:
+                input_value = claimed.input
+        state: Any = claimed.state if claimed.state is not None else {}
+        if wf.state_schema is not None:
+            try:
+                state = structure(state, wf.state_schema)
+            except Exception:
+                pass
+        execution = Execution(
+            runtime=self._runtime,
+            hub=self._hub,
+            workflow=wf,
+            base=claimed,
+            kind=kind,
+            input=input_value,
+            state=state,
+            request_context=context,
+            trace_id=trace_id,
+            target=target,
+            resume_data=data,
+        )
+        self._claimed = True
+        execution.emit_workflow_start()
+        self._runtime.spawn(execution)
+        return execution
+
+    async def resume(
+        self,
+        *,
+        resume_data: Any = None,
+        step: Any = None,
+        label: str | None = None,
+        for_each_index: int | None = None,
+        request_context: RequestContext | Mapping[str, Any] | None = None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        runtime_context: Any = None,
+    ) -> WorkflowResult:
+        """Resume a suspended step and wait until the run suspends again or ends.
+
+        The target is ``step`` (a Step, Workflow, id, dotted id or list), ``label``, or the
+        single suspended path. Every error (NotSuspendedError, StepNotSuspendedError,
+        MultipleSuspendedStepsError, ValidationError, ResumeAlreadyClaimedError,
+        SnapshotNotFoundError) is raised before anything runs or is stored.
+        """
+        execution = await self._begin_resume(
+            resume_data=resume_data,
+            step=step,
+            label=label,
+            for_each_index=for_each_index,
+            request_context=_deprecated_context(request_context, runtime_context),
+            tracing_options=tracing_options,
+        )
+        return await _wait(execution)
+
+    async def resume_stream(
+        self,
+        *,
+        resume_data: Any = None,
+        step: Any = None,
+        label: str | None = None,
+        for_each_index: int | None = None,
+        request_context: RequestContext | Mapping[str, Any] | None = None,
+        tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        runtime_context: Any = None,
+    ) -> RunOutput:
+        """Like :meth:`resume`, returning a new :class:`RunOutput` for the resumed
+        execution (it closes when that execution suspends again or ends)."""
+        execution = await self._begin_resume(
+            resume_data=resume_data,
+            step=step,
+            label=label,
+            for_each_index=for_each_index,
+            request_context=_deprecated_context(request_context, runtime_context),
+            tracing_options=tracing_options,
+        )
+        return RunOutput(self, execution, close_on_suspend=True)
+
+    async def resume_stream_vnext(self, **kwargs: Any) -> RunOutput:
+        """Deprecated alias of :meth:`resume_stream`."""
+        warnings.warn(
+            "resume_stream_vnext() is deprecated; use resume_stream()", DeprecationWarning,
+            stacklevel=2,
+        )
+        return await self.resume_stream(**kwargs)
+
+    # --- cancel / restart -------------------------------------------------------------------
+
+    async def cancel(self) -> None:
+        """Cancel the run.
+
+        While it executes in this process, its cancel scope is cancelled: a step blocked in
+        ``await trio.sleep(60)`` ends at once, and this call returns once the ``canceled``
+        snapshot is written. A suspended (or pending) run is stored ``canceled``. A finished
+        run is left unchanged.
+        """
+        hub = self._hub
+        execution = hub.execution
+        if execution is not None:
+            execution.request_cancel("run.cancel()")
+            if _inside(execution):
+                return
+            await execution.done.wait()
+            return
+        storage = self._runtime.storage
+        for _ in range(10):
+            snapshot = await storage.load_snapshot(self.run_id)
+            if snapshot is None or snapshot.status in TERMINAL:
+                return
+            if hub.execution is not None:
+                hub.execution.request_cancel("run.cancel()")
+                await hub.execution.done.wait()
+                return
+            async with hub.write_lock:
+                log = hub.log
+                events: list[Chunk] = log.take_unflushed()
+                canceled = WorkflowCanceled(run_id=self.run_id, seq=log.next_seq)
+                finish = WorkflowFinish(
+                    run_id=self.run_id,
+                    seq=log.next_seq + 1,
+                    payload=WorkflowFinishPayload(workflow_status=RunStatus.CANCELED.value),
+                )
+                updated = attrs.evolve(
+                    snapshot,
+                    status=RunStatus.CANCELED,
+                    suspended_paths={},
+                    updated_at=now_ms(),
+                )
+                ok = await storage.save_snapshot(
+                    updated, [*events, canceled, finish], expected_status=snapshot.status
+                )
+                if ok:
+                    log.publish_stored(canceled)
+                    log.publish_stored(finish)
+            if ok:
+                from ._runtime import result_from_snapshot
+
+                hub.ended_outside(result_from_snapshot(updated))
+                return
+            if events:
+                # Nothing was written: the chunks we took still need storing.
+                await storage.append_events(self.run_id, events)
+        raise RuntimeError(f"could not cancel run {self.run_id}: its status keeps changing")
+
+    async def begin_restart(self) -> Execution | WorkflowResult:
+        from ._runtime import result_from_snapshot
+
+        storage = self._runtime.storage
+        snapshot = await storage.load_snapshot(self.run_id)
+        if snapshot is None:
+            raise RunNotActiveError()
+        if snapshot.status in (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TRIPWIRE):
+            return result_from_snapshot(snapshot)
+        if snapshot.status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
+            raise RunNotActiveError()
+        if self._hub.execution is not None:
+            raise RunAlreadyStartedError(f"run {self.run_id} is executing in this process")
+        claimed = attrs.evolve(snapshot, status=RunStatus.RUNNING, updated_at=now_ms())
+        if not await storage.save_snapshot(claimed, expected_status=snapshot.status):
+            raise RunNotActiveError()
+        context = RequestContext(snapshot.request_context)
+        trace_id = snapshot.trace_id or new_trace_id()
+        return self._spawn_continuation(claimed, "restart", context, trace_id, None, None)
+
+    async def restart(self) -> WorkflowResult:
+        """Continue a run whose execution died while ``running``/``waiting`` (or that
+        ``per_step`` paused): steps that finished are not run again. A finished run's
+        stored result is returned without executing; RunNotActiveError otherwise."""
+        started = await self.begin_restart()
+        if isinstance(started, WorkflowResult):
+            return started
+        return await _wait(started)
+
+    # --- observing ----------------------------------------------------------------------------
+
+    def observe_stream(self, *, from_seq: int = 1, follow: bool = True) -> Subscription:
+        """The run's whole event log from ``from_seq``, then live.
+
+        With ``follow=True`` it keeps following through suspensions until a terminal
+        ``workflow-finish``; with ``follow=False`` it ends at the current end of the log.
+        """
+        return Subscription(
+            self._hub.log,
+            from_seq=from_seq,
+            ends_after=ends_at_terminal_finish,
+            follow=follow,
+        )
+
+
+def _inside(execution: Execution) -> bool:
+    """Whether the current task runs inside ``execution`` (a step calling run.cancel())."""
+    return current_execution.get(None) is execution
+
+
+async def _wait(execution: Execution) -> WorkflowResult:
+    await execution.done.wait()
+    if execution.result is not None:
+        return execution.result
+    if execution.failure is not None:
+        raise execution.failure
+    raise RuntimeClosedError(f"run {execution.run_id} did not finish")
+
+
+class RunOutput:
+    """What ``stream()``/``resume_stream()`` return.
+
+    ``async for chunk in out`` replays from this stream's first chunk, then follows live,
+    and ends after its ``workflow-finish``. Every iteration (and :meth:`full_stream`) is an
+    independent subscriber. With ``close_on_suspend=False`` a suspension does not end the
+    stream: a later resume of the same run (in this process) feeds it, and :meth:`result`
+    is the final outcome.
+    """
+
+    def __init__(self, run: Run, execution: Execution, *, close_on_suspend: bool) -> None:
+        self._run = run
+        self._hub = run._hub
+        self._execution = execution
+        self._start_seq = execution.log.next_seq - 1
+        self.close_on_suspend = close_on_suspend
+        self._subscriptions: list[Subscription] = []
+        self._executions: list[Execution] = [execution]
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self._run.workflow_id
+
+    @property
+    def trace_id(self) -> str:
+        return self._execution.trace_id
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's current status."""
+        return self._hub.status
+
+    def full_stream(self) -> Subscription:
+        """A new, independent subscriber over this stream's chunks."""
+        if self.close_on_suspend:
+            sub = Subscription(
+                self._hub.log, from_seq=self._start_seq, ends_after=ends_at_any_finish
+            )
+        else:
+            first = self._start_seq
+
+            def skip(chunk: Chunk) -> bool:
+                if isinstance(chunk, WorkflowStart):
+                    return chunk.seq != first
+                return isinstance(chunk, WorkflowFinish) and (
+                    chunk.payload.workflow_status == "suspended"
+                )
+
+            sub = Subscription(
+                self._hub.log,
+                from_seq=first,
+                ends_after=_ends_unless_suspended,
+                skip=skip,
+            )
+        self._subscriptions.append(sub)
+        return sub
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self.full_stream()
+
+    async def _final_executions(self) -> list[Execution]:
+        execution = self._executions[-1]
+        while True:
+            await execution.done.wait()
+            if execution.result is None:
+                if execution.failure is not None:
+                    raise execution.failure
+                raise RuntimeClosedError(f"run {execution.run_id} did not finish")
+            if self.close_on_suspend or execution.result.status is not RunStatus.SUSPENDED:
+                return list(self._executions)
+            # Suspended, and this stream stays open: wait for the next execution.
+            while True:
+                latest = self._hub.latest
+                if latest is not None and latest is not execution:
+                    execution = latest
+                    self._executions.append(execution)
+                    break
+                if self._hub.external_result is not None and self._hub.status in TERMINAL:
+                    return list(self._executions)
+                await self._hub.wait_changed()
+
+    async def result(self) -> WorkflowResult:
+        """The WorkflowResult of this stream (see the class docstring)."""
+        executions = await self._final_executions()
+        last = executions[-1]
+        external = self._hub.external_result
+        if (
+            external is not None
+            and last.result is not None
+            and last.result.status is RunStatus.SUSPENDED
+            and external.status in TERMINAL
+        ):
+            return external
+        assert last.result is not None
+        return last.result
+
+    async def usage(self) -> Usage:
+        """Token usage summed over this stream's executions; resolves when it ends."""
+        executions = await self._final_executions()
+        total = Usage()
+        for execution in executions:
+            total = total + execution.usage
+        return total
+
+    async def aclose(self) -> None:
+        """Detach every subscriber this output created."""
+        for sub in self._subscriptions:
+            sub.close()
+        self._subscriptions.clear()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> RunOutput:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _ends_unless_suspended(chunk: Chunk) -> bool:
+    return isinstance(chunk, WorkflowFinish) and chunk.payload.workflow_status != "suspended"
+
+
+@attrs.frozen
+class LegacyEvent:
+    """An event of the v0 stream format: ``type`` and a ``payload`` dict."""
+
+    type: str
+    payload: dict[str, Any]
+
+
+_TOOL_TYPES = {
+    "tool-call-start": "tool-call-streaming-start",
+    "tool-call-delta": "tool-call-delta",
+    "tool-call-finish": "tool-call-streaming-finish",
+}
+
+
+def legacy_events(chunk: Chunk, run_id: str) -> list[LegacyEvent]:
+    """The v0 events one chunk maps to (possibly none)."""
+    if isinstance(chunk, WorkflowStart):
+        return [LegacyEvent("start", {"runId": run_id})]
+    if isinstance(chunk, WorkflowFinish):
+        return [LegacyEvent("finish", {"runId": run_id})]
+    if isinstance(chunk, WorkflowStepStart):
+        return [LegacyEvent("step-start", _payload_dict(chunk.payload))]
+    if isinstance(chunk, WorkflowStepResult):
+        return [
+            LegacyEvent("step-result", _payload_dict(chunk.payload)),
+            LegacyEvent("step-finish", {"id": chunk.payload.id, "metadata": {}}),
+        ]
+    if isinstance(chunk, WorkflowStepSuspended):
+        return [LegacyEvent("step-suspended", _payload_dict(chunk.payload))]
+    if isinstance(chunk, WorkflowStepWaiting):
+        return [LegacyEvent("step-waiting", _payload_dict(chunk.payload))]
+    if isinstance(chunk, WorkflowStepOutput):
+        output = chunk.payload.output
+        if isinstance(output, dict) and output.get("type") in _TOOL_TYPES:
+            body = {
+                "name": output.get("tool_name"),
+                "args": output.get("args"),
+                "toolCallId": output.get("tool_call_id"),
+            }
+            if output.get("type") == "tool-call-delta":
+                body["argsTextDelta"] = output.get("args_text_delta")
+            events = [LegacyEvent(_TOOL_TYPES[output["type"]], body)]
+            if output.get("type") == "tool-call-finish":
+                events.append(LegacyEvent("tool-call", body))
+            return events
+    return []
+
+
+def _payload_dict(payload: Any) -> dict[str, Any]:
+    return {
+        k: v for k, v in to_jsonable(payload).items() if v is not None
+    }
+
+
+class LegacyRunOutput:
+    """What ``stream_legacy()`` returns: ``stream`` (v0 events), ``get_workflow_state()``
+    and ``trace_id``. The stream stays open across a suspension (a resume adds no second
+    ``start``) and closes after the final ``finish``."""
+
+    def __init__(self, output: RunOutput) -> None:
+        self._output = output
+
+    @property
+    def trace_id(self) -> str:
+        return self._output.trace_id
+
+    @property
+    def stream(self) -> AsyncIterator[LegacyEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[LegacyEvent]:
+        run_id = self._output.run_id
+        sub = self._output.full_stream()
+        try:
+            async for chunk in sub:
+                for event in legacy_events(chunk, run_id):
+                    yield event
+        finally:
+            sub.close()
+
+    async def get_workflow_state(self) -> WorkflowResult:
+        return await self._output.result()

@@ -1,0 +1,335 @@
+"""The runtime: owns the nursery every execution runs in, the storage, and the per-run hubs."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._broadcast import EventLog
+from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult
+from ._core._resume import full_suspended_paths
+from ._core._status import RunStatus
+from ._engine import call_maybe_async, load_step_result, now_ms
+from ._errors import NoRuntimeError, SnapshotNotFoundError
+from ._workflow import Workflow
+from .storage import MemoryStorage, Storage
+
+if TYPE_CHECKING:
+    from ._engine import Execution
+    from ._run import Run
+
+logger = logging.getLogger("trioflow")
+
+_current_runtime: contextvars.ContextVar[Runtime] = contextvars.ContextVar("trioflow_runtime")
+
+
+def current_runtime() -> Runtime:
+    """The innermost open runtime; NoRuntimeError outside ``open_runtime()``."""
+    try:
+        return _current_runtime.get()
+    except LookupError:
+        raise NoRuntimeError(
+            "no trioflow runtime is open: create runs inside `async with tf.open_runtime():`"
+        ) from None
+
+
+class RunHub:
+    """Per-run, in-process coordination: the event log, the write lock, the execution
+    currently running in this process, and waiters for the next execution."""
+
+    def __init__(self, run_id: str, log: EventLog, status: RunStatus) -> None:
+        self.run_id = run_id
+        self.log = log
+        self.write_lock = trio.Lock()
+        self.execution: Execution | None = None
+        self.latest: Execution | None = None
+        self.status = status
+        self.external_result: WorkflowResult | None = None
+        self._changed = trio.Event()
+
+    def execution_started(self, execution: Execution) -> None:
+        self.execution = execution
+        self.latest = execution
+        self.status = RunStatus.RUNNING
+        self._notify()
+
+    def execution_ended(self, execution: Execution) -> None:
+        if self.execution is execution:
+            self.execution = None
+        if execution.result is not None:
+            self.status = execution.result.status
+        self._notify()
+
+    def ended_outside(self, result: WorkflowResult) -> None:
+        """The run ended without an execution (cancel of a suspended run)."""
+        self.external_result = result
+        self.status = result.status
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
+    """The WorkflowResult a stored run describes (errors as SerializedError)."""
+    steps = {
+        key: load_step_result(value)
+        for key, value in snapshot.steps.items()
+        if "." not in key and "[" not in key
+    }
+    suspended = (
+        full_suspended_paths(snapshot.suspended_paths, snapshot.steps)
+        if snapshot.status is RunStatus.SUSPENDED
+        else []
+    )
+    payloads: dict[str, Any] = {}
+    for path in suspended:
+        stored = snapshot.steps.get(".".join(path)) or snapshot.steps.get(path[0]) or {}
+        payloads[".".join(path)] = stored.get("suspend_payload")
+    return WorkflowResult(
+        status=snapshot.status,
+        result=snapshot.result if snapshot.status is RunStatus.SUCCESS else None,
+        error=snapshot.error,
+        steps=steps,
+        input=snapshot.input,
+        state=snapshot.state,
+        suspended=suspended,
+        suspend_payload=payloads,
+        tripwire=snapshot.tripwire,
+        run_id=snapshot.run_id,
+        trace_id=snapshot.trace_id or "",
+        step_execution_path=list(snapshot.step_execution_path),
+    )
+
+
+class Runtime:
+    """Owns the nursery every execution runs in. Get one from :func:`open_runtime`."""
+
+    def __init__(self, storage: Storage, tracer: Any, nursery: trio.Nursery) -> None:
+        self.storage = storage
+        self.tracer = tracer
+        self._nursery = nursery
+        self._workflows: dict[str, Workflow] = {}
+        self._hubs: weakref.WeakValueDictionary[str, RunHub] = weakref.WeakValueDictionary()
+
+    # --- workflows ------------------------------------------------------------------------
+
+    def register(self, workflow: Workflow) -> None:
+        """Make ``workflow`` findable by id (for the bridge and the CLI); commits it."""
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"expected a Workflow, got {workflow!r}")
+        existing = self._workflows.get(workflow.id)
+        if existing is not None and existing is not workflow:
+            raise ValueError(f"another workflow with id {workflow.id!r} is registered")
+        workflow.commit()
+        self._workflows[workflow.id] = workflow
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """The registered workflow with that id (KeyError if unknown)."""
+        try:
+            return self._workflows[workflow_id]
+        except KeyError:
+            raise KeyError(f"no workflow registered with id {workflow_id!r}") from None
+
+    @property
+    def workflows(self) -> dict[str, Workflow]:
+        return dict(self._workflows)
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        workflow: Workflow | str,
+        *,
+        run_id: str | None = None,
+        resource_id: str | None = None,
+    ) -> Run:
+        """A Run of ``workflow`` (a Workflow, or the id of a registered one).
+
+        With the id of a stored run, the Run is bound to it; otherwise a ``pending`` run is
+        stored.
+        """
+        from ._run import Run
+
+        wf = self.get_workflow(workflow) if isinstance(workflow, str) else workflow
+        if not isinstance(wf, Workflow):
+            raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
+        wf.check_runnable()
+        if run_id is None:
+            run_id = str(uuid.uuid4())
+        elif not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+        snapshot = await self.storage.load_snapshot(run_id)
+        if snapshot is None:
+            created = now_ms()
+            snapshot = RunSnapshot(
+                run_id=run_id,
+                workflow_id=wf.id,
+                resource_id=resource_id,
+                status=RunStatus.PENDING,
+                created_at=created,
+                updated_at=created,
+            )
+            if not await self.storage.create_run(snapshot):
+                stored = await self.storage.load_snapshot(run_id)
+                if stored is None:
+                    raise SnapshotNotFoundError(wf.id, run_id)
+                snapshot = stored
+        if snapshot.workflow_id != wf.id:
+            raise ValueError(
+                f"run {run_id} belongs to workflow {snapshot.workflow_id!r}, not {wf.id!r}"
+            )
+        hub = await self.hub(run_id, snapshot.status)
+        return Run(self, wf, hub, snapshot)
+
+    async def hub(self, run_id: str, status: RunStatus | None = None) -> RunHub:
+        hub = self._hubs.get(run_id)
+        if hub is None:
+            last = await self.storage.last_seq(run_id)
+            hub = self._hubs.get(run_id)  # another task may have made it meanwhile
+            if hub is None:
+                log = EventLog(run_id, self.storage, next_seq=last + 1)
+                hub = RunHub(run_id, log, status or RunStatus.PENDING)
+                log.owner = hub
+                self._hubs[run_id] = hub
+        return hub
+
+    def spawn(self, execution: Execution) -> None:
+        execution.hub.execution_started(execution)
+        self._nursery.start_soon(execution.run, name=f"trioflow run {execution.run_id}")
+
+    async def list_runs(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: RunStatus | str | None = None,
+        resource_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Stored runs, newest first, filtered by every given field."""
+        if status is not None:
+            status = RunStatus(status)
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        return await self.storage.list_runs(
+            workflow_id=workflow_id,
+            status=status,
+            resource_id=resource_id,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def get_run_state(self, run_id: str) -> RunState:
+        """Everything stored about a run; SnapshotNotFoundError when there is none."""
+        snapshot = await self.storage.load_snapshot(run_id)
+        if snapshot is None:
+            raise SnapshotNotFoundError(None, run_id)
+        result = result_from_snapshot(snapshot)
+        return RunState(
+            run_id=snapshot.run_id,
+            workflow_id=snapshot.workflow_id,
+            resource_id=snapshot.resource_id,
+            status=snapshot.status,
+            input=snapshot.input,
+            state=snapshot.state,
+            steps=result.steps,
+            suspended=result.suspended,
+            result=snapshot.result,
+            error=snapshot.error,
+            created_at=snapshot.created_at,
+            updated_at=snapshot.updated_at,
+        )
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a stored run and its event log. True when it existed."""
+        hub = self._hubs.get(run_id)
+        if hub is not None and hub.execution is not None:
+            raise RuntimeError(f"run {run_id} is executing; cancel it before deleting it")
+        return await self.storage.delete_run(run_id)
+
+    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None:
+        """``on_finish`` after every execution, ``on_error`` for failed/tripwire runs.
+        Their exceptions are logged and swallowed."""
+        callbacks = [workflow.on_finish]
+        if result.status in (RunStatus.FAILED, RunStatus.TRIPWIRE):
+            callbacks.append(workflow.on_error)
+        for callback in callbacks:
+            if callback is None:
+                continue
+            try:
+                await call_maybe_async(callback, result)
+            except Exception:
+                logger.exception("workflow %r: lifecycle callback raised", workflow.id)
+
+    async def restart_active_runs(self) -> list[str]:
+        """Restart every stored ``running``/``waiting`` run of a registered workflow
+        (in the background). Returns their ids."""
+        restarted: list[str] = []
+        for status in (RunStatus.RUNNING, RunStatus.WAITING):
+            offset = 0
+            while True:
+                page = await self.storage.list_runs(status=status, limit=500, offset=offset)
+                if not page:
+                    break
+                offset += len(page)
+                for info in page:
+                    workflow = self._workflows.get(info.workflow_id)
+                    if workflow is None:
+                        logger.warning(
+                            "run %s of unregistered workflow %r left as is",
+                            info.run_id,
+                            info.workflow_id,
+                        )
+                        continue
+                    run = await self.create_run(workflow, run_id=info.run_id)
+                    await run.begin_restart()
+                    restarted.append(info.run_id)
+        return restarted
+
+
+@asynccontextmanager
+async def open_runtime(
+    *,
+    storage: Storage | None = None,
+    workflows: Iterable[Workflow] = (),
+    restart_active_runs: bool = False,
+    tracer: Any = None,
+) -> AsyncIterator[Runtime]:
+    """Open a runtime: the nursery every run executes in.
+
+    Leaving the block stops the runtime: executions still running are cancelled with their
+    last snapshot left ``running``, so ``restart()`` (or ``restart_active_runs=True`` at
+    the next boot) continues them. A storage passed in stays open (its owner closes it);
+    the default MemoryStorage is discarded.
+    """
+    owned = storage is None
+    store: Storage = MemoryStorage() if storage is None else storage
+    try:
+        async with trio.open_nursery() as nursery:
+            runtime = Runtime(store, tracer, nursery)
+            for workflow in workflows:
+                runtime.register(workflow)
+            token = _current_runtime.set(runtime)
+            try:
+                if restart_active_runs:
+                    await runtime.restart_active_runs()
+                yield runtime
+            finally:
+                _current_runtime.reset(token)
+                nursery.cancel_scope.cancel(reason="trioflow runtime closed")
+    finally:
+        if owned:
+            with trio.CancelScope(shield=True):
+                await store.aclose()

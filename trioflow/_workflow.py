@@ -1,0 +1,354 @@
+"""Defining steps and workflows (pure builders: nothing here touches trio)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import attrs
+
+from ._core._graph import (
+    BranchEntry,
+    Entry,
+    ForeachEntry,
+    LoopEntry,
+    MapEntry,
+    MapSource,
+    ParallelEntry,
+    SleepEntry,
+    StepEntry,
+    check_id,
+)
+from ._errors import EmptyWorkflowError, WorkflowNotCommittedError
+
+if TYPE_CHECKING:
+    from ._context import StepContext
+    from ._run import Run
+
+Execute = Callable[["StepContext"], Awaitable[Any]]
+Condition = Callable[["StepContext"], Any]
+
+
+@attrs.frozen(kw_only=True)
+class RetryConfig:
+    """Workflow-wide retry policy: ``attempts`` extra tries, ``delay`` seconds apart."""
+
+    attempts: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+
+
+def _check_timeout(_: object, __: object, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {value!r}")
+
+
+def _check_retries(_: object, __: object, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise ValueError(f"retries must be an int >= 0, got {value!r}")
+
+
+def _check_execute(_: object, __: object, value: object) -> None:
+    if not callable(value):
+        raise TypeError(f"execute must be an async function, got {value!r}")
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Step:
+    """One unit of work: ``async def execute(ctx) -> output``. Build with
+    :func:`create_step` or :func:`step`."""
+
+    id: str = attrs.field(validator=lambda _, __, v: check_id("step", v))
+    execute: Execute = attrs.field(validator=_check_execute)
+    input_schema: Any = None
+    output_schema: Any = None
+    resume_schema: Any = None
+    suspend_schema: Any = None
+    state_schema: Any = None
+    retries: int | None = attrs.field(default=None, validator=_check_retries)
+    timeout: float | None = attrs.field(default=None, validator=_check_timeout)
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Step {self.id!r}>"
+
+
+def create_step(
+    *,
+    id: str,
+    execute: Execute,
+    input_schema: Any = None,
+    output_schema: Any = None,
+    resume_schema: Any = None,
+    suspend_schema: Any = None,
+    state_schema: Any = None,
+    retries: int | None = None,
+    timeout: float | None = None,
+    description: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Step:
+    """Create a :class:`Step`. ``execute`` is ``async def execute(ctx) -> output``."""
+    return Step(
+        id=id,
+        execute=execute,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        resume_schema=resume_schema,
+        suspend_schema=suspend_schema,
+        state_schema=state_schema,
+        retries=retries,
+        timeout=timeout,
+        description=description,
+        metadata=dict(metadata) if metadata is not None else None,
+    )
+
+
+def step(
+    *,
+    id: str,
+    input_schema: Any = None,
+    output_schema: Any = None,
+    resume_schema: Any = None,
+    suspend_schema: Any = None,
+    state_schema: Any = None,
+    retries: int | None = None,
+    timeout: float | None = None,
+    description: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Callable[[Execute], Step]:
+    """Decorator form of :func:`create_step`: ``@step(id="x") async def x(ctx): ...``."""
+
+    def decorate(fn: Execute) -> Step:
+        return create_step(
+            id=id,
+            execute=fn,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            resume_schema=resume_schema,
+            suspend_schema=suspend_schema,
+            state_schema=state_schema,
+            retries=retries,
+            timeout=timeout,
+            description=description or fn.__doc__,
+            metadata=metadata,
+        )
+
+    return decorate
+
+
+def _check_node(value: object) -> Any:
+    if isinstance(value, Step | Workflow):
+        return value
+    raise TypeError(f"expected a Step or a Workflow, got {value!r}")
+
+
+_W = TypeVar("_W", bound="Workflow")
+
+
+@attrs.define(eq=False, kw_only=True)
+class Workflow:
+    """An ordered graph of entries. Build it with the chained methods, then ``commit()``.
+
+    A Workflow is itself usable as a step (a nested workflow), keyed by its id.
+    """
+
+    id: str = attrs.field(validator=lambda _, __, v: check_id("workflow", v))
+    input_schema: Any = None
+    output_schema: Any = None
+    state_schema: Any = None
+    retry_config: RetryConfig = attrs.field(factory=RetryConfig)
+    validate_inputs: bool = True
+    emit_step_events: bool = True
+    on_start: Callable[..., Any] | None = None
+    on_finish: Callable[..., Any] | None = None
+    on_error: Callable[..., Any] | None = None
+    description: str | None = None
+    entries: list[Entry] = attrs.field(factory=list)
+    committed: bool = False
+    # Nested workflows use these like a step does.
+    resume_schema: Any = None
+    suspend_schema: Any = None
+    retries: int | None = None
+    timeout: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.id!r} ({len(self.entries)} entries)>"
+
+    def _add(self: _W, entry: Entry) -> _W:
+        self.entries.append(entry)
+        self.committed = False
+        return self
+
+    def then(self: _W, node: Step | Workflow) -> _W:
+        """Run ``node`` with the previous entry's output as input."""
+        return self._add(StepEntry(_check_node(node)))
+
+    def parallel(self: _W, nodes: Sequence[Step | Workflow], *, fail_fast: bool = False) -> _W:
+        """Run every node at once on the same input; output ``{id: output}``.
+
+        By default every branch runs to completion and the first failure is reported after
+        all settle; ``fail_fast=True`` cancels the siblings of the first failing branch.
+        """
+        if not nodes:
+            raise ValueError("parallel() needs at least one step")
+        return self._add(ParallelEntry(tuple(_check_node(n) for n in nodes), fail_fast))
+
+    def branch(self: _W, branches: Sequence[tuple[Condition, Step | Workflow]]) -> _W:
+        """Run **every** node whose condition is true (a raising condition is false);
+        output ``{id: output}`` of those that ran, ``{}`` when none."""
+        if not branches:
+            raise ValueError("branch() needs at least one (condition, step) pair")
+        conditions: list[Condition] = []
+        nodes: list[Any] = []
+        for pair in branches:
+            condition, node = pair
+            if not callable(condition):
+                raise TypeError(f"branch condition must be callable, got {condition!r}")
+            conditions.append(condition)
+            nodes.append(_check_node(node))
+        return self._add(BranchEntry(tuple(conditions), tuple(nodes)))
+
+    def dowhile(self: _W, node: Step | Workflow, condition: Condition) -> _W:
+        """Run ``node`` at least once, again while ``condition`` is true."""
+        return self._loop(node, condition, "dowhile")
+
+    def dountil(self: _W, node: Step | Workflow, condition: Condition) -> _W:
+        """Run ``node`` at least once, again until ``condition`` is true."""
+        return self._loop(node, condition, "dountil")
+
+    def _loop(
+        self: _W, node: Step | Workflow, condition: Condition, kind: Literal["dowhile", "dountil"]
+    ) -> _W:
+        if not callable(condition):
+            raise TypeError(f"loop condition must be callable, got {condition!r}")
+        return self._add(LoopEntry(_check_node(node), condition, kind))
+
+    def foreach(self: _W, node: Step | Workflow, *, concurrency: int = 1) -> _W:
+        """Run ``node`` once per item of the previous output (a list), at most
+        ``concurrency`` at once; output is the list of outputs in input order."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"foreach concurrency must be an int >= 1, got {concurrency!r}")
+        return self._add(ForeachEntry(_check_node(node), concurrency))
+
+    def map(
+        self: _W,
+        fn_or_mapping: Callable[..., Any] | Mapping[str, MapSource],
+        *,
+        id: str | None = None,
+    ) -> _W:
+        """Build the next input: ``fn(ctx)``, or a dict from ``from_step``/``from_init``/
+        ``from_context``/``const`` sources. The id defaults to ``map_<position>``."""
+        entry_id = check_id("map", id) if id is not None else f"map_{len(self.entries)}"
+        if callable(fn_or_mapping):
+            return self._add(MapEntry(entry_id, fn=fn_or_mapping))
+        if isinstance(fn_or_mapping, Mapping):
+            from ._core._graph import Const, FromContext, FromInit, FromStep
+
+            for key, source in fn_or_mapping.items():
+                if not isinstance(source, FromStep | FromInit | FromContext | Const):
+                    raise TypeError(
+                        f"map source for {key!r} must be from_step/from_init/from_context/"
+                        f"const, got {source!r}"
+                    )
+            return self._add(MapEntry(entry_id, mapping=dict(fn_or_mapping)))
+        raise TypeError(f"map() takes a function or a mapping, got {fn_or_mapping!r}")
+
+    def sleep(
+        self: _W,
+        seconds: float | _dt.timedelta | Callable[..., Any],
+        *,
+        id: str | None = None,
+    ) -> _W:
+        """Wait, passing the input through. Interrupted at once by cancel."""
+        entry_id = check_id("sleep", id) if id is not None else f"sleep_{len(self.entries)}"
+        if isinstance(seconds, _dt.timedelta):
+            seconds = seconds.total_seconds()
+        if not callable(seconds):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError(f"sleep needs seconds >= 0, got {seconds!r}")
+            seconds = float(seconds)
+        return self._add(SleepEntry(entry_id, seconds=seconds))
+
+    def sleep_until(
+        self: _W, when: _dt.datetime | Callable[..., Any], *, id: str | None = None
+    ) -> _W:
+        """Wait until an aware datetime (or ``fn(ctx) -> datetime``), passing the input
+        through. A naive datetime is a ValueError here."""
+        entry_id = (
+            check_id("sleep_until", id) if id is not None else f"sleep_until_{len(self.entries)}"
+        )
+        if isinstance(when, _dt.datetime):
+            if when.tzinfo is None or when.utcoffset() is None:
+                raise ValueError("sleep_until needs an aware datetime (with tzinfo), got a naive one")
+        elif not callable(when):
+            raise TypeError(f"sleep_until takes a datetime or a function, got {when!r}")
+        return self._add(SleepEntry(entry_id, until=when))
+
+    def commit(self: _W) -> _W:
+        """Freeze the graph: a run can only be created from a committed workflow."""
+        self.committed = True
+        return self
+
+    def check_runnable(self) -> None:
+        if not self.entries:
+            raise EmptyWorkflowError(
+                "Execution flow of workflow is not defined. Add steps to the workflow via "
+                ".then(), .branch(), etc."
+            )
+        if not self.committed:
+            raise WorkflowNotCommittedError(
+                "Uncommitted step flow changes detected. Call .commit() to register the steps."
+            )
+
+    async def create_run(
+        self, *, run_id: str | None = None, resource_id: str | None = None
+    ) -> Run:
+        """A :class:`Run` of this workflow in the innermost open runtime.
+
+        With the ``run_id`` of a stored run, the Run is bound to it (this is how another
+        process resumes a run). Raises :class:`NoRuntimeError` outside ``open_runtime()``.
+        """
+        from ._runtime import current_runtime
+
+        return await current_runtime().create_run(self, run_id=run_id, resource_id=resource_id)
+
+    async def create_run_async(
+        self, *, run_id: str | None = None, resource_id: str | None = None
+    ) -> Run:
+        """Deprecated alias of :meth:`create_run`."""
+        warnings.warn(
+            "create_run_async() is deprecated; use create_run()", DeprecationWarning, stacklevel=2
+        )
+        return await self.create_run(run_id=run_id, resource_id=resource_id)
+
+
+def create_workflow(
+    *,
+    id: str,
+    input_schema: Any = None,
+    output_schema: Any = None,
+    state_schema: Any = None,
+    retry_config: RetryConfig | None = None,
+    validate_inputs: bool = True,
+    emit_step_events: bool = True,
+    on_start: Callable[..., Any] | None = None,
+    on_finish: Callable[..., Any] | None = None,
+    on_error: Callable[..., Any] | None = None,
+    description: str | None = None,
+) -> Workflow:
+    """Create an empty :class:`Workflow`; add entries with ``then``/``parallel``/…"""
+    return Workflow(
+        id=id,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        state_schema=state_schema,
+        retry_config=retry_config if retry_config is not None else RetryConfig(),
+        validate_inputs=validate_inputs,
+        emit_step_events=emit_step_events,
+        on_start=on_start,
+        on_finish=on_finish,
+        on_error=on_error,
+        description=description,
+    )

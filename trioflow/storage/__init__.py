@@ -1,0 +1,4 @@
+"""Storage backends and the protocol they implement."""
+
+from ._protocol import Storage as Storage
+from .memory import MemoryStorage as MemoryStorage

@@ -1,0 +1,68 @@
+"""``TracingOptions``: validated at construction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def _hex_of(max_len: int) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or not 1 <= len(value) <= max_len or not _HEX.fullmatch(value):
+            raise ValueError(
+                f"{attribute.name} must be 1-{max_len} hexadecimal characters, got {value!r}"
+            )
+
+    return check
+
+
+def _tuple_of_str(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        raise TypeError(f"expected a list of str, got the str {value!r}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"expected a list of str, got item {item!r}")
+    return items
+
+
+@attrs.frozen(kw_only=True)
+class TracingOptions:
+    """How an execution is traced.
+
+    ``trace_id`` (1-32 hex chars) joins an existing trace; ``parent_span_id`` (1-16 hex
+    chars) makes the root span a child of an external span; ``request_context_keys`` copies
+    request-context values (dotted paths reach nested values) into the root span's
+    metadata; ``metadata`` and ``tags`` go on the root span.
+    """
+
+    metadata: dict[str, Any] | None = None
+    request_context_keys: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    trace_id: str | None = attrs.field(default=None, validator=_hex_of(32))
+    parent_span_id: str | None = attrs.field(default=None, validator=_hex_of(16))
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+
+
+_FIELDS = {"metadata", "request_context_keys", "trace_id", "parent_span_id", "tags"}
+
+
+def coerce_tracing_options(value: TracingOptions | Mapping[str, Any] | None) -> TracingOptions:
+    if value is None:
+        return TracingOptions()
+    if isinstance(value, TracingOptions):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - _FIELDS
+        if unknown:
+            raise ValueError(f"unknown tracing option(s): {', '.join(sorted(unknown))}")
+        return TracingOptions(**dict(value))
+    raise TypeError(f"tracing_options must be a TracingOptions or a dict, got {value!r}")
