@@ -5,6 +5,7 @@ as typed chunk events, suspend for a human and resume later (in another process)
 restart and observe from any point of their durable event log.
 """
 
+from ._broadcast import Subscription as Subscription
 from ._context import RequestContext as RequestContext
 from ._context import StepContext as StepContext
 from ._context import Writer as Writer
@@ -50,7 +51,6 @@ from ._errors import TrioflowError as TrioflowError
 from ._errors import TripwireError as TripwireError
 from ._errors import ValidationError as ValidationError
 from ._errors import WorkflowNotCommittedError as WorkflowNotCommittedError
-from ._broadcast import Subscription as Subscription
 from ._run import LegacyEvent as LegacyEvent
 from ._run import LegacyRunOutput as LegacyRunOutput
 from ._run import Run as Run

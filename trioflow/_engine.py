@@ -330,8 +330,8 @@ class Level:
         if node_id not in self._seen:
             self._seen.add(node_id)
             self.execution_path.append(node_id)
-        for label in [k for k, v in self.resume_labels.items() if v.path[:1] == [node_id]]:
-            del self.resume_labels[label]
+        for name in [k for k, v in self.resume_labels.items() if v.path[:1] == [node_id]]:
+            del self.resume_labels[name]
         if result.status is _S.SUSPENDED:
             self.suspended_paths[node_id] = entry_path
             for label in run.labels:
@@ -524,6 +524,32 @@ class Level:
         emit: bool = True,
         iteration: int = 0,
         foreach_index: int | None = None,
+        record: bool = True,
+    ) -> StepRun:
+        """Run one node. When it is interrupted by cancellation, its ``canceled`` result is
+        recorded at this level (``record``; foreach iterations are recorded by their
+        container) before ``trio.Cancelled`` propagates."""
+        try:
+            return await self._run_node(
+                node, value, resume=resume, chunk_id=chunk_id, emit=emit, iteration=iteration,
+                foreach_index=foreach_index,
+            )
+        except trio.Cancelled:
+            if record:
+                canceled = StepResult(status=_S.CANCELED, payload=value, ended_at=now_ms())
+                self.settle(node.id, StepRun(result=canceled), [])
+            raise
+
+    async def _run_node(
+        self,
+        node: Step | Workflow,
+        value: Any,
+        *,
+        resume: NodeResume | None,
+        chunk_id: str,
+        emit: bool,
+        iteration: int,
+        foreach_index: int | None,
     ) -> StepRun:
         if isinstance(node, Workflow):
             return await self.run_nested(
@@ -562,7 +588,7 @@ class Level:
                 chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume,
                 metadata=metadata,
             )
-        base = {
+        base: dict[str, Any] = {
             "payload": value,
             "started_at": started_at,
             "metadata": metadata,
@@ -669,14 +695,15 @@ class Level:
         started_at = now_ms()
         index = f"[{foreach_index}]" if foreach_index is not None else ""
         key_prefix = f"{self.key_prefix}{node.id}{index}."
-        header = nested_header(resume.stored) if resume is not None else None
-        if header is not None and "payload" in (resume.stored or {}):
-            value = (resume.stored or {})["payload"]
+        stored = resume.stored if resume is not None else None
+        header = nested_header(stored)
+        if header is not None and stored is not None and "payload" in stored:
+            value = stored["payload"]
         if emit:
             self.emit_start(
                 chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume
             )
-        base = {
+        base: dict[str, Any] = {
             "payload": value,
             "started_at": started_at,
             "resume_payload": resume.data if resume is not None and header is not None else None,
@@ -1021,7 +1048,7 @@ class Level:
             try:
                 run = await self.run_node(
                     node, items[i], resume=item_resume, chunk_id=chunk_id, emit=False,
-                    foreach_index=i,
+                    foreach_index=i, record=False,
                 )
             finally:
                 slots.release()
@@ -1068,7 +1095,7 @@ class Level:
 
         ended_at = now_ms()
         metadata = {"foreach": {"outcomes": outcomes}}
-        base = {
+        base: dict[str, Any] = {
             "payload": items,
             "started_at": started_at,
             "metadata": metadata,
@@ -1186,6 +1213,7 @@ class Level:
                                 ended_at=now_ms())
             if emit:
                 self.emit_settled(chunk_id, result, None)
+            self.settle(entry.id, StepRun(result=result), [idx])
             raise
         result = StepResult(status=_S.SUCCESS, payload=value, output=value,
                             started_at=started_at, ended_at=now_ms())

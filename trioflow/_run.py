@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -381,10 +382,9 @@ class Run:
                 input_value = claimed.input
         state: Any = claimed.state if claimed.state is not None else {}
         if wf.state_schema is not None:
-            try:
+            # A stored state that no longer fits the schema is handed over as stored.
+            with contextlib.suppress(Exception):
                 state = structure(state, wf.state_schema)
-            except Exception:
-                pass
         execution = Execution(
             runtime=self._runtime,
             hub=self._hub,

@@ -133,7 +133,7 @@ def _attrs_guard_factory(t: Any) -> Callable[[Any, Any], Any]:
             value = converter.unstructure(value)
         if not isinstance(value, Mapping):
             raise TypeError(f"expected object, got {_type_name(value)}")
-        return inner(value)
+        return inner(value, type_)
 
     return hook
 
@@ -141,7 +141,7 @@ def _attrs_guard_factory(t: Any) -> Callable[[Any, Any], Any]:
 converter.register_structure_hook_factory(_is_list, _list_factory)
 converter.register_structure_hook_factory(_is_mapping, _mapping_factory)
 converter.register_structure_hook_factory(attrs.has, _attrs_guard_factory)
-converter.register_structure_hook(typing.Any, _structure_any)  # type: ignore[arg-type]
+converter.register_structure_hook(typing.Any, _structure_any)
 
 _KEY_NOTE = re.compile(r"@ key (.+)$")
 
@@ -195,9 +195,13 @@ def structure(value: Any, schema: Any) -> Any:
     """
     if schema is None or schema is typing.Any:
         return value
-    if isinstance(schema, type) and not _origin(schema) and isinstance(value, schema):
-        if not isinstance(value, bool) or schema is bool:
-            return value
+    if (
+        isinstance(schema, type)
+        and not _origin(schema)
+        and isinstance(value, schema)
+        and (not isinstance(value, bool) or schema is bool)
+    ):
+        return value
     return converter.structure(value, schema)
 
 
@@ -219,8 +223,6 @@ def to_jsonable(value: Any) -> Any:
     """A JSON-compatible copy of ``value`` (attrs instances unstructured, enums to values,
     datetimes to ISO strings). Plain JSON data is returned as is, without copying."""
     if isinstance(value, _PRIMITIVES):
-        if isinstance(value, enum.Enum):
-            return value.value
         return value
     if isinstance(value, dict):
         if all(type(k) is str and isinstance(v, _PRIMITIVES) for k, v in value.items()):
@@ -244,7 +246,7 @@ def to_jsonable(value: Any) -> Any:
 _ERROR_SKIP = frozenset({"args", "with_traceback", "add_note"})
 
 
-def serialize_error(exc: BaseException, *, _depth: int = 0) -> Any:
+def serialize_error(exc: Any, *, _depth: int = 0) -> Any:
     """A :class:`SerializedError` for ``exc``: message, class name, JSON-able public
     attributes, and the cause chain (``__cause__``, else an unsuppressed ``__context__``)."""
     from ._core._model import SerializedError

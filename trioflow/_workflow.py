@@ -49,7 +49,15 @@ def _check_retries(_: object, __: object, value: int | None) -> None:
         raise ValueError(f"retries must be an int >= 0, got {value!r}")
 
 
-def _check_execute(_: object, __: object, value: object) -> None:
+def _check_step_id(_: object, __: object, value: str) -> None:
+    check_id("step", value)
+
+
+def _check_workflow_id(_: object, __: object, value: str) -> None:
+    check_id("workflow", value)
+
+
+def _check_execute(_: object, __: object, value: Execute) -> None:
     if not callable(value):
         raise TypeError(f"execute must be an async function, got {value!r}")
 
@@ -59,7 +67,7 @@ class Step:
     """One unit of work: ``async def execute(ctx) -> output``. Build with
     :func:`create_step` or :func:`step`."""
 
-    id: str = attrs.field(validator=lambda _, __, v: check_id("step", v))
+    id: str = attrs.field(validator=_check_step_id)
     execute: Execute = attrs.field(validator=_check_execute)
     input_schema: Any = None
     output_schema: Any = None
@@ -154,7 +162,7 @@ class Workflow:
     A Workflow is itself usable as a step (a nested workflow), keyed by its id.
     """
 
-    id: str = attrs.field(validator=lambda _, __, v: check_id("workflow", v))
+    id: str = attrs.field(validator=_check_workflow_id)
     input_schema: Any = None
     output_schema: Any = None
     state_schema: Any = None

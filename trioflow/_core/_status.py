@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Status of a run. A ``str`` enum: ``RunStatus.SUCCESS == "success"``."""
 
     PENDING = "pending"
@@ -22,11 +22,8 @@ class RunStatus(str, enum.Enum):
     TRIPWIRE = "tripwire"
     PAUSED = "paused"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     """Status of one step result: the run statuses that apply to a step, plus
     ``bailed`` and ``skipped``."""
 
@@ -40,9 +37,6 @@ class StepStatus(str, enum.Enum):
     PAUSED = "paused"
     BAILED = "bailed"
     SKIPPED = "skipped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Statuses after which nothing more can happen to a run.
