@@ -5,6 +5,8 @@ as typed chunk events, suspend for a human and resume later (in another process)
 restart and observe from any point of their durable event log.
 """
 
+from ._agent import ModelChunk as ModelChunk
+from ._agent import agent_step as agent_step
 from ._broadcast import Subscription as Subscription
 from ._context import RequestContext as RequestContext
 from ._context import StepContext as StepContext
@@ -57,6 +59,8 @@ from ._run import Run as Run
 from ._run import RunOutput as RunOutput
 from ._runtime import Runtime as Runtime
 from ._runtime import open_runtime as open_runtime
+from ._serde import from_wire as from_wire
+from ._serde import to_wire as to_wire
 from ._version import __version__ as __version__
 from ._workflow import RetryConfig as RetryConfig
 from ._workflow import Step as Step

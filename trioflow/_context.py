@@ -12,6 +12,7 @@ from ._core._chunks import StepOutputPayload, WorkflowStepOutput
 from ._core._graph import get_path
 from ._core._model import Usage
 from ._serde import to_jsonable, validate
+from .tracing._spans import current_span
 
 if TYPE_CHECKING:
     from ._engine import Level
@@ -158,7 +159,7 @@ class StepContext:
         self.retry_count = retry_count
         self.iteration_count = iteration_count
         self.writer = Writer(level, step_name)
-        self.tracing_context: Any = None
+        self.tracing_context: Any = current_span.get(None)
         self._suspend_schema = suspend_schema
         self._state_schema = state_schema
         self._is_condition = is_condition

@@ -13,6 +13,7 @@ SystemExit) always propagate.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as _dt
 import inspect
@@ -21,7 +22,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -82,6 +83,8 @@ from ._errors import (
 )
 from ._serde import dump_error, load_error, serialize_error, to_jsonable, validate
 from ._workflow import Step, Workflow
+from .tracing import TracingOptions
+from .tracing._spans import Span, current_span
 
 if TYPE_CHECKING:
     from ._runtime import RunHub, Runtime
@@ -92,6 +95,8 @@ logger = logging.getLogger("trioflow")
 current_execution: contextvars.ContextVar[Execution] = contextvars.ContextVar(
     "trioflow_execution"
 )
+
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 #: How long the final snapshot write of a canceled run may take while shielded.
 SHIELDED_WRITE_GRACE = 10.0
@@ -460,19 +465,26 @@ class Level:
             run = await self.run_node(node, value, resume=resume, chunk_id=self.chunk_id(node.id))
             self.settle(node.id, run, [idx])
             return outcome_of(run)
-        if isinstance(entry, ParallelEntry):
-            return await self.run_block(
-                idx, list(entry.nodes), value, target, fail_fast=entry.fail_fast, restart=restart
-            )
-        if isinstance(entry, BranchEntry):
-            return await self.run_branch(idx, entry, value, target, restart=restart)
-        if isinstance(entry, LoopEntry):
-            return await self.run_loop(idx, entry, value, target, restart=restart)
-        if isinstance(entry, ForeachEntry):
-            return await self.run_foreach(idx, entry, value, target, restart=restart)
         if isinstance(entry, MapEntry):
             return await self.run_map(idx, entry, value)
-        return await self.run_sleep(idx, entry, value)
+        kind, name = _entry_span(entry)
+        with self.execution.span(kind, name) as span:
+            if isinstance(entry, ParallelEntry):
+                outcome = await self.run_block(
+                    idx, list(entry.nodes), value, target, fail_fast=entry.fail_fast,
+                    restart=restart,
+                )
+            elif isinstance(entry, BranchEntry):
+                outcome = await self.run_branch(idx, entry, value, target, restart=restart)
+            elif isinstance(entry, LoopEntry):
+                outcome = await self.run_loop(idx, entry, value, target, restart=restart)
+            elif isinstance(entry, ForeachEntry):
+                outcome = await self.run_foreach(idx, entry, value, target, restart=restart)
+            else:
+                outcome = await self.run_sleep(idx, entry, value)
+            if span is not None:
+                span.status = outcome.status.value
+            return outcome
 
     def node_resume(self, node_id: str, target: ResumeTarget | None) -> NodeResume | None:
         if target is None or not target.path or target.path[0] != node_id:
@@ -530,10 +542,16 @@ class Level:
         recorded at this level (``record``; foreach iterations are recorded by their
         container) before ``trio.Cancelled`` propagates."""
         try:
-            return await self._run_node(
-                node, value, resume=resume, chunk_id=chunk_id, emit=emit, iteration=iteration,
-                foreach_index=foreach_index,
-            )
+            with self.execution.span("workflow_step", f"workflow step: '{chunk_id}'") as span:
+                run = await self._run_node(
+                    node, value, resume=resume, chunk_id=chunk_id, emit=emit,
+                    iteration=iteration, foreach_index=foreach_index,
+                )
+                if span is not None:
+                    span.status = run.result.status.value
+                    if run.result.error is not None:
+                        span.error = str(run.result.error)
+                return run
         except trio.Cancelled:
             if record:
                 canceled = StepResult(status=_S.CANCELED, payload=value, ended_at=now_ms())
@@ -1253,6 +1271,20 @@ class _Label:
         self.foreach_index = foreach_index
 
 
+def _entry_span(entry: Entry) -> tuple[str, str]:
+    if isinstance(entry, ParallelEntry):
+        return "workflow_parallel", "parallel: " + ", ".join(entry.ids)
+    if isinstance(entry, BranchEntry):
+        return "workflow_conditional", "branch: " + ", ".join(entry.ids)
+    if isinstance(entry, LoopEntry):
+        return "workflow_loop", f"{entry.kind}: {entry.node.id}"
+    if isinstance(entry, ForeachEntry):
+        return "workflow_loop", f"foreach: {entry.node.id}"
+    if isinstance(entry, SleepEntry):
+        return "workflow_sleep", f"sleep: {entry.id}"
+    return "workflow_step", entry.ids[0]
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "null"
@@ -1301,8 +1333,12 @@ class Execution:
         per_step: bool = False,
         target: ResumeTarget | None = None,
         resume_data: Any = None,
+        tracing: TracingOptions | None = None,
     ) -> None:
         self.runtime = runtime
+        self.tracer = runtime.tracer
+        self.tracing = tracing if tracing is not None else TracingOptions()
+        self.root_span: Span | None = None
         self.hub = hub
         self.log = hub.log
         self.storage = runtime.storage
@@ -1350,6 +1386,66 @@ class Execution:
                     "active_input": base.active_input,
                 }
             )
+
+    def span(self, kind: str, name: str) -> contextlib.AbstractContextManager[Span | None]:
+        """A child span of the current one (nothing at all without a tracer)."""
+        if self.tracer is None:
+            return _NO_SPAN
+        return self._span(kind, name)
+
+    @contextlib.contextmanager
+    def _span(self, kind: str, name: str) -> Iterator[Span | None]:
+        parent = current_span.get(self.root_span)
+        span = Span(
+            trace_id=self.trace_id,
+            span_id=new_span_id(),
+            parent_span_id=parent.span_id if parent is not None else None,
+            name=name,
+            kind=kind,
+            started_at=now_ms(),
+        )
+        self.tracer.span_started(span)
+        token = current_span.set(span)
+        try:
+            yield span
+        except trio.Cancelled:
+            span.status = "canceled"
+            raise
+        finally:
+            current_span.reset(token)
+            span.ended_at = now_ms()
+            self.tracer.span_ended(span)
+
+    def _start_root_span(self) -> None:
+        options = self.tracing
+        metadata: dict[str, Any] = dict(options.metadata or {})
+        for key in options.request_context_keys:
+            metadata[key] = self.request_context.get_path(key)
+        parent = options.parent_span_id
+        name = f"workflow run: '{self.workflow.id}'"
+        if self.kind != "start":
+            metadata["resumed"] = True
+            if self.base.span_id:
+                metadata["resumed_from_span_id"] = self.base.span_id
+            name += " (resumed)" if self.kind == "resume" else " (restarted)"
+        self.root_span = Span(
+            trace_id=self.trace_id,
+            span_id=self.span_id,
+            parent_span_id=parent,
+            name=name,
+            kind="workflow_run",
+            started_at=now_ms(),
+            metadata=metadata,
+            tags=tuple(options.tags),
+        )
+        self.tracer.span_started(self.root_span)
+        current_span.set(self.root_span)
+
+    def _end_root_span(self, status: RunStatus) -> None:
+        if self.root_span is not None:
+            self.root_span.status = status.value
+            self.root_span.ended_at = now_ms()
+            self.tracer.span_ended(self.root_span)
 
     def next_call_id(self) -> str:
         return f"{self._call_prefix}-{next(self._call_ids)}"
@@ -1418,6 +1514,8 @@ class Execution:
         """The execution task. Never raises a step's error; on the runtime's own
         cancellation the last snapshot stays ``running`` (restartable)."""
         current_execution.set(self)
+        if self.tracer is not None:
+            self._start_root_span()
         try:
             async with trio.open_nursery() as helpers:
                 helpers.start_soon(self._flusher)
@@ -1438,6 +1536,8 @@ class Execution:
                 self.failure = exc
             raise
         finally:
+            if self.tracer is not None:
+                self._end_root_span(self.result.status if self.result else RunStatus.RUNNING)
             self.hub.execution_ended(self)
             self.done.set()
 

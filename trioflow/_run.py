@@ -221,6 +221,7 @@ class Run:
             request_context=context,
             trace_id=trace_id,
             per_step=per_step,
+            tracing=tracing,
         )
         execution.emit_workflow_start()
         self._runtime.spawn(execution)
@@ -362,7 +363,9 @@ class Run:
             if current is None:
                 raise SnapshotNotFoundError(wf.id, self.run_id)
             raise NotSuspendedError()
-        return self._spawn_continuation(claimed, "resume", context, trace_id, target, data)
+        return self._spawn_continuation(
+            claimed, "resume", context, trace_id, target, data, tracing
+        )
 
     def _spawn_continuation(
         self,
@@ -372,6 +375,7 @@ class Run:
         trace_id: str,
         target: ResumeTarget | None,
         data: Any,
+        tracing: TracingOptions | None = None,
     ) -> Execution:
         wf = self._workflow
         input_value = claimed.input
@@ -397,6 +401,7 @@ class Run:
             trace_id=trace_id,
             target=target,
             resume_data=data,
+            tracing=tracing,
         )
         self._claimed = True
         execution.emit_workflow_start()

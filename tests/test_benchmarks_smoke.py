@@ -1,0 +1,68 @@
+"""Smoke test of the benchmark harness: `benchmarks/run_all.py --quick` runs every scenario.
+
+No timing is asserted: only that the harness runs to the end, exits 0 and prints one JSON
+list holding every scenario with its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_ALL = REPO_ROOT / "benchmarks" / "run_all.py"
+
+# scenario -> the figures its row must carry
+EXPECTED_FIGURES: dict[str, tuple[str, ...]] = {
+    "floor-chain-100": ("floor_us_per_step",),
+    "floor-parallel-100": ("floor_us_per_branch",),
+    "floor-foreach-c1": ("floor_us_per_item",),
+    "floor-foreach-c16": ("floor_us_per_item",),
+    "chain-100": ("us_per_step", "floor_us_per_step", "goal_us", "ratio_to_floor"),
+    "parallel-100": ("us_per_branch", "floor_us_per_branch", "goal_us", "ratio_to_floor"),
+    "foreach-c1": ("us_per_item", "floor_us_per_item", "goal_us", "ratio_to_floor"),
+    "foreach-c16": ("us_per_item", "floor_us_per_item", "goal_us", "ratio_to_floor"),
+}
+
+
+@pytest.fixture(scope="module")
+def quick_results() -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, str(RUN_ALL), "--quick"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"run_all.py --quick exited {proc.returncode}:\n{proc.stderr}"
+    results = json.loads(proc.stdout)
+    assert isinstance(results, list)
+    return results
+
+
+def test_quick_run_prints_a_json_list_of_scenario_objects(
+    quick_results: list[dict[str, Any]],
+) -> None:
+    assert quick_results
+    assert all(isinstance(row, dict) and "scenario" in row for row in quick_results)
+    assert not [row for row in quick_results if "error" in row]
+
+
+def test_every_scenario_is_present_once(quick_results: list[dict[str, Any]]) -> None:
+    names = [row["scenario"] for row in quick_results]
+    assert sorted(names) == sorted(EXPECTED_FIGURES)
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED_FIGURES))
+def test_scenario_reports_its_figures_as_numbers(
+    quick_results: list[dict[str, Any]], scenario: str
+) -> None:
+    row = next(row for row in quick_results if row["scenario"] == scenario)
+    for figure in EXPECTED_FIGURES[scenario]:
+        assert isinstance(row.get(figure), int | float), (scenario, figure, row)
