@@ -875,3 +875,22 @@ async def test_resume_stream_reports_progress_against_the_whole_list() -> None:
         (2, "success", 20),
     ]
     assert len(for_step(chunks, "workflow-step-result")) == 1
+
+
+async def test_progress_carries_iteration_output_only_on_success() -> None:
+    # mastra-behaviour §5 "Progress payload": `iterationOutput` only on success. The body
+    # suspends and then returns a value (that value is its suspend output, not an output).
+    async def body(ctx: tf.StepContext) -> str:
+        if ctx.input_data == 1:
+            await ctx.suspend({"item": 1})
+            return "suspend-output"
+        return "done"
+
+    wf = foreach_workflow(tf.create_step(id=STEP_ID, execute=body))
+    chunks, result = await stream_once(wf, [0, 1])
+
+    assert result.status == "suspended"
+    assert [(p.iteration_status, p.iteration_output) for p in progress(chunks)] == [
+        ("success", "done"),
+        ("suspended", None),
+    ]

@@ -299,6 +299,22 @@ async def test_run_suspended_twice_in_a_chain_needs_two_resumes(rt: Any) -> None
     assert [(c.step, c.resume) for c in resumed(calls)] == [("g1", {"n": 1}), ("g2", {"n": 2})]
 
 
+async def test_successful_resume_clears_suspension_fields(rt: Any) -> None:
+    cr = await suspended_chain_run()
+    result = await cr.run.resume(resume_data={"ok": True})
+    assert result.suspended == []
+    assert result.suspend_payload == {}
+
+
+async def test_resume_data_may_be_a_schema_instance(rt: Any) -> None:
+    calls: list[Call] = []
+    run = await chain("inst", gate("g", calls, resume_schema=Approval)).create_run()
+    await run.start(input_data=0)
+    result = await run.resume(resume_data=Approval(approved=True, by="bob"))
+    assert result.status == "success"
+    assert resumed(calls)[0].resume == Approval(approved=True, by="bob")
+
+
 # --------------------------------------------------------------------------- targeting
 
 
@@ -410,6 +426,83 @@ async def test_resume_by_label_of_nested_step(rt: Any) -> None:
     assert [c.step for c in resumed(calls)] == ["inner"]
 
 
+async def test_resume_by_nested_workflow_object_resumes_its_suspended_step(rt: Any) -> None:
+    calls: list[Call] = []
+    top, outer, _inner = nested_workflows(calls)
+    run = await top.create_run()
+    await run.start(input_data=7)
+    result = await run.resume(resume_data={"ok": True}, step=outer)
+    assert result.status == "success"
+    assert [(c.step, c.resume) for c in resumed(calls)] == [("inner", {"ok": True})]
+
+
+@pytest.mark.parametrize("target", ["a.b.c", ["a", "b", "c"]], ids=["dotted", "list"])
+async def test_resume_three_levels_deep_by_explicit_path(rt: Any, target: Any) -> None:
+    calls: list[Call] = []
+    top = chain("top3", chain("a", chain("b", gate("c", calls))))
+    run = await top.create_run()
+    await run.start(input_data=1)
+    result = await run.resume(resume_data={"deep": 1}, step=target)
+    assert result.status == "success"
+    assert result.result == 1
+    assert [c.step for c in resumed(calls)] == ["c"]
+
+
+async def test_resume_of_wrong_inner_step_of_nested_path(rt: Any) -> None:
+    calls: list[Call] = []
+    top, _outer, _inner = nested_workflows(calls)
+    run = await top.create_run()
+    await run.start(input_data=7)
+    with pytest.raises(tf.StepNotSuspendedError):
+        await run.resume(resume_data={"ok": True}, step="outer.nope")
+    assert len(calls) == 1
+    assert (await rt.get_run_state(run.run_id)).status == "suspended"
+
+
+async def test_invalid_resume_data_for_nested_step_is_rejected_before_running(rt: Any) -> None:
+    calls: list[Call] = []
+    inner = gate("inner", calls, resume_schema=Approval)
+    top = chain("top", chain("outer", inner))
+    run = await top.create_run()
+    await run.start(input_data=7)
+    with pytest.raises(tf.ValidationError) as info:
+        await run.resume(resume_data={"approved": "nope"}, step="outer.inner")
+    assert str(info.value).startswith("Invalid resume data:")
+    assert [p for p, _ in info.value.errors] == ["approved"]
+    assert len(calls) == 1
+    assert run.status == "suspended"
+    assert (await rt.get_run_state(run.run_id)).status == "suspended"
+    result = await run.resume(resume_data={"approved": True})
+    assert result.status == "success"
+    assert resumed(calls)[0].resume == Approval(approved=True)
+
+
+async def test_state_set_inside_nested_workflow_survives_its_suspension(rt: Any) -> None:
+    seen: list[Any] = []
+
+    async def inner(ctx: tf.StepContext) -> Any:
+        if ctx.resume_data is None:
+            ctx.set_state({"inner": "set"})
+            return await ctx.suspend()
+        return "inner-done"
+
+    async def after(ctx: tf.StepContext) -> Any:
+        seen.append(dict(ctx.state))
+        return ctx.input_data
+
+    top = chain(
+        "top",
+        chain("outer", tf.create_step(id="inner", execute=inner)),
+        tf.create_step(id="after", execute=after),
+    )
+    run = await top.create_run()
+    await run.start(input_data=0, initial_state={"outer": "kept"})
+    result = await run.resume(resume_data={"go": 1})
+    assert result.status == "success"
+    assert result.result == "inner-done"
+    assert seen == [{"outer": "kept", "inner": "set"}]
+
+
 # --------------------------------------------------------------------------- parallel
 
 
@@ -461,6 +554,24 @@ async def test_parallel_resume_reruns_only_the_resumed_branch(rt: Any) -> None:
     assert result.result == {"p1": 4, "ok": 5}
     assert log == ["ok"]
     assert [c.step for c in calls] == ["p1", "p1"]
+
+
+async def test_parallel_step_execution_path_lists_each_step_once(rt: Any) -> None:
+    calls: list[Call] = []
+    log: list[str] = []
+    wf = (
+        tf.create_workflow(id="parpath")
+        .parallel([gate("p1", calls), gate("p2", calls)])
+        .then(adder("after", 0, log))
+        .commit()
+    )
+    run = await wf.create_run()
+    await run.start(input_data=0)
+    await run.resume(resume_data={"r": 1}, step="p2")
+    result = await run.resume(resume_data={"r": 2}, step="p1")
+    path = result.step_execution_path
+    assert sorted(path[:2]) == ["p1", "p2"]
+    assert path[2:] == ["after"]
 
 
 # --------------------------------------------------------------------------- branch
@@ -579,6 +690,29 @@ async def test_loop_iteration_count_carries_on_across_resume(rt: Any) -> None:
     assert [(v, it) for v, r, it in seen if r is None] == [(0, 1), (1, 2)]
 
 
+async def test_suspend_data_on_resume_is_the_current_iterations_payload(rt: Any) -> None:
+    seen: list[Any] = []
+
+    async def execute(ctx: tf.StepContext) -> Any:
+        value = ctx.input_data
+        if ctx.resume_data is None:
+            return await ctx.suspend({"at": value})
+        seen.append(ctx.suspend_data)
+        return value + 1
+
+    def done(ctx: Any) -> bool:
+        return bool(ctx.input_data >= 2)
+
+    step = tf.create_step(id="s", execute=execute)
+    run = await tf.create_workflow(id="sd").dountil(step, done).commit().create_run()
+    await run.start(input_data=0)
+    await run.resume(resume_data={"go": 1})
+    result = await run.resume(resume_data={"go": 2})
+    assert result.status == "success"
+    assert result.result == 2
+    assert seen == [{"at": 0}, {"at": 1}]
+
+
 # --------------------------------------------------------------------------- schemas
 
 
@@ -621,6 +755,7 @@ async def test_invalid_resume_data_lists_every_failing_path(rt: Any) -> None:
     message = str(info.value)
     assert "\n- approved: " in message
     assert "\n- level: " in message
+    assert message.count("\n- ") == 2
     assert sorted(path for path, _msg in info.value.errors) == ["approved", "level"]
     assert all(isinstance(msg, str) and msg for _path, msg in info.value.errors)
 
@@ -761,6 +896,55 @@ async def test_valid_suspend_payload_passes_suspend_schema(rt: Any) -> None:
     result = await run.start(input_data=0)
     assert result.status == "suspended"
     assert result.suspended == [["s"]]
+
+
+async def test_resumed_step_gets_structured_input_and_state_from_storage() -> None:
+    storage = tf.MemoryStorage()
+    seen: list[Any] = []
+
+    async def check(ctx: tf.StepContext) -> Any:
+        seen.append((ctx.input_data, ctx.state, ctx.get_init_data()))
+        if ctx.resume_data is None:
+            return await ctx.suspend({"reason": "needs approval"})
+        return {"approved": ctx.resume_data.approved}
+
+    def build() -> Any:
+        step = tf.create_step(
+            id="check",
+            execute=check,
+            input_schema=Order,
+            resume_schema=Approval,
+            state_schema=Counter,
+        )
+        return (
+            tf.create_workflow(id="orders", input_schema=Order, state_schema=Counter)
+            .then(step)
+            .commit()
+        )
+
+    async with tf.open_runtime(storage=storage):
+        run = await build().create_run()
+        await run.start(input_data={"id": "o1", "amount": 5}, initial_state={"count": 3})
+        run_id = run.run_id
+    async with tf.open_runtime(storage=storage):
+        bound = await build().create_run(run_id=run_id)
+        result = await bound.resume(resume_data={"approved": True})
+    assert result.status == "success"
+    assert result.result == {"approved": True}
+    assert result.input == Order(id="o1", amount=5)
+    expected = (Order(id="o1", amount=5), Counter(count=3), Order(id="o1", amount=5))
+    assert seen == [expected, expected]
+
+
+async def test_rejected_resume_leaves_stored_run_unchanged(rt: Any) -> None:
+    calls: list[Call] = []
+    run = await chain("same", gate("g", calls, resume_schema=Approval)).create_run()
+    await run.start(input_data=0)
+    before = await rt.get_run_state(run.run_id)
+    with pytest.raises(tf.ValidationError):
+        await run.resume(resume_data={"approved": None})
+    after = await rt.get_run_state(run.run_id)
+    assert after == before
 
 
 # --------------------------------------------------------------------------- context after resume
@@ -1057,6 +1241,23 @@ async def test_concurrent_resume_through_two_bound_runs_one_wins(rt: Any) -> Non
     assert (await rt.get_run_state(run.run_id)).status == "success"
 
 
+async def test_concurrent_resume_across_runtimes_sharing_storage_one_wins() -> None:
+    storage = tf.MemoryStorage()
+    release = trio.Event()
+    log: list[str] = []
+    wf = blocking_workflow(release, log)
+    async with tf.open_runtime(storage=storage) as rt1, tf.open_runtime(storage=storage) as rt2:
+        run = await rt1.create_run(wf)
+        await run.start(input_data=0)
+        other = await rt2.create_run(wf, run_id=run.run_id)
+        assert other.status == "suspended"
+        outcomes = await _concurrent_resumes(run, other, release)
+        final = await rt2.get_run_state(run.run_id)
+    assert sorted(outcomes) == ["claimed", "success"]
+    assert log == ["resumed", "downstream"]
+    assert final.status == "success"
+
+
 async def test_create_run_with_existing_id_binds_to_stored_run(rt: Any) -> None:
     cr = await suspended_chain_run()
     run, calls, log = cr.run, cr.calls, cr.log
@@ -1172,6 +1373,35 @@ async def test_restart_of_finished_run_returns_stored_result_without_executing(r
     assert again.status == "success"
     assert again.result == finished.result == 12
     assert (len(calls), log) == executions
+
+
+async def test_restart_of_failed_run_returns_stored_outcome_without_executing(rt: Any) -> None:
+    attempts: list[int] = []
+
+    async def boom(ctx: tf.StepContext) -> None:
+        attempts.append(1)
+        raise RuntimeError("boom")
+
+    run = await chain("failrestart", tf.create_step(id="s", execute=boom)).create_run()
+    assert (await run.start(input_data=0)).status == "failed"
+    again = await run.restart()
+    assert again.status == "failed"
+    assert again.error is not None
+    assert "boom" in str(getattr(again.error, "message", again.error))
+    assert attempts == [1]
+
+
+async def test_restart_through_bound_run_of_finished_run(rt: Any) -> None:
+    cr = await suspended_chain_run()
+    await cr.run.resume(resume_data={"ok": True})
+    executions = (len(cr.calls), list(cr.log))
+    wf = chain("plain", adder("a", 1, cr.log), gate("gate", cr.calls), adder("c", 10, cr.log))
+    bound = await wf.create_run(run_id=cr.run.run_id)
+    assert bound.status == "success"
+    again = await bound.restart()
+    assert again.status == "success"
+    assert again.result == 12
+    assert (len(cr.calls), cr.log) == executions
 
 
 @pytest.mark.parametrize(

@@ -92,9 +92,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("trioflow")
 
 #: The execution the current task belongs to (tasks inherit it from the execution task).
-current_execution: contextvars.ContextVar[Execution] = contextvars.ContextVar(
-    "trioflow_execution"
-)
+current_execution: contextvars.ContextVar[Execution] = contextvars.ContextVar("trioflow_execution")
 
 _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
@@ -269,7 +267,9 @@ class Level:
     # --- bookkeeping ----------------------------------------------------------------------
 
     def load_header(self, header: dict[str, Any]) -> None:
-        self.suspended_paths = {k: list(v) for k, v in (header.get("suspended_paths") or {}).items()}
+        self.suspended_paths = {
+            k: list(v) for k, v in (header.get("suspended_paths") or {}).items()
+        }
         self.resume_labels = {
             k: ResumeLabel(path=list(v["path"]), foreach_index=v.get("foreach_index"))
             for k, v in (header.get("resume_labels") or {}).items()
@@ -302,7 +302,9 @@ class Level:
         }
 
     def full_suspended_paths(self) -> list[list[str]]:
-        stored = {k: self.execution.stored.get(self.key_prefix + k, {}) for k in self.suspended_paths}
+        stored = {
+            k: self.execution.stored.get(self.key_prefix + k, {}) for k in self.suspended_paths
+        }
         return full_suspended_paths(self.suspended_paths, stored)
 
     def suspend_payloads(self) -> dict[str, Any]:
@@ -338,6 +340,7 @@ class Level:
         for name in [k for k, v in self.resume_labels.items() if v.path[:1] == [node_id]]:
             del self.resume_labels[name]
         if result.status is _S.SUSPENDED:
+            self.execution.suspended_once = True
             self.suspended_paths[node_id] = entry_path
             for label in run.labels:
                 self.resume_labels[label.name] = ResumeLabel(
@@ -419,15 +422,19 @@ class Level:
             resume_payload=to_jsonable(result.resume_payload),
             resumed_at=result.resumed_at,
             step_call_id=call_id,
-            metadata=result.metadata if result.metadata and "nested" not in result.metadata
-            and "foreach" not in result.metadata else None,
+            metadata=result.metadata
+            if result.metadata
+            and "nested" not in result.metadata
+            and "foreach" not in result.metadata
+            else None,
         )
         self.publish(lambda run_id, seq: WorkflowStepResult(run_id=run_id, seq=seq, payload=body))
 
     # --- running the graph ----------------------------------------------------------------
 
-    async def run(self, start: int, value: Any, target: ResumeTarget | None, *, restart: bool
-                  = False) -> Outcome:
+    async def run(
+        self, start: int, value: Any, target: ResumeTarget | None, *, restart: bool = False
+    ) -> Outcome:
         entries = self.workflow.entries
         execution = self.execution
         for idx in range(start, len(entries)):
@@ -471,7 +478,11 @@ class Level:
         with self.execution.span(kind, name) as span:
             if isinstance(entry, ParallelEntry):
                 outcome = await self.run_block(
-                    idx, list(entry.nodes), value, target, fail_fast=entry.fail_fast,
+                    idx,
+                    list(entry.nodes),
+                    value,
+                    target,
+                    fail_fast=entry.fail_fast,
                     restart=restart,
                 )
             elif isinstance(entry, BranchEntry):
@@ -537,6 +548,7 @@ class Level:
         iteration: int = 0,
         foreach_index: int | None = None,
         record: bool = True,
+        on_started: Callable[[], None] | None = None,
     ) -> StepRun:
         """Run one node. When it is interrupted by cancellation, its ``canceled`` result is
         recorded at this level (``record``; foreach iterations are recorded by their
@@ -544,8 +556,14 @@ class Level:
         try:
             with self.execution.span("workflow_step", f"workflow step: '{chunk_id}'") as span:
                 run = await self._run_node(
-                    node, value, resume=resume, chunk_id=chunk_id, emit=emit,
-                    iteration=iteration, foreach_index=foreach_index,
+                    node,
+                    value,
+                    resume=resume,
+                    chunk_id=chunk_id,
+                    emit=emit,
+                    iteration=iteration,
+                    foreach_index=foreach_index,
+                    on_started=on_started,
                 )
                 if span is not None:
                     span.status = run.result.status.value
@@ -568,14 +586,26 @@ class Level:
         emit: bool,
         iteration: int,
         foreach_index: int | None,
+        on_started: Callable[[], None] | None,
     ) -> StepRun:
         if isinstance(node, Workflow):
             return await self.run_nested(
-                node, value, resume=resume, chunk_id=chunk_id, emit=emit,
+                node,
+                value,
+                resume=resume,
+                chunk_id=chunk_id,
+                emit=emit,
                 foreach_index=foreach_index,
+                on_started=on_started,
             )
         return await self.run_step(
-            node, value, resume=resume, chunk_id=chunk_id, emit=emit, iteration=iteration,
+            node,
+            value,
+            resume=resume,
+            chunk_id=chunk_id,
+            emit=emit,
+            iteration=iteration,
+            on_started=on_started,
         )
 
     async def run_step(
@@ -587,6 +617,7 @@ class Level:
         chunk_id: str,
         emit: bool,
         iteration: int,
+        on_started: Callable[[], None] | None = None,
     ) -> StepRun:
         execution = self.execution
         emit = emit and self.emits
@@ -603,9 +634,15 @@ class Level:
             resume_data = resume.data
         if emit:
             self.emit_start(
-                chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume,
+                chunk_id,
+                call_id=call_id,
+                payload=value,
+                started_at=started_at,
+                resume=resume,
                 metadata=metadata,
             )
+        if on_started is not None:
+            on_started()
         base: dict[str, Any] = {
             "payload": value,
             "started_at": started_at,
@@ -692,7 +729,9 @@ class Level:
             run = StepRun(result=result, labels=[_Label(n, []) for n in ctx._resume_labels])
             return settle(result, run)
         if ctx._bailed:
-            result = StepResult(status=_S.SUCCESS, output=ctx._bail_value, ended_at=ended_at, **base)
+            result = StepResult(
+                status=_S.SUCCESS, output=ctx._bail_value, ended_at=ended_at, **base
+            )
             return settle(result, StepRun(result=result, bailed=True))
         result = StepResult(status=_S.SUCCESS, output=output, ended_at=ended_at, **base)
         return settle(result)
@@ -706,6 +745,7 @@ class Level:
         chunk_id: str,
         emit: bool,
         foreach_index: int | None,
+        on_started: Callable[[], None] | None = None,
     ) -> StepRun:
         execution = self.execution
         emit = emit and self.emits
@@ -721,6 +761,8 @@ class Level:
             self.emit_start(
                 chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume
             )
+        if on_started is not None:
+            on_started()
         base: dict[str, Any] = {
             "payload": value,
             "started_at": started_at,
@@ -745,9 +787,11 @@ class Level:
                 header=header,
             )
             # The nested run continues with the parent's current state merged over its own.
-            sub.state = merge_state(sub.state, self.state, None) if isinstance(
-                self.state, dict
-            ) else sub.state
+            sub.state = (
+                merge_state(sub.state, self.state, None)
+                if isinstance(self.state, dict)
+                else sub.state
+            )
             inner_target: ResumeTarget | None = None
             start = sub.active_entry if sub.active_entry is not None else len(node.entries)
             if resume is not None and resume.tail:
@@ -781,7 +825,10 @@ class Level:
             self.apply_state(sub.state, None)
         if outcome.status is _S.SUCCESS:
             result = StepResult(
-                status=_S.SUCCESS, output=outcome.output, ended_at=ended_at, metadata=metadata,
+                status=_S.SUCCESS,
+                output=outcome.output,
+                ended_at=ended_at,
+                metadata=metadata,
                 **base,
             )
             return finish(result, StepRun(result=result))
@@ -840,12 +887,20 @@ class Level:
 
         scopes: dict[int, trio.CancelScope] = {}
 
-        async def branch(b: int, resume: NodeResume | None) -> None:
+        async def branch(  # noqa: ASYNC114, ASYNC128 - started() via on_started
+            b: int,
+            resume: NodeResume | None,
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        ) -> None:
             node = nodes[b]
             with trio.CancelScope() as scope:
                 scopes[b] = scope
                 run = await self.run_node(
-                    node, value, resume=resume, chunk_id=self.chunk_id(node.id)
+                    node,
+                    value,
+                    resume=resume,
+                    chunk_id=self.chunk_id(node.id),
+                    on_started=task_status.started,
                 )
                 runs[b] = run
                 self.settle(node.id, run, [idx, b])
@@ -864,8 +919,10 @@ class Level:
             await branch(*to_run[0])
         else:
             async with trio.open_nursery() as nursery:
+                # One at a time until each has published its start chunk (synchronously,
+                # before its first checkpoint): the log lists branch starts in graph order.
                 for b, resume in to_run:
-                    nursery.start_soon(branch, b, resume)
+                    await nursery.start(branch, b, resume)
 
         statuses: list[StepStatus] = []
         output: dict[str, Any] = {}
@@ -899,7 +956,12 @@ class Level:
         return Outcome(status, output=output if status is _S.SUCCESS else None)
 
     async def run_branch(
-        self, idx: int, entry: BranchEntry, value: Any, target: ResumeTarget | None, *,
+        self,
+        idx: int,
+        entry: BranchEntry,
+        value: Any,
+        target: ResumeTarget | None,
+        *,
         restart: bool,
     ) -> Outcome:
         nodes = list(entry.nodes)
@@ -912,13 +974,15 @@ class Level:
         truth = [False] * len(nodes)
 
         async def evaluate(b: int) -> None:
-            ctx = self.make_context(nodes[b].id, self.chunk_id(nodes[b].id), value,
-                                    is_condition=True)
+            ctx = self.make_context(
+                nodes[b].id, self.chunk_id(nodes[b].id), value, is_condition=True
+            )
             try:
                 truth[b] = bool(await call_maybe_async(entry.conditions[b], ctx))
             except Exception:
                 logger.warning(
-                    "branch condition for %r raised; treated as false", nodes[b].id,
+                    "branch condition for %r raised; treated as false",
+                    nodes[b].id,
                     exc_info=True,
                 )
                 truth[b] = False
@@ -939,7 +1003,12 @@ class Level:
     # --- loops -------------------------------------------------------------------------------
 
     async def run_loop(
-        self, idx: int, entry: LoopEntry, value: Any, target: ResumeTarget | None, *,
+        self,
+        idx: int,
+        entry: LoopEntry,
+        value: Any,
+        target: ResumeTarget | None,
+        *,
         restart: bool,
     ) -> Outcome:
         node = entry.node
@@ -977,7 +1046,12 @@ class Level:
     # --- foreach -------------------------------------------------------------------------------
 
     async def run_foreach(
-        self, idx: int, entry: ForeachEntry, value: Any, target: ResumeTarget | None, *,
+        self,
+        idx: int,
+        entry: ForeachEntry,
+        value: Any,
+        target: ResumeTarget | None,
+        *,
         restart: bool,
     ) -> Outcome:
         node = entry.node
@@ -985,21 +1059,27 @@ class Level:
         execution = self.execution
         emit = self.emits
         resume = self.node_resume(node.id, target)
-        stored = execution.stored.get(self.key_prefix + node.id) if (
-            resume is not None or restart
-        ) else None
+        stored = (
+            execution.stored.get(self.key_prefix + node.id)
+            if (resume is not None or restart)
+            else None
+        )
         if stored is not None and "payload" in stored:
             value = stored["payload"]
         started_at = now_ms()
         if not isinstance(value, list):
             error = TypeError(f"foreach expects a list, got {_type_name(value)}")
             result = StepResult(
-                status=_S.FAILED, payload=value, error=error, started_at=started_at,
+                status=_S.FAILED,
+                payload=value,
+                error=error,
+                started_at=started_at,
                 ended_at=now_ms(),
             )
             if emit:
-                self.emit_start(chunk_id, call_id=None, payload=value, started_at=started_at,
-                                resume=None)
+                self.emit_start(
+                    chunk_id, call_id=None, payload=value, started_at=started_at, resume=None
+                )
                 self.emit_settled(chunk_id, result, None)
             self.settle(node.id, StepRun(result=result), [idx])
             return Outcome(_S.FAILED, error=error)
@@ -1023,10 +1103,17 @@ class Level:
                 continue
             if status == "suspended":
                 if resume is not None and resume.foreach_index in (None, i):
-                    plan.append((i, NodeResume(
-                        data=resume.data, tail=resume.tail, stored=prev,
-                        foreach_index=None,
-                    )))
+                    plan.append(
+                        (
+                            i,
+                            NodeResume(
+                                data=resume.data,
+                                tail=resume.tail,
+                                stored=prev,
+                                foreach_index=None,
+                            ),
+                        )
+                    )
                 elif restart and resume is None:
                     continue
                 else:
@@ -1036,7 +1123,10 @@ class Level:
 
         if emit:
             self.emit_start(
-                chunk_id, call_id=None, payload=items, started_at=started_at,
+                chunk_id,
+                call_id=None,
+                payload=items,
+                started_at=started_at,
                 resume=resume if resume is not None else None,
             )
         completed = 0
@@ -1065,8 +1155,13 @@ class Level:
             nonlocal completed, stop, first_failure, bailed
             try:
                 run = await self.run_node(
-                    node, items[i], resume=item_resume, chunk_id=chunk_id, emit=False,
-                    foreach_index=i, record=False,
+                    node,
+                    items[i],
+                    resume=item_resume,
+                    chunk_id=chunk_id,
+                    emit=False,
+                    foreach_index=i,
+                    record=False,
                 )
             finally:
                 slots.release()
@@ -1122,8 +1217,9 @@ class Level:
         }
         if first_failure is not None:
             failed_result = runs[first_failure].result
-            result = StepResult(status=_S.FAILED, error=failed_result.error, ended_at=ended_at,
-                                **base)
+            result = StepResult(
+                status=_S.FAILED, error=failed_result.error, ended_at=ended_at, **base
+            )
             if emit:
                 self.emit_settled(chunk_id, result, None)
             tripwire = runs[first_failure].tripwire
@@ -1181,8 +1277,9 @@ class Level:
         emit = self.emits
         started_at = now_ms()
         if emit:
-            self.emit_start(chunk_id, call_id=None, payload=value, started_at=started_at,
-                            resume=None)
+            self.emit_start(
+                chunk_id, call_id=None, payload=value, started_at=started_at, resume=None
+            )
         try:
             if entry.fn is not None:
                 ctx = self.make_context(entry.id, chunk_id, value)
@@ -1191,11 +1288,17 @@ class Level:
                 await trio.lowlevel.checkpoint()
                 output = {k: self.resolve_source(s) for k, s in (entry.mapping or {}).items()}
         except Exception as exc:
-            result = StepResult(status=_S.FAILED, payload=value, error=exc,
-                                started_at=started_at, ended_at=now_ms())
+            result = StepResult(
+                status=_S.FAILED, payload=value, error=exc, started_at=started_at, ended_at=now_ms()
+            )
         else:
-            result = StepResult(status=_S.SUCCESS, payload=value, output=output,
-                                started_at=started_at, ended_at=now_ms())
+            result = StepResult(
+                status=_S.SUCCESS,
+                payload=value,
+                output=output,
+                started_at=started_at,
+                ended_at=now_ms(),
+            )
         if emit:
             self.emit_settled(chunk_id, result, None)
         run = StepRun(result=result)
@@ -1209,8 +1312,9 @@ class Level:
         try:
             seconds = await self.sleep_seconds(entry, value, chunk_id)
         except Exception as exc:
-            result = StepResult(status=_S.FAILED, payload=value, error=exc,
-                                started_at=started_at, ended_at=now_ms())
+            result = StepResult(
+                status=_S.FAILED, payload=value, error=exc, started_at=started_at, ended_at=now_ms()
+            )
             if emit:
                 self.emit_settled(chunk_id, result, None)
             self.settle(entry.id, StepRun(result=result), [idx])
@@ -1227,14 +1331,16 @@ class Level:
         try:
             await trio.sleep(seconds)
         except trio.Cancelled:
-            result = StepResult(status=_S.CANCELED, payload=value, started_at=started_at,
-                                ended_at=now_ms())
+            result = StepResult(
+                status=_S.CANCELED, payload=value, started_at=started_at, ended_at=now_ms()
+            )
             if emit:
                 self.emit_settled(chunk_id, result, None)
             self.settle(entry.id, StepRun(result=result), [idx])
             raise
-        result = StepResult(status=_S.SUCCESS, payload=value, output=value,
-                            started_at=started_at, ended_at=now_ms())
+        result = StepResult(
+            status=_S.SUCCESS, payload=value, output=value, started_at=started_at, ended_at=now_ms()
+        )
         if emit:
             self.emit_settled(chunk_id, result, None)
         self.settle(entry.id, StepRun(result=result), [idx])
@@ -1253,8 +1359,10 @@ class Level:
             seconds = await call_maybe_async(seconds, self.make_context(entry.id, chunk_id, value))
         if isinstance(seconds, _dt.timedelta):
             seconds = seconds.total_seconds()
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
-            seconds >= 0 and math.isfinite(seconds)
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not (seconds >= 0 and math.isfinite(seconds))
         ):
             raise ValueError(f"sleep needs a finite number of seconds >= 0, got {seconds!r}")
         return float(seconds)
@@ -1358,6 +1466,8 @@ class Execution:
         self.usage = Usage()
         self.stored: dict[str, dict[str, Any]] = dict(base.steps)
         self.cancel_requested = False
+        #: A step suspended during this execution (it is heading for ``suspended``).
+        self.suspended_once = False
         self.scope: trio.CancelScope | None = None
         self.done = trio.Event()
         self.result: WorkflowResult | None = None
@@ -1480,8 +1590,9 @@ class Execution:
             **final,
         )
 
-    async def persist(self, status: RunStatus, *, extra: list[Chunk] | None = None,
-                      **final: Any) -> None:
+    async def persist(
+        self, status: RunStatus, *, extra: list[Chunk] | None = None, **final: Any
+    ) -> None:
         """Write the snapshot and every chunk not yet stored, in one storage call."""
         async with self.hub.write_lock:
             events = self.log.take_unflushed()
@@ -1555,8 +1666,10 @@ class Execution:
                 start = root.suspended_paths[self.target.path[0]][0]
                 outcome = await root.run(start, root.active_input, self.target)
             else:
-                start = root.active_entry if root.active_entry is not None else len(
-                    self.workflow.entries
+                start = (
+                    root.active_entry
+                    if root.active_entry is not None
+                    else len(self.workflow.entries)
                 )
                 outcome = await root.run(start, root.active_input, None, restart=True)
         if self.cancel_requested or outcome is None:

@@ -113,7 +113,8 @@ def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
             return {}
         if not isinstance(initial_state, Mapping):
             raise ValidationError(
-                "Invalid initial state:", [("", f"expected object, got {type(initial_state).__name__}")]
+                "Invalid initial state:",
+                [("", f"expected object, got {type(initial_state).__name__}")],
             )
         return dict(initial_state)
     raw = {} if initial_state is None else initial_state
@@ -276,8 +277,9 @@ class Run:
 
     async def stream_vnext(self, **kwargs: Any) -> RunOutput:
         """Deprecated alias of :meth:`stream`."""
-        warnings.warn("stream_vnext() is deprecated; use stream()", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "stream_vnext() is deprecated; use stream()", DeprecationWarning, stacklevel=2
+        )
         return await self.stream(**kwargs)
 
     async def stream_legacy(
@@ -315,12 +317,22 @@ class Run:
         storage = self._runtime.storage
         path = _normalize_step(step)
         if for_each_index is not None and (
-            isinstance(for_each_index, bool) or not isinstance(for_each_index, int)
+            isinstance(for_each_index, bool)
+            or not isinstance(for_each_index, int)
             or for_each_index < 0
         ):
             raise ValueError(f"for_each_index must be an int >= 0, got {for_each_index!r}")
         caller_context = coerce_request_context(request_context)
         tracing = coerce_tracing_options(tracing_options)
+        running = self._hub.execution
+        if running is not None:
+            if not running.suspended_once:
+                if running.kind == "resume":
+                    raise ResumeAlreadyClaimedError(self.run_id)
+                raise NotSuspendedError()
+            # A step of the execution running here suspended (a reader saw its chunk):
+            # the suspension is resumable once that execution has stored it.
+            await running.done.wait()
         snapshot = await storage.load_snapshot(self.run_id)
         if snapshot is None:
             raise SnapshotNotFoundError(wf.id, self.run_id)
@@ -363,9 +375,7 @@ class Run:
             if current is None:
                 raise SnapshotNotFoundError(wf.id, self.run_id)
             raise NotSuspendedError()
-        return self._spawn_continuation(
-            claimed, "resume", context, trace_id, target, data, tracing
-        )
+        return self._spawn_continuation(claimed, "resume", context, trace_id, target, data, tracing)
 
     def _spawn_continuation(
         self,
@@ -462,7 +472,8 @@ class Run:
     async def resume_stream_vnext(self, **kwargs: Any) -> RunOutput:
         """Deprecated alias of :meth:`resume_stream`."""
         warnings.warn(
-            "resume_stream_vnext() is deprecated; use resume_stream()", DeprecationWarning,
+            "resume_stream_vnext() is deprecated; use resume_stream()",
+            DeprecationWarning,
             stacklevel=2,
         )
         return await self.resume_stream(**kwargs)
@@ -482,6 +493,9 @@ class Run:
         if execution is not None:
             execution.request_cancel("run.cancel()")
             if _inside(execution):
+                # Called from a step of this very run: it is cancelled at its next
+                # checkpoint, which this is.
+                await trio.lowlevel.checkpoint()
                 return
             await execution.done.wait()
             return
@@ -760,9 +774,26 @@ def legacy_events(chunk: Chunk, run_id: str) -> list[LegacyEvent]:
 
 
 def _payload_dict(payload: Any) -> dict[str, Any]:
-    return {
-        k: v for k, v in to_jsonable(payload).items() if v is not None
-    }
+    return {k: v for k, v in to_jsonable(payload).items() if v is not None}
+
+
+class _LegacyEvents:
+    def __init__(self, sub: Subscription, run_id: str) -> None:
+        self._sub = sub
+        self._run_id = run_id
+        self._pending: list[LegacyEvent] = []
+
+    def __aiter__(self) -> _LegacyEvents:
+        return self
+
+    async def __anext__(self) -> LegacyEvent:
+        while not self._pending:
+            chunk = await self._sub.__anext__()
+            self._pending = legacy_events(chunk, self._run_id)
+        return self._pending.pop(0)  # noqa: ASYNC910 - the subscription checkpoints
+
+    async def aclose(self) -> None:
+        await self._sub.aclose()
 
 
 class LegacyRunOutput:
@@ -779,17 +810,8 @@ class LegacyRunOutput:
 
     @property
     def stream(self) -> AsyncIterator[LegacyEvent]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[LegacyEvent]:
-        run_id = self._output.run_id
-        sub = self._output.full_stream()
-        try:
-            async for chunk in sub:
-                for event in legacy_events(chunk, run_id):
-                    yield event
-        finally:
-            sub.close()
+        """A new iterator over the v0 events (from this stream's start)."""
+        return _LegacyEvents(self._output.full_stream(), self._output.run_id)
 
     async def get_workflow_state(self) -> WorkflowResult:
         return await self._output.result()

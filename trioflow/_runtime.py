@@ -203,7 +203,7 @@ class Runtime:
                 hub = RunHub(run_id, log, status or RunStatus.PENDING)
                 log.owner = hub
                 self._hubs[run_id] = hub
-        return hub
+        return hub  # noqa: ASYNC910 - internal; callers checkpoint
 
     def spawn(self, execution: Execution) -> None:
         execution.hub.execution_started(execution)
@@ -259,7 +259,9 @@ class Runtime:
             raise RuntimeError(f"run {run_id} is executing; cancel it before deleting it")
         return await self.storage.delete_run(run_id)
 
-    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None:
+    async def run_callbacks(  # noqa: ASYNC910 - internal
+        self, workflow: Workflow, result: WorkflowResult
+    ) -> None:
         """``on_finish`` after every execution, ``on_error`` for failed/tripwire runs.
         Their exceptions are logged and swallowed."""
         callbacks = [workflow.on_finish]

@@ -149,12 +149,14 @@ _KEY_NOTE = re.compile(r"@ key (.+)$")
 def _extend(path: str, note: object) -> str:
     if isinstance(note, AttributeValidationNote):
         return f"{path}.{note.name}" if path else note.name
-    if isinstance(note, IterableValidationNote):
-        return f"{path}[{note.index}]"
+    # cattrs tags a failing mapping value with an IterableValidationNote too: the note's
+    # text tells them apart, and a mapping key reads as a field (``m.key``).
     match = _KEY_NOTE.search(str(note))
     if match:
         key = match.group(1).strip("'\"")
         return f"{path}.{key}" if path else key
+    if isinstance(note, IterableValidationNote):
+        return f"{path}[{note.index}]"
     return path
 
 
@@ -450,7 +452,11 @@ def _payload_from_wire(cls: type[Any], data: Any, chunk_type: str) -> Any:
             kwargs[name] = value
         else:
             kwargs[name] = _check_scalar(value, field.type, where)
-        if chunk_type == "workflow-finish" and name == "metadata" and not isinstance(value, Mapping):
+        if (
+            chunk_type == "workflow-finish"
+            and name == "metadata"
+            and not isinstance(value, Mapping)
+        ):
             raise ValueError(f"{where}: expected an object, got {_type_name(value)}")
     return cls(**kwargs)
 
@@ -518,3 +524,20 @@ def _payload_classes() -> dict[str, type[Any]]:
 
 
 _PAYLOAD_CLASSES = _payload_classes()
+
+
+# --- stored snapshots --------------------------------------------------------------------
+
+
+def snapshot_to_json(snapshot: Any) -> dict[str, Any]:
+    """A stored run snapshot as plain JSON data (what durable backends write)."""
+    data: dict[str, Any] = converter.unstructure(snapshot)
+    return data
+
+
+def snapshot_from_json(data: Mapping[str, Any]) -> Any:
+    """The RunSnapshot that :func:`snapshot_to_json` produced; ValidationError naming the
+    fields when the stored data does not fit."""
+    from ._core._model import RunSnapshot
+
+    return validate(dict(data), RunSnapshot, "Invalid stored snapshot:")

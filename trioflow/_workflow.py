@@ -289,7 +289,9 @@ class Workflow:
         )
         if isinstance(when, _dt.datetime):
             if when.tzinfo is None or when.utcoffset() is None:
-                raise ValueError("sleep_until needs an aware datetime (with tzinfo), got a naive one")
+                raise ValueError(
+                    "sleep_until needs an aware datetime (with tzinfo), got a naive one"
+                )
         elif not callable(when):
             raise TypeError(f"sleep_until takes a datetime or a function, got {when!r}")
         return self._add(SleepEntry(entry_id, until=when))
@@ -310,9 +312,7 @@ class Workflow:
                 "Uncommitted step flow changes detected. Call .commit() to register the steps."
             )
 
-    async def create_run(
-        self, *, run_id: str | None = None, resource_id: str | None = None
-    ) -> Run:
+    async def create_run(self, *, run_id: str | None = None, resource_id: str | None = None) -> Run:
         """A :class:`Run` of this workflow in the innermost open runtime.
 
         With the ``run_id`` of a stored run, the Run is bound to it (this is how another

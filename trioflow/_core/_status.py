@@ -99,8 +99,9 @@ def is_terminal(status: RunStatus) -> bool:
 def combine_branch_statuses(statuses: list[StepStatus], canceled: bool) -> StepStatus:
     """Status of a parallel/branch block from its branches' statuses.
 
-    Precedence (Mastra §4.1): any failed (or tripwire) ⇒ failed, else any suspended ⇒
-    suspended, else canceled ⇒ canceled, else success. Bailing inside a block is success.
+    Precedence (Mastra §4.1): any tripwire ⇒ tripwire, else any failed ⇒ failed, else any
+    suspended ⇒ suspended, else canceled ⇒ canceled, else success. Bailing inside a block
+    is success.
     """
     if StepStatus.TRIPWIRE in statuses:
         return StepStatus.TRIPWIRE

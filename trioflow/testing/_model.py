@@ -29,8 +29,23 @@ class ScriptedModel:
         ]
         return cls([*deltas, ModelChunk("finish", usage=usage)])
 
-    async def stream(self, prompt: str) -> AsyncIterator[ModelChunk]:
+    def stream(self, prompt: str) -> AsyncIterator[ModelChunk]:
         self.prompts.append(prompt)
-        for chunk in self.chunks:
-            await trio.lowlevel.checkpoint()
-            yield chunk
+        return _Replay(list(self.chunks))
+
+
+class _Replay:
+    """An async iterator over a list (a checkpoint before each item and at the end)."""
+
+    def __init__(self, chunks: list[ModelChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    async def __anext__(self) -> ModelChunk:
+        await trio.lowlevel.checkpoint()
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None

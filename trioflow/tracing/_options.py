@@ -15,7 +15,11 @@ def _hex_of(max_len: int) -> Any:
     def check(_: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
         if value is None:
             return
-        if not isinstance(value, str) or not 1 <= len(value) <= max_len or not _HEX.fullmatch(value):
+        if (
+            not isinstance(value, str)
+            or not 1 <= len(value) <= max_len
+            or not _HEX.fullmatch(value)
+        ):
             raise ValueError(
                 f"{attribute.name} must be 1-{max_len} hexadecimal characters, got {value!r}"
             )

@@ -1,0 +1,760 @@
+"""SqliteStorage: the embedded durable backend (stdlib :mod:`sqlite3`, one file, WAL).
+
+Design
+------
+No database call ever runs on the trio thread. A storage owns two dedicated threads, each
+with its own connection:
+
+* the **writer** executes every write (``create_run``, ``save_snapshot``,
+  ``append_events``, ``delete_run``) in submission order. When several writes are queued
+  (many runs streaming at once) it executes them in **one** transaction, each inside its
+  own ``SAVEPOINT``: every write keeps its own compare-and-set decision and its own
+  failure, and the group pays for one commit (*group commit*);
+* the **reader** serves ``load_snapshot``, ``read_events``, ``last_seq`` and
+  ``list_runs`` on a second connection, which WAL lets read while the writer writes. A
+  ``":memory:"`` database exists once per connection, so there the writer serves reads
+  too.
+
+A caller hands its job to a thread and sleeps (``trio.lowlevel.wait_task_rescheduled``);
+the thread reschedules it through the caller's trio token when the job's transaction has
+committed. Values are serialized on the calling task before the job is queued (the event
+log in the wire shape of :func:`trioflow.to_wire`, snapshots with
+:func:`trioflow._serde.snapshot_to_json`), so a job never looks at live engine objects.
+
+Cancellation
+------------
+Every method is a checkpoint. A call cancelled while its job still waits in the queue
+withdraws the job and raises ``trio.Cancelled``: nothing was done. Once the thread has
+started the job, the job runs to its end (its transaction commits, or rolls back entirely
+on an error) and the call returns its result; the cancellation is delivered at the
+caller's next checkpoint. So a call that raises ``Cancelled`` wrote nothing, and a call
+that returns wrote everything it reports.
+
+Files
+-----
+``SqliteStorage(path)`` does no I/O. The first call (or ``await storage.open()``, or
+``async with``) opens the file on the writer thread: a missing or empty file is
+initialised; a trioflow database is migrated to the current schema version in one
+transaction. Anything else (not a SQLite file, a SQLite database of another application,
+a newer schema version, an unreadable file) raises :class:`trioflow.StorageError` naming
+the path, and that file is never written to. Several processes on one machine may share
+a file: WAL lets readers run beside the one writer, and ``timeout`` (the busy timeout)
+says how long a write waits for another process's write transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, TypeVar, cast
+
+import outcome
+import trio
+
+from .._core._chunks import Chunk
+from .._core._model import RunInfo, RunSnapshot
+from .._core._status import RunStatus
+from .._errors import StorageError
+from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
+
+T = TypeVar("T")
+
+#: The value of ``meta.application_id`` that marks a trioflow database.
+APPLICATION_MARKER: Final = "trioflow"
+#: ``PRAGMA application_id`` of a trioflow database (the bytes ``b"tflw"``).
+APPLICATION_ID: Final = 0x74666C77
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
+#: Write jobs executed in one transaction at most.
+MAX_GROUP: Final = 256
+
+
+# --- schema and migrations ----------------------------------------------------------------
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    """Version 1: the meta, runs and events tables."""
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('application_id', ?)", (APPLICATION_MARKER,)
+    )
+    conn.execute(
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            resource_id TEXT,
+            status TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            ord INTEGER NOT NULL,
+            snapshot TEXT NOT NULL
+        )
+        """
+    )
+    # list_runs orders by (created_at, ord) newest first, optionally filtered.
+    conn.execute("CREATE INDEX runs_by_created ON runs (created_at, ord)")
+    conn.execute("CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at, ord)")
+    conn.execute("CREATE INDEX runs_by_status ON runs (status, created_at, ord)")
+    conn.execute("CREATE INDEX runs_by_resource ON runs (resource_id, created_at, ord)")
+    conn.execute(
+        """
+        CREATE TABLE events (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            chunk TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+#: ``MIGRATIONS[k]`` brings a database from schema version ``k`` to ``k + 1`` (version 0
+#: is an empty file). A new schema version is a function appended here; opening a file
+#: applies every missing one, in order, in one transaction.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+#: The schema version this code writes (``len(MIGRATIONS)`` when the module was loaded).
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def _stored_version(conn: sqlite3.Connection, where: str) -> int:
+    """The schema version of the database behind ``conn`` (0 = empty), read without
+    writing anything; StorageError when it is not a trioflow database this code knows."""
+    try:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+            ).fetchall()
+        ]
+        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+    except sqlite3.Error as exc:
+        raise StorageError(f"{where} is not a usable SQLite database: {exc}") from exc
+    if app_id not in (0, APPLICATION_ID):
+        raise StorageError(
+            f"{where} belongs to another application (SQLite application_id {app_id:#x}), "
+            "not trioflow; it was left untouched"
+        )
+    if not names:
+        return 0
+    foreign = (
+        f"{where} is a SQLite database of another application (it has tables but no "
+        "trioflow meta table); it was left untouched"
+    )
+    if "meta" not in names:
+        raise StorageError(foreign)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error as exc:
+        raise StorageError(foreign) from exc
+    if meta.get("application_id") != APPLICATION_MARKER:
+        raise StorageError(foreign)
+    try:
+        version = int(meta["schema_version"])
+    except (KeyError, TypeError, ValueError):
+        raise StorageError(
+            f"{where}: the trioflow meta table has no valid schema_version "
+            f"({meta.get('schema_version')!r}); the file was left untouched"
+        ) from None
+    known = len(MIGRATIONS)
+    if version > known:
+        raise StorageError(
+            f"{where} has trioflow schema version {version}, newer than the versions this "
+            f"trioflow knows (up to {known}); upgrade trioflow to open it. The file was "
+            "left untouched"
+        )
+    if version < 1:
+        raise StorageError(f"{where}: invalid trioflow schema version {version}")
+    return version
+
+
+def _migrate(conn: sqlite3.Connection, where: str) -> None:
+    """Bring the database to the current schema version in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have initialised or
+        # migrated the file since we looked.
+        version = _stored_version(conn, where)
+        target = len(MIGRATIONS)
+        for step in MIGRATIONS[version:]:
+            step(conn)
+        if version < target:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(target),),
+            )
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# --- the worker threads -------------------------------------------------------------------
+
+_PENDING: Final = 0
+_RUNNING: Final = 1
+_WITHDRAWN: Final = 2
+
+_READ: Final = 0
+_WRITE: Final = 1
+_STOP: Final = 2
+
+
+class _Job:
+    """One unit of database work and the trio task waiting for its outcome."""
+
+    __slots__ = ("fn", "kind", "outcome", "state", "task", "token")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection | None], object],
+        kind: int,
+        task: trio.lowlevel.Task,
+        token: trio.lowlevel.TrioToken,
+    ) -> None:
+        self.fn = fn
+        self.kind = kind
+        self.task = task
+        self.token = token
+        self.state = _PENDING
+        self.outcome: outcome.Outcome[object] | None = None
+
+
+def _deliver(jobs: list[_Job]) -> None:
+    # Runs on the trio thread (via the token): wake every waiting task with its outcome.
+    for job in jobs:
+        assert job.outcome is not None
+        trio.lowlevel.reschedule(job.task, job.outcome)
+
+
+class _Worker:
+    """A thread owning one connection, executing queued jobs in order.
+
+    Consecutive write jobs found in the queue together run in one transaction, each in
+    its own savepoint (group commit).
+    """
+
+    def __init__(self, name: str, where: str, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._name = name
+        self._where = where
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.conn: sqlite3.Connection | None = None  # touched only by the thread
+        #: Write transactions committed and jobs they held (for tests and benchmarks).
+        self.transactions = 0
+        self.grouped_jobs = 0
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    # -- trio side --
+
+    async def call(self, fn: Callable[[sqlite3.Connection | None], T], kind: int) -> T:
+        job = _Job(fn, kind, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if kind != _STOP:
+                with self._lock:
+                    if job.state == _PENDING:
+                        job.state = _WITHDRAWN
+                        return trio.lowlevel.Abort.SUCCEEDED
+            return trio.lowlevel.Abort.FAILED
+
+        return cast(T, await trio.lowlevel.wait_task_rescheduled(abort))
+
+    # -- thread side --
+
+    def _main(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_GROUP:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            with self._lock:
+                jobs = [job for job in batch if job.state == _PENDING]
+                for job in jobs:
+                    job.state = _RUNNING
+            try:
+                stopping = self._execute(jobs)
+            except Exception as exc:  # a bug here must not leave callers asleep
+                for job in jobs:
+                    if job.outcome is None:
+                        job.outcome = outcome.Error(exc)
+            by_token: dict[trio.lowlevel.TrioToken, list[_Job]] = collections.defaultdict(list)
+            for job in jobs:
+                by_token[job.token].append(job)
+            for token, group in by_token.items():
+                with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
+                    token.run_sync_soon(_deliver, group)
+
+    def _execute(self, jobs: list[_Job]) -> bool:
+        """Run ``jobs`` in order; True when one of them stops the thread."""
+        i = 0
+        while i < len(jobs):
+            job = jobs[i]
+            if job.kind == _WRITE:
+                j = i + 1
+                while j < len(jobs) and jobs[j].kind == _WRITE:
+                    j += 1
+                self._run_writes(jobs[i:j])
+                i = j
+                continue
+            if job.kind == _STOP:
+                job.outcome = outcome.capture(job.fn, self.conn)
+                self.conn = None
+                for rest in jobs[i + 1 :]:
+                    rest.outcome = outcome.Error(RuntimeError("this SqliteStorage is closed"))
+                return True
+            job.outcome = self._run_one(job)
+            i += 1
+        return False
+
+    def _wrap(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, sqlite3.Error):
+            wrapped = StorageError(f"SQLite storage {self._where}: {exc}")
+            wrapped.__cause__ = exc
+            return wrapped
+        return exc
+
+    def _ensure_conn(self) -> sqlite3.Connection:
+        if self.conn is None:
+            self.conn = self._connect()
+        return self.conn
+
+    def _run_one(self, job: _Job) -> outcome.Outcome[object]:
+        try:
+            return outcome.Value(job.fn(self._ensure_conn()))
+        except Exception as exc:
+            return outcome.Error(self._wrap(exc))
+
+    def _run_writes(self, jobs: list[_Job]) -> None:
+        try:
+            conn = self._ensure_conn()
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            for job in jobs:
+                job.outcome = outcome.Error(self._wrap(exc))
+            return
+        grouped = len(jobs) > 1
+        try:
+            for job in jobs:
+                if grouped:
+                    conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except Exception as exc:
+                    job.outcome = outcome.Error(self._wrap(exc))
+                    if not grouped:
+                        conn.execute("ROLLBACK")
+                        return
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                else:
+                    job.outcome = outcome.Value(value)
+                    if grouped:
+                        conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+            self.transactions += 1
+            self.grouped_jobs += len(jobs)
+        except Exception as exc:
+            # The transaction as a whole failed (disk full, I/O error...): nothing of it
+            # is stored, so no job of the group succeeded.
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for job in jobs:
+                if job.outcome is None or isinstance(job.outcome, outcome.Value):
+                    job.outcome = outcome.Error(self._wrap(exc))
+
+
+# --- the storage --------------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> frozenset[str] | None:
+    if expected is None:
+        return None
+    if isinstance(expected, str):
+        return frozenset({RunStatus(expected).value})
+    return frozenset(RunStatus(s).value for s in expected)
+
+
+def _last_seq(conn: sqlite3.Connection, run_id: str) -> int:
+    row = conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchall()
+    return int(row[0][0] or 0)
+
+
+def _insert_events(conn: sqlite3.Connection, run_id: str, rows: list[tuple[str, int, str]]) -> None:
+    if not rows:
+        return
+    expected = _last_seq(conn, run_id) + 1
+    for offset, (_, seq, _) in enumerate(rows):
+        if seq != expected + offset:
+            raise ValueError(
+                f"run {run_id}: event seq {seq} does not follow {expected + offset - 1}"
+            )
+    conn.executemany("INSERT INTO events (run_id, seq, chunk) VALUES (?, ?, ?)", rows)
+
+
+class SqliteStorage:
+    """Runs and their event logs in one SQLite file (WAL), shared safely by several
+    processes on one machine.
+
+    ``path`` is a file path (str or path-like) or ``":memory:"`` (a private in-memory
+    database). ``timeout`` is the busy timeout in seconds: how long a write waits while
+    another process holds the write lock before it fails with StorageError.
+
+    The constructor does no I/O; the first call opens the file (see the module
+    docstring for what is accepted). ``await storage.aclose()`` (or leaving
+    ``async with``) closes it. Every method is a checkpoint; a call that raises
+    ``trio.Cancelled`` wrote nothing, a call that returns wrote what it reports.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
+        self._path = os.fspath(path)
+        self._timeout = float(timeout)
+        self._memory = self._path in ("", ":memory:")
+        where = repr(self._path)
+        self._where = where
+        self._writer = _Worker(f"trioflow-sqlite-writer {where}", where, self._open_writer)
+        self._reader = (
+            self._writer
+            if self._memory
+            else _Worker(f"trioflow-sqlite-reader {where}", where, self._open_reader)
+        )
+        self._opened = False
+        self._open_lock = trio.Lock()
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({self._path!r})"
+
+    # --- opening and closing --------------------------------------------------------------
+
+    def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(
+            target, timeout=self._timeout, isolation_level=None, uri=uri, cached_statements=64
+        )
+
+    def _check_file(self) -> None:
+        """Reject, without writing anything, a file that is not an empty file or a
+        trioflow database this code can open."""
+        try:
+            with open(self._path, "rb") as f:
+                header = f.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot open {self._where}: {exc}") from exc
+        if not header:
+            return  # an empty file: initialised below
+        if header != _SQLITE_HEADER:
+            raise StorageError(
+                f"{self._where} is not a SQLite database (not trioflow's, or corrupt); "
+                "it was left untouched"
+            )
+        # A read-only look: never checkpoints or writes a foreign file, even on close.
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self._path)) + "?mode=ro"
+        try:
+            probe = self._connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self._where}: {exc}") from exc
+        try:
+            _stored_version(probe, self._where)
+        finally:
+            probe.close()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        # Runs on the writer thread.
+        if not self._memory:
+            self._check_file()
+        try:
+            conn = self._connect(self._path)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self._where}: {exc}") from exc
+        try:
+            version = _stored_version(conn, self._where)
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if version < len(MIGRATIONS):
+                _migrate(conn, self._where)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot open {self._where}: {exc}") from exc
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        # Runs on the reader thread, after the writer opened (validated) the file.
+        conn = self._connect(self._path)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    async def open(self) -> None:
+        """Open (and if needed initialise or migrate) the database now, rather than at
+        the first call. StorageError when the file cannot be used."""
+        await self._ensure_open()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this SqliteStorage is closed")
+
+    async def _ensure_open(self) -> None:
+        self._check_open()
+        async with self._open_lock:
+            if not self._opened:
+                await self._writer.call(lambda conn: None, _READ)
+                self._opened = True
+            if self._closed:
+                raise RuntimeError("this SqliteStorage is closed")
+
+    async def aclose(self) -> None:
+        """Finish the queued jobs, close both connections and stop both threads.
+
+        Idempotent. Not cancellable once it has begun (the connections are closed even
+        when the caller is cancelled meanwhile).
+        """
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            return
+        self._closed = True
+
+        def stop(conn: sqlite3.Connection | None) -> None:
+            if conn is not None:
+                conn.close()
+
+        for worker in {id(self._reader): self._reader, id(self._writer): self._writer}.values():
+            if worker.started:
+                await worker.call(stop, _STOP)
+
+    async def __aenter__(self) -> SqliteStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            await self.aclose()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
+        if not self._opened:
+            await self._ensure_open()
+        return await self._writer.call(cast(Callable[[sqlite3.Connection | None], T], fn), _WRITE)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
+        if not self._opened:
+            await self._ensure_open()
+        return await self._reader.call(cast(Callable[[sqlite3.Connection | None], T], fn), _READ)
+
+    # --- the protocol ---------------------------------------------------------------------
+
+    async def create_run(self, snapshot: RunSnapshot) -> bool:
+        """Insert ``snapshot`` unless a run with its id exists. True when inserted."""
+        row = (
+            snapshot.run_id,
+            snapshot.workflow_id,
+            snapshot.resource_id,
+            RunStatus(snapshot.status).value,
+            snapshot.created_at,
+            snapshot.updated_at,
+            _dumps(snapshot_to_json(snapshot)),
+        )
+
+        def job(conn: sqlite3.Connection) -> bool:
+            # ord: insertion order. max(rowid) is one b-tree seek, and every stored row has
+            # ord == rowid, so the new ord is larger than every other.
+            cursor = conn.execute(
+                "INSERT INTO runs (run_id, workflow_id, resource_id, status, created_at, "
+                "updated_at, snapshot, ord) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, coalesce(max(rowid), 0) + 1 FROM runs WHERE true "
+                "ON CONFLICT (run_id) DO NOTHING",
+                row,
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(job)
+
+    async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
+        """The stored snapshot, or None."""
+
+        def job(conn: sqlite3.Connection) -> RunSnapshot | None:
+            rows = conn.execute("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,)).fetchall()
+            if not rows:
+                return None
+            snapshot: RunSnapshot = snapshot_from_json(json.loads(rows[0][0]))
+            return snapshot
+
+        return await self._read(job)
+
+    async def save_snapshot(
+        self,
+        snapshot: RunSnapshot,
+        events: Sequence[Chunk] = (),
+        *,
+        expected_status: RunStatus | Sequence[RunStatus] | None = None,
+    ) -> bool:
+        """Replace the run's snapshot and append ``events``, in one transaction.
+
+        With ``expected_status``, only when the stored status is (one of) it; otherwise
+        nothing is written and the result is False. Without a stored run: False. Events
+        whose ``seq`` do not continue the log raise ValueError and nothing is written.
+        """
+        run_id = snapshot.run_id
+        allowed = _allowed(expected_status)
+        data = _dumps(snapshot_to_json(snapshot))
+        rows = [(run_id, chunk.seq, _dumps(to_wire(chunk))) for chunk in events]
+        values = (
+            snapshot.workflow_id,
+            snapshot.resource_id,
+            RunStatus(snapshot.status).value,
+            snapshot.created_at,
+            snapshot.updated_at,
+            data,
+            run_id,
+        )
+
+        def job(conn: sqlite3.Connection) -> bool:
+            found = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchall()
+            if not found:
+                return False
+            if allowed is not None and found[0][0] not in allowed:
+                return False
+            _insert_events(conn, run_id, rows)
+            conn.execute(
+                "UPDATE runs SET workflow_id = ?, resource_id = ?, status = ?, created_at = ?, "
+                "updated_at = ?, snapshot = ? WHERE run_id = ?",
+                values,
+            )
+            return True
+
+        return await self._write(job)
+
+    async def append_events(self, run_id: str, events: Sequence[Chunk]) -> None:
+        """Append chunks (consecutive ``seq`` continuing the log: else ValueError and
+        nothing is written) to the run's log. Ignored when the run is not stored.
+        Appends queued together are committed in one transaction."""
+        if not events:
+            await trio.lowlevel.checkpoint()
+            self._check_open()
+            return
+        rows = [(run_id, chunk.seq, _dumps(to_wire(chunk))) for chunk in events]
+
+        def job(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchall():
+                _insert_events(conn, run_id, rows)
+
+        await self._write(job)
+
+    async def read_events(
+        self, run_id: str, *, from_seq: int = 1, limit: int | None = None
+    ) -> Sequence[Chunk]:
+        """Chunks with ``seq >= from_seq``, in order, at most ``limit``."""
+        start = max(from_seq, 1)
+        count = -1 if limit is None else max(limit, 0)
+
+        def job(conn: sqlite3.Connection) -> list[Chunk]:
+            rows = conn.execute(
+                "SELECT chunk FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (run_id, start, count),
+            ).fetchall()
+            return [from_wire(json.loads(text)) for (text,) in rows]
+
+        return await self._read(job)
+
+    async def last_seq(self, run_id: str) -> int:
+        """The highest stored ``seq`` of the run (0 when none)."""
+        return await self._read(lambda conn: _last_seq(conn, run_id))
+
+    async def list_runs(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: RunStatus | None = None,
+        resource_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Runs matching every given filter, newest first (by ``created_at``, then by
+        insertion order)."""
+        where: list[str] = []
+        params: list[object] = []
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(RunStatus(status).value)
+        if resource_id is not None:
+            where.append("resource_id = ?")
+            params.append(resource_id)
+        sql = (
+            "SELECT run_id, workflow_id, resource_id, status, created_at, updated_at FROM runs"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY created_at DESC, ord DESC LIMIT ? OFFSET ?"
+        )
+        params += [max(limit, 0), max(offset, 0)]
+
+        def job(conn: sqlite3.Connection) -> list[RunInfo]:
+            return [
+                RunInfo(
+                    run_id=run,
+                    workflow_id=wf,
+                    resource_id=resource,
+                    status=RunStatus(stat),
+                    created_at=created,
+                    updated_at=updated,
+                )
+                for run, wf, resource, stat, created, updated in conn.execute(
+                    sql, params
+                ).fetchall()
+            ]
+
+        return await self._read(job)
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Remove the snapshot and the log. True when something was deleted."""
+
+        def job(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+            return conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+
+        return await self._write(job)
