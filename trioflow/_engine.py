@@ -100,6 +100,9 @@ _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 SHIELDED_WRITE_GRACE = 10.0
 
 _S = StepStatus
+_NO_USAGE = Usage()
+# ``member.value`` goes through enum's descriptor machinery: too slow for the step path.
+_VALUE: dict[StepStatus, str] = {status: status.value for status in StepStatus}
 
 
 def now_ms() -> int:
@@ -126,7 +129,7 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def dump_step_result(result: StepResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": result.status.value}
+    out: dict[str, Any] = {"status": _VALUE[result.status]}
     for name in (
         "output",
         "payload",
@@ -413,7 +416,7 @@ class Level:
         body = StepResultPayload(
             id=chunk_id,
             step_name=chunk_id,
-            status=result.status.value,
+            status=_VALUE[result.status],
             output=to_jsonable(result.output),
             payload=to_jsonable(result.payload),
             error=serialize_error(result.error) if result.error is not None else None,
@@ -450,7 +453,11 @@ class Level:
                 self.active_entry = idx + 1
                 self.active_input = value
                 if self.is_root:
-                    await execution.persist(RunStatus.RUNNING)
+                    if execution.durable:
+                        await execution.persist(RunStatus.RUNNING)
+                    else:
+                        # Still a cancel and schedule point between entries.
+                        await trio.lowlevel.checkpoint()
                     if execution.per_step and idx + 1 < len(entries):
                         return Outcome(_S.PAUSED, output=value)
                 continue
@@ -1167,7 +1174,7 @@ class Level:
                 slots.release()
             runs[i] = run
             result = run.result
-            record: dict[str, Any] = {"status": result.status.value}
+            record: dict[str, Any] = {"status": _VALUE[result.status]}
             if result.metadata:
                 record["metadata"] = to_jsonable(result.metadata)
             if result.payload is not None:
@@ -1450,6 +1457,7 @@ class Execution:
         self.hub = hub
         self.log = hub.log
         self.storage = runtime.storage
+        self.durable = bool(getattr(runtime.storage, "durable", True))
         self.workflow = workflow
         self.base = base
         self.kind = kind
@@ -1571,8 +1579,11 @@ class Execution:
 
     def snapshot(self, status: RunStatus, **final: Any) -> RunSnapshot:
         root = self.root
-        return attrs.evolve(
-            self.base,
+        base = self.base
+        return RunSnapshot(
+            run_id=base.run_id,
+            workflow_id=base.workflow_id,
+            resource_id=base.resource_id,
             status=status,
             input=self.input_json,
             state=to_jsonable(root.state),
@@ -1582,24 +1593,34 @@ class Execution:
             request_context=self.request_context.to_dict(),
             trace_id=self.trace_id,
             span_id=self.span_id,
+            result=final.get("result", base.result),
+            error=final.get("error", base.error),
+            tripwire=final.get("tripwire", base.tripwire),
             step_execution_path=list(root.execution_path),
             active_entry=root.active_entry,
             active_input=to_jsonable(root.active_input),
-            usage=self.base.usage + self.usage,
+            usage=base.usage + self.usage if self.usage != _NO_USAGE else base.usage,
+            created_at=base.created_at,
             updated_at=now_ms(),
-            **final,
         )
 
     async def persist(
         self, status: RunStatus, *, extra: list[Chunk] | None = None, **final: Any
     ) -> None:
         """Write the snapshot and every chunk not yet stored, in one storage call."""
-        async with self.hub.write_lock:
+        lock = self.hub.write_lock
+        try:
+            lock.acquire_nowait()  # the usual case: no flusher writing; the write below
+        except trio.WouldBlock:  # is the checkpoint
+            await lock.acquire()
+        try:
             events = self.log.take_unflushed()
             if extra:
                 events.extend(extra)
             snapshot = self.snapshot(status, **final)
             await self.storage.save_snapshot(snapshot, events)
+        finally:
+            lock.release()
         self.hub.status = status
 
     def emit_workflow_start(self) -> None:
@@ -1635,6 +1656,11 @@ class Execution:
                 finally:
                     helpers.cancel_scope.cancel(reason="execution ended")
         except trio.Cancelled:
+            if self.result is None and not self.durable:
+                # Non-durable storage has not seen the entries that finished: record them so
+                # a restart() in this process continues where the execution stopped.
+                with trio.move_on_after(SHIELDED_WRITE_GRACE, shield=True):
+                    await self.persist(RunStatus.RUNNING)
             if self.result is None:
                 self.failure = RuntimeClosedError(
                     f"the runtime stopped while run {self.run_id} was executing; "

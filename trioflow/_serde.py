@@ -219,24 +219,39 @@ def validate(value: Any, schema: Any, prefix: str) -> Any:
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))
+_JSON_SCALARS: frozenset[type] = frozenset(_PRIMITIVES)
 
 
 def to_jsonable(value: Any) -> Any:
     """A JSON-compatible copy of ``value`` (attrs instances unstructured, enums to values,
-    datetimes to ISO strings). Plain JSON data is returned as is, without copying."""
+    datetimes to ISO strings). Plain JSON data is returned as is, without copying.
+
+    On the engine's hot path: exact JSON types are recognised without any dispatch.
+    """
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return value
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or type(item) not in _JSON_SCALARS:
+                return {str(k): to_jsonable(v) for k, v in value.items()}
+        return value
+    if kind is list:
+        for item in value:
+            if type(item) not in _JSON_SCALARS:
+                return [to_jsonable(v) for v in value]
+        return value
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
     if isinstance(value, _PRIMITIVES):
         return value
     if isinstance(value, dict):
-        if all(type(k) is str and isinstance(v, _PRIMITIVES) for k, v in value.items()):
-            return value
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value)
     if isinstance(value, _dt.datetime | _dt.date):
         return value.isoformat()
-    if attrs.has(type(value)):
+    if attrs.has(kind):
         return to_jsonable(converter.unstructure(value))
     if isinstance(value, set | frozenset):
         return [to_jsonable(v) for v in value]

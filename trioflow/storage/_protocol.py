@@ -19,6 +19,12 @@ from .._core._status import RunStatus
 
 @runtime_checkable
 class Storage(Protocol):
+    #: Whether what is written survives the process. The engine writes a snapshot after
+    #: every top-level entry only to durable storage (so a killed process loses at most the
+    #: entry that was running); non-durable storage gets the snapshots that matter in
+    #: process: claims, waiting, suspension, the end, and an interrupted execution.
+    durable: bool
+
     async def create_run(self, snapshot: RunSnapshot) -> bool:
         """Insert ``snapshot`` unless a run with its id exists. True when inserted."""
         ...

@@ -16,6 +16,8 @@ class MemoryStorage:
     """Keeps snapshots and event logs in dicts. Every method is a checkpoint and atomic
     with respect to cancellation (the change happens entirely or not at all)."""
 
+    durable = False
+
     def __init__(self) -> None:
         self._snapshots: dict[str, RunSnapshot] = {}
         self._events: dict[str, list[Chunk]] = {}
