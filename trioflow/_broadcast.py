@@ -28,6 +28,9 @@ DEFAULT_WINDOW = 4096
 FLUSH_THRESHOLD = 1024
 #: Chunks read from storage at once by a lagging subscriber.
 STORAGE_PAGE = 512
+#: Polling interval bounds (seconds) when following a run executing in another process.
+POLL_MIN = 0.01
+POLL_MAX = 0.5
 
 
 @attrs.frozen(kw_only=True)
@@ -126,11 +129,53 @@ class EventLog:
     # --- reading --------------------------------------------------------------------------
 
     async def wait_for_more(self, seq: int) -> None:  # noqa: ASYNC910 - internal
-        """Block until a chunk with ``seq`` or later exists (no checkpoint when it does)."""
+        """Block until a chunk with ``seq`` or later exists (no checkpoint when it does).
+
+        While no execution of the run is publishing in this process and the storage is
+        durable (another process may be executing it), poll the stored log: every
+        ``POLL_MIN`` seconds at first, backing off to ``POLL_MAX`` while nothing new comes.
+        """
+        interval = POLL_MIN
         while self.next_seq <= seq:
             if self._wakeup is None:
                 self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            if not self._may_poll():
+                await self._wakeup.wait()
+                continue
+            with trio.move_on_after(interval):
+                await self._wakeup.wait()
+            if self.next_seq <= seq and self._may_poll():
+                found = await self.mirror_stored()
+                interval = POLL_MIN if found else min(POLL_MAX, interval * 2)
+
+    def _may_poll(self) -> bool:
+        owner = self.owner
+        executing = owner is not None and getattr(owner, "execution", None) is not None
+        return not executing and bool(getattr(self.storage, "durable", False))
+
+    async def mirror_stored(self, *, only_while_idle: bool = True) -> bool:
+        """Append the chunks storage holds after our end of the log (written by another
+        process). True if there were any."""
+        stored = await self.storage.read_events(
+            self.run_id, from_seq=self.next_seq, limit=STORAGE_PAGE
+        )
+        added = False
+        for chunk in stored:
+            if chunk.seq != self.next_seq or (only_while_idle and not self._may_poll()):
+                break
+            self.publish_stored(chunk)
+            added = True
+        return added
+
+    async def sync_with_storage(self) -> None:
+        """Before this process publishes for the run again: continue after the last
+        stored ``seq`` (another process may have appended since this log was made)."""
+        last = await self.storage.last_seq(self.run_id)
+        while last >= self.next_seq:
+            if not await self.mirror_stored(only_while_idle=False):
+                # Unreadable (deleted meanwhile?): restart the window after them.
+                self._buffer.clear()
+                self.next_seq = self._first_seq = self._flushed_seq = last + 1
 
     async def read(self, seq: int) -> list[Chunk]:
         """Chunks from ``seq`` on that exist now (possibly several), read from memory or,

@@ -448,6 +448,8 @@ class Level:
             outcome = await self.run_entry(
                 idx, entry, value, target if first else None, restart=restart and first
             )
+            if first and self.is_root:
+                execution.pending_resume = None
             if outcome.status is _S.SUCCESS:
                 value = outcome.output
                 self.active_entry = idx + 1
@@ -911,6 +913,8 @@ class Level:
                 )
                 runs[b] = run
                 self.settle(node.id, run, [idx, b])
+                if len(to_run) > 1:
+                    await self.execution.persist_progress()
                 if run.result.status is _S.FAILED:
                     failures.append(b)
                     if fail_fast:
@@ -1204,7 +1208,16 @@ class Level:
                     first_failure = i
                 progress(i, "failed")
             outcomes[i] = record
+            if execution.durable:
+                execution.stored[self.key_prefix + node.id] = {
+                    "status": "running",
+                    "payload": items_json,
+                    "started_at": started_at,
+                    "metadata": {"foreach": {"outcomes": list(outcomes)}},
+                }
+                await execution.persist_progress()
 
+        items_json = to_jsonable(items) if execution.durable else None
         async with trio.open_nursery() as nursery:
             for i, item_resume in plan:
                 await slots.acquire()
@@ -1476,6 +1489,18 @@ class Execution:
         self.cancel_requested = False
         #: A step suspended during this execution (it is heading for ``suspended``).
         self.suspended_once = False
+        self._progress_writing = False
+        self._progress_dirty = False
+        #: Stored until the resumed entry has finished (see RunSnapshot.resume).
+        self.pending_resume: dict[str, Any] | None = (
+            {
+                "path": list(target.path),
+                "data": to_jsonable(resume_data),
+                "foreach_index": target.foreach_index,
+            }
+            if target is not None
+            else None
+        )
         self.scope: trio.CancelScope | None = None
         self.done = trio.Event()
         self.result: WorkflowResult | None = None
@@ -1599,6 +1624,7 @@ class Execution:
             step_execution_path=list(root.execution_path),
             active_entry=root.active_entry,
             active_input=to_jsonable(root.active_input),
+            resume=self.pending_resume,
             usage=base.usage + self.usage if self.usage != _NO_USAGE else base.usage,
             created_at=base.created_at,
             updated_at=now_ms(),
@@ -1622,6 +1648,25 @@ class Execution:
         finally:
             lock.release()
         self.hub.status = status
+
+    async def persist_progress(self) -> None:
+        """Durable storage only: store what finished inside the running entry (parallel
+        branches, foreach iterations) so a crash re-runs only what was running. Concurrent
+        callers coalesce: one write in flight, repeated while more progress arrived."""
+        if not self.durable:
+            return
+        if self._progress_writing:
+            self._progress_dirty = True
+            return
+        self._progress_writing = True
+        try:
+            while True:
+                self._progress_dirty = False
+                await self.persist(RunStatus.RUNNING)
+                if not self._progress_dirty:
+                    break
+        finally:
+            self._progress_writing = False
 
     def emit_workflow_start(self) -> None:
         log = self.log

@@ -366,6 +366,11 @@ class Run:
             status=RunStatus.RUNNING,
             request_context=context.to_dict(),
             trace_id=trace_id,
+            resume={
+                "path": list(target.path),
+                "data": to_jsonable(data),
+                "foreach_index": target.foreach_index,
+            },
             updated_at=now_ms(),
         )
         if not await storage.save_snapshot(claimed, expected_status=RunStatus.SUSPENDED):
@@ -510,6 +515,7 @@ class Run:
                 return
             async with hub.write_lock:
                 log = hub.log
+                await log.sync_with_storage()
                 events: list[Chunk] = log.take_unflushed()
                 canceled = WorkflowCanceled(run_id=self.run_id, seq=log.next_seq)
                 finish = WorkflowFinish(
@@ -557,6 +563,19 @@ class Run:
             raise RunNotActiveError()
         context = RequestContext(snapshot.request_context)
         trace_id = snapshot.trace_id or new_trace_id()
+        await self._hub.log.sync_with_storage()
+        if snapshot.resume is not None:
+            # The process died while executing a resume: continue that resume.
+            pending = snapshot.resume
+            target = ResumeTarget(
+                path=list(pending["path"]), foreach_index=pending.get("foreach_index")
+            )
+            node = _node_at(self._workflow, target.path)
+            data = pending.get("data")
+            schema = getattr(node, "resume_schema", None)
+            if schema is not None and self._workflow.validate_inputs:
+                data = validate(data, schema, "Invalid resume data:")
+            return self._spawn_continuation(claimed, "resume", context, trace_id, target, data)
         return self._spawn_continuation(claimed, "restart", context, trace_id, None, None)
 
     async def restart(self) -> WorkflowResult:

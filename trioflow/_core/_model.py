@@ -169,6 +169,9 @@ class RunSnapshot:
     step_execution_path: list[str] = attrs.field(factory=list)
     active_entry: int | None = None
     active_input: Any = None
+    #: The resume being executed (``{"path", "data", "foreach_index"}``), stored with the
+    #: claim so that a restart after a crash continues that resume, not a fresh attempt.
+    resume: dict[str, Any] | None = None
     usage: Usage = attrs.field(factory=Usage)
     created_at: int = 0
     updated_at: int = 0

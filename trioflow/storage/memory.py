@@ -71,10 +71,11 @@ class MemoryStorage:
             return
         log = self._events.setdefault(run_id, [])
         expected = len(log) + 1
-        if events[0].seq != expected:
-            raise ValueError(
-                f"run {run_id}: event seq {events[0].seq} does not follow {expected - 1}"
-            )
+        for offset, event in enumerate(events):
+            if event.seq != expected + offset:
+                raise ValueError(
+                    f"run {run_id}: event seq {event.seq} does not follow {expected + offset - 1}"
+                )
         log.extend(events)
 
     async def append_events(self, run_id: str, events: Sequence[Chunk]) -> None:

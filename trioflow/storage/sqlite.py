@@ -472,20 +472,38 @@ class SqliteStorage:
         trioflow database this code can open."""
         try:
             with open(self._path, "rb") as f:
-                header = f.read(len(_SQLITE_HEADER))
+                header = f.read(100)
+            before = os.stat(self._path)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise StorageError(f"cannot open {self._where}: {exc}") from exc
         if not header:
             return  # an empty file: initialised below
-        if header != _SQLITE_HEADER:
+        if not header.startswith(_SQLITE_HEADER):
             raise StorageError(
                 f"{self._where} is not a SQLite database (not trioflow's, or corrupt); "
                 "it was left untouched"
             )
-        # A read-only look: never checkpoints or writes a foreign file, even on close.
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self._path)) + "?mode=ro"
+        # Look read-only: nothing is written, not even a checkpoint on close. A WAL
+        # database without a -wal file is wholly in the main file: read it as immutable,
+        # which creates no -wal/-shm files beside somebody else's database.
+        wal_mode = len(header) > 19 and header[18] == 2
+        if wal_mode and not os.path.exists(self._path + "-wal"):
+            try:
+                self._probe("immutable=1")
+                return
+            except StorageError:
+                # Rejected, unless the file changed under us (another process wrote
+                # it meanwhile): then look again, the careful way.
+                with contextlib.suppress(OSError):
+                    after = os.stat(self._path)
+                    if (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size):
+                        raise
+        self._probe("mode=ro")
+
+    def _probe(self, options: str) -> None:
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self._path)) + "?" + options
         try:
             probe = self._connect(uri, uri=True)
         except sqlite3.Error as exc:
