@@ -193,6 +193,14 @@ class StepRun:
 
 
 @attrs.frozen
+class Announced:
+    """A node's call id and start time, fixed when its start chunk was published."""
+
+    call_id: str
+    started_at: int
+
+
+@attrs.frozen
 class NodeResume:
     """Resuming one node: the resume data, the path below it (nested workflows), the
     stored result of the node, and (foreach) which iteration(s)."""
@@ -546,6 +554,45 @@ class Level:
 
     # --- one node ---------------------------------------------------------------------------
 
+    def announce(
+        self,
+        node: Step | Workflow,
+        value: Any,
+        resume: NodeResume | None,
+        chunk_id: str,
+        *,
+        emit: bool = True,
+        iteration: int = 0,
+    ) -> Announced:
+        """Give a node its call id and start time, and publish its start chunk (sync).
+
+        Concurrent branches are announced one after the other before any of them runs, so
+        the log lists their starts in graph order whatever order trio runs them in.
+        """
+        announced = Announced(self.execution.next_call_id(), now_ms())
+        if emit and self.emits:
+            stored = resume.stored if resume is not None else None
+            if (
+                stored is not None
+                and "payload" in stored
+                and (not isinstance(node, Workflow) or nested_header(stored) is not None)
+            ):
+                value = stored["payload"]
+            metadata = (
+                {"iteration_count": iteration}
+                if iteration and not isinstance(node, Workflow)
+                else None
+            )
+            self.emit_start(
+                chunk_id,
+                call_id=announced.call_id,
+                payload=value,
+                started_at=announced.started_at,
+                resume=resume,
+                metadata=metadata,
+            )
+        return announced
+
     async def run_node(
         self,
         node: Step | Workflow,
@@ -557,7 +604,7 @@ class Level:
         iteration: int = 0,
         foreach_index: int | None = None,
         record: bool = True,
-        on_started: Callable[[], None] | None = None,
+        announced: Announced | None = None,
     ) -> StepRun:
         """Run one node. When it is interrupted by cancellation, its ``canceled`` result is
         recorded at this level (``record``; foreach iterations are recorded by their
@@ -572,7 +619,7 @@ class Level:
                     emit=emit,
                     iteration=iteration,
                     foreach_index=foreach_index,
-                    on_started=on_started,
+                    announced=announced,
                 )
                 if span is not None:
                     span.status = run.result.status.value
@@ -595,7 +642,7 @@ class Level:
         emit: bool,
         iteration: int,
         foreach_index: int | None,
-        on_started: Callable[[], None] | None,
+        announced: Announced | None,
     ) -> StepRun:
         if isinstance(node, Workflow):
             return await self.run_nested(
@@ -605,7 +652,7 @@ class Level:
                 chunk_id=chunk_id,
                 emit=emit,
                 foreach_index=foreach_index,
-                on_started=on_started,
+                announced=announced,
             )
         return await self.run_step(
             node,
@@ -614,7 +661,7 @@ class Level:
             chunk_id=chunk_id,
             emit=emit,
             iteration=iteration,
-            on_started=on_started,
+            announced=announced,
         )
 
     async def run_step(
@@ -626,12 +673,13 @@ class Level:
         chunk_id: str,
         emit: bool,
         iteration: int,
-        on_started: Callable[[], None] | None = None,
+        announced: Announced | None = None,
     ) -> StepRun:
-        execution = self.execution
+        if announced is None:
+            announced = self.announce(node, value, resume, chunk_id, emit=emit, iteration=iteration)
         emit = emit and self.emits
-        call_id = execution.next_call_id()
-        started_at = now_ms()
+        call_id = announced.call_id
+        started_at = announced.started_at
         metadata = {"iteration_count": iteration} if iteration else None
         resume_data = None
         suspend_data = None
@@ -641,17 +689,6 @@ class Level:
                 value = stored["payload"]
             suspend_data = stored.get("suspend_payload")
             resume_data = resume.data
-        if emit:
-            self.emit_start(
-                chunk_id,
-                call_id=call_id,
-                payload=value,
-                started_at=started_at,
-                resume=resume,
-                metadata=metadata,
-            )
-        if on_started is not None:
-            on_started()
         base: dict[str, Any] = {
             "payload": value,
             "started_at": started_at,
@@ -754,24 +791,20 @@ class Level:
         chunk_id: str,
         emit: bool,
         foreach_index: int | None,
-        on_started: Callable[[], None] | None = None,
+        announced: Announced | None = None,
     ) -> StepRun:
         execution = self.execution
+        if announced is None:
+            announced = self.announce(node, value, resume, chunk_id, emit=emit)
         emit = emit and self.emits
-        call_id = execution.next_call_id()
-        started_at = now_ms()
+        call_id = announced.call_id
+        started_at = announced.started_at
         index = f"[{foreach_index}]" if foreach_index is not None else ""
         key_prefix = f"{self.key_prefix}{node.id}{index}."
         stored = resume.stored if resume is not None else None
         header = nested_header(stored)
         if header is not None and stored is not None and "payload" in stored:
             value = stored["payload"]
-        if emit:
-            self.emit_start(
-                chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=resume
-            )
-        if on_started is not None:
-            on_started()
         base: dict[str, Any] = {
             "payload": value,
             "started_at": started_at,
@@ -896,11 +929,7 @@ class Level:
 
         scopes: dict[int, trio.CancelScope] = {}
 
-        async def branch(  # noqa: ASYNC114, ASYNC128 - started() via on_started
-            b: int,
-            resume: NodeResume | None,
-            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-        ) -> None:
+        async def branch(b: int, resume: NodeResume | None, announced: Announced | None) -> None:
             node = nodes[b]
             with trio.CancelScope() as scope:
                 scopes[b] = scope
@@ -909,7 +938,7 @@ class Level:
                     value,
                     resume=resume,
                     chunk_id=self.chunk_id(node.id),
-                    on_started=task_status.started,
+                    announced=announced,
                 )
                 runs[b] = run
                 self.settle(node.id, run, [idx, b])
@@ -927,13 +956,15 @@ class Level:
                 self.settle(node.id, runs[b], [idx, b])
 
         if len(to_run) == 1:
-            await branch(*to_run[0])
+            await branch(*to_run[0], None)
         else:
+            announced = [
+                self.announce(nodes[b], value, resume, self.chunk_id(nodes[b].id))
+                for b, resume in to_run
+            ]
             async with trio.open_nursery() as nursery:
-                # One at a time until each has published its start chunk (synchronously,
-                # before its first checkpoint): the log lists branch starts in graph order.
-                for b, resume in to_run:
-                    await nursery.start(branch, b, resume)
+                for (b, resume), note in zip(to_run, announced, strict=True):
+                    nursery.start_soon(branch, b, resume, note)
 
         statuses: list[StepStatus] = []
         output: dict[str, Any] = {}

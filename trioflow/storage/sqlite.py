@@ -437,10 +437,14 @@ class SqliteStorage:
     ``trio.Cancelled`` wrote nothing, a call that returns wrote what it reports.
     """
 
+    #: What is written survives the process (False for ``":memory:"``).
+    durable: bool
+
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
         self._path = os.fspath(path)
         self._timeout = float(timeout)
         self._memory = self._path in ("", ":memory:")
+        self.durable = not self._memory
         where = repr(self._path)
         self._where = where
         self._writer = _Worker(f"trioflow-sqlite-writer {where}", where, self._open_writer)
