@@ -1175,7 +1175,6 @@ class Level:
         stop = False
         first_failure: int | None = None
         bailed: int | None = None
-        slots = trio.Semaphore(entry.concurrency)
 
         def progress(i: int, status: str, output: Any = None) -> None:
             if not emit:
@@ -1195,18 +1194,15 @@ class Level:
 
         async def iterate(i: int, item_resume: NodeResume | None) -> None:
             nonlocal completed, stop, first_failure, bailed
-            try:
-                run = await self.run_node(
-                    node,
-                    items[i],
-                    resume=item_resume,
-                    chunk_id=chunk_id,
-                    emit=False,
-                    foreach_index=i,
-                    record=False,
-                )
-            finally:
-                slots.release()
+            run = await self.run_node(
+                node,
+                items[i],
+                resume=item_resume,
+                chunk_id=chunk_id,
+                emit=False,
+                foreach_index=i,
+                record=False,
+            )
             runs[i] = run
             result = run.result
             record: dict[str, Any] = {"status": _VALUE[result.status]}
@@ -1249,13 +1245,26 @@ class Level:
                 await execution.persist_progress()
 
         items_json = to_jsonable(items) if execution.durable else None
-        async with trio.open_nursery() as nursery:
-            for i, item_resume in plan:
-                await slots.acquire()
+        pending = iter(plan)
+
+        async def worker() -> None:
+            # A sliding window without a task per item: each of `concurrency` workers takes
+            # the next item as soon as its current one settles (taking is synchronous).
+            for i, item_resume in pending:
                 if stop:
-                    slots.release()
-                    break
-                nursery.start_soon(iterate, i, item_resume)
+                    return
+                await iterate(i, item_resume)
+                # Items whose steps never checkpoint must not starve the scheduler or
+                # make the run uncancellable.
+                await trio.lowlevel.checkpoint()
+
+        workers = min(entry.concurrency, len(plan))
+        if workers == 1:
+            await worker()
+        elif workers > 1:
+            async with trio.open_nursery() as nursery:
+                for _ in range(workers):
+                    nursery.start_soon(worker)
 
         ended_at = now_ms()
         metadata = {"foreach": {"outcomes": outcomes}}

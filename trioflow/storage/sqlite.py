@@ -39,7 +39,9 @@ transaction. Anything else (not a SQLite file, a SQLite database of another appl
 a newer schema version, an unreadable file) raises :class:`trioflow.StorageError` naming
 the path, and that file is never written to. Several processes on one machine may share
 a file: WAL lets readers run beside the one writer, and ``timeout`` (the busy timeout)
-says how long a write waits for another process's write transaction.
+says how long a write waits for another process's write transaction. Commits use
+``synchronous=NORMAL``: a committed write survives the process being killed; a power cut
+may lose the last commits but never corrupts the file.
 """
 
 from __future__ import annotations
@@ -253,6 +255,7 @@ class _Worker:
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self.conn: sqlite3.Connection | None = None  # touched only by the thread
         #: Write transactions committed and jobs they held (for tests and benchmarks).
         self.transactions = 0
@@ -265,6 +268,10 @@ class _Worker:
     # -- trio side --
 
     async def call(self, fn: Callable[[sqlite3.Connection | None], T], kind: int) -> T:
+        if self._stopping:
+            raise RuntimeError("this SqliteStorage is closed")
+        if kind == _STOP:
+            self._stopping = True
         job = _Job(fn, kind, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
