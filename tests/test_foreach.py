@@ -894,3 +894,29 @@ async def test_progress_carries_iteration_output_only_on_success() -> None:
         ("success", "done"),
         ("suspended", None),
     ]
+
+
+async def test_foreach_of_steps_that_never_checkpoint_stays_cancellable() -> None:
+    """Every item is a cancel point and every few items a schedule point, even when the
+    step body never awaits: another task gets to run, and can cancel the run mid-list."""
+    seen: list[int] = []
+
+    async def no_checkpoint(ctx: tf.StepContext) -> int:
+        seen.append(ctx.input_data)
+        return int(ctx.input_data)
+
+    wf = (
+        tf.create_workflow(id="busy-foreach")
+        .foreach(tf.create_step(id="busy", execute=no_checkpoint))
+        .commit()
+    )
+    async with tf.open_runtime():
+        run = await wf.create_run()
+        out = await run.stream(input_data=list(range(100_000)))
+        # This task runs while the foreach is in progress, long before it ends.
+        while not seen:
+            await trio.lowlevel.checkpoint()
+        await run.cancel()
+        result = await out.result()
+    assert result.status == "canceled"
+    assert 0 < len(seen) < 100_000
