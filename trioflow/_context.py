@@ -129,8 +129,9 @@ class StepContext:
         "state",
         "step_id",
         "suspend_data",
+        "_step_name",
+        "_writer",
         "tracing_context",
-        "writer",
     )
 
     def __init__(
@@ -158,7 +159,8 @@ class StepContext:
         self.suspend_data = suspend_data
         self.retry_count = retry_count
         self.iteration_count = iteration_count
-        self.writer = Writer(level, step_name)
+        self._step_name = step_name
+        self._writer: Writer | None = None
         self.tracing_context: Any = current_span.get(None)
         self._suspend_schema = suspend_schema
         self._state_schema = state_schema
@@ -169,6 +171,13 @@ class StepContext:
         self._bailed = False
         self._bail_value: Any = None
         self._new_state: Any = None
+
+    @property
+    def writer(self) -> Writer:
+        """Streams output from this step into the run's log (see :class:`Writer`)."""
+        if self._writer is None:
+            self._writer = Writer(self._level, self._step_name)
+        return self._writer
 
     # identity
     @property

@@ -371,9 +371,9 @@ class Level:
     def emits(self) -> bool:
         return self.workflow.emit_step_events and self.execution.emit_step_events
 
-    def publish(self, make: Callable[[str, int], Chunk]) -> None:
+    def publish(self, chunk_class: Callable[..., Chunk], payload: Any) -> None:
         log = self.execution.log
-        log.publish(make(log.run_id, log.next_seq))
+        log.publish(chunk_class(run_id=log.run_id, seq=log.next_seq, payload=payload))
 
     def emit_start(
         self,
@@ -403,7 +403,7 @@ class Level:
                 started_at=started_at,
                 metadata=metadata,
             )
-        self.publish(lambda run_id, seq: WorkflowStepStart(run_id=run_id, seq=seq, payload=body))
+        self.publish(WorkflowStepStart, body)
 
     def emit_settled(self, chunk_id: str, result: StepResult, call_id: str | None) -> None:
         if result.status is _S.SUSPENDED:
@@ -417,9 +417,7 @@ class Level:
                 started_at=result.started_at,
                 step_call_id=call_id,
             )
-            self.publish(
-                lambda run_id, seq: WorkflowStepSuspended(run_id=run_id, seq=seq, payload=suspended)
-            )
+            self.publish(WorkflowStepSuspended, suspended)
             return
         body = StepResultPayload(
             id=chunk_id,
@@ -439,7 +437,7 @@ class Level:
             and "foreach" not in result.metadata
             else None,
         )
-        self.publish(lambda run_id, seq: WorkflowStepResult(run_id=run_id, seq=seq, payload=body))
+        self.publish(WorkflowStepResult, body)
 
     # --- running the graph ----------------------------------------------------------------
 
@@ -1188,9 +1186,7 @@ class Level:
                 iteration_status=status,
                 iteration_output=to_jsonable(output) if status == "success" else None,
             )
-            self.publish(
-                lambda run_id, seq: WorkflowStepProgress(run_id=run_id, seq=seq, payload=body)
-            )
+            self.publish(WorkflowStepProgress, body)
 
         async def iterate(i: int, item_resume: NodeResume | None) -> None:
             nonlocal completed, stop, first_failure, bailed
@@ -1389,9 +1385,7 @@ class Level:
             waiting = StepWaitingPayload(
                 id=chunk_id, step_name=chunk_id, payload=to_jsonable(value), started_at=started_at
             )
-            self.publish(
-                lambda run_id, seq: WorkflowStepWaiting(run_id=run_id, seq=seq, payload=waiting)
-            )
+            self.publish(WorkflowStepWaiting, waiting)
         if self.is_root:
             await self.execution.persist(RunStatus.WAITING)
         try:
