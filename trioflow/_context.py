@@ -119,9 +119,11 @@ class StepContext:
         "_new_state",
         "_resume_labels",
         "_state_schema",
+        "_step_name",
         "_suspend_payload",
         "_suspend_schema",
         "_suspended",
+        "_writer",
         "input_data",
         "iteration_count",
         "resume_data",
@@ -129,8 +131,6 @@ class StepContext:
         "state",
         "step_id",
         "suspend_data",
-        "_step_name",
-        "_writer",
         "tracing_context",
     )
 

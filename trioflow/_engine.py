@@ -1246,15 +1246,13 @@ class Level:
         async def worker() -> None:
             # A sliding window without a task per item: each of `concurrency` workers takes
             # the next item as soon as its current one settles (taking is synchronous).
-            done = 0
-            for i, item_resume in pending:
+            for done, (i, item_resume) in enumerate(pending, start=1):
                 if stop:
                     return
                 await iterate(i, item_resume)
                 # Items whose steps never checkpoint must not make the run uncancellable
                 # (a cancel point per item) nor starve other tasks (a schedule point every
                 # few items: a full checkpoint per item would double the cost of an item).
-                done += 1
                 if done % 32:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 else:
