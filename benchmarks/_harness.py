@@ -3,7 +3,9 @@
 - `time_async` times a trio async callable over N repeats (after warm-up runs) with
   `time.perf_counter` and returns a `Timing` (best, median, every sample).
 - `peak_rss_mb` is this process's peak resident set size, from `resource.getrusage`.
-- `report(name, figures)` prints one JSON object for one scenario on stdout.
+- `report(name, figures)` prints one JSON object for one scenario on stdout;
+  `beside_floor` (us per unit) and `rate_beside_floor` (units per second) build the row of
+  an engine scenario next to its raw-trio floor.
 - `cli(module_main)` is the `__main__` entry point of every `bench_*.py` script:
   `python benchmarks/bench_x.py [--quick]`.
 
@@ -53,6 +55,10 @@ class Timing:
     def per(self, units: int) -> tuple[float, float]:
         """(median, best) in microseconds per unit (step, branch, item)."""
         return self.median * 1e6 / units, self.best * 1e6 / units
+
+    def rate(self, units: int) -> tuple[float, float]:
+        """(median, best) throughput in units (events, deliveries) per second."""
+        return units / self.median, units / self.best
 
 
 async def time_async(
@@ -132,6 +138,38 @@ def beside_floor(
         "goal_us": goal_us,
         "ratio_to_floor": median_us / floor_us if floor_us > 0 else None,
         "meets_goal": median_us <= goal_us,
+        "repeats": len(timing.samples),
+    }
+    figures.update(extra)
+    figures["peak_rss_mb"] = peak_rss_mb()
+    return report(name, figures)
+
+
+def rate_beside_floor(
+    name: str,
+    *,
+    unit: str,
+    timing: Timing,
+    units: int,
+    floor_per_s: float,
+    goal_per_s: float | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The figures of a throughput scenario, next to the raw-trio floor and the goal.
+
+    `unit` names the figure: `<unit>_per_s` (from the median time), `best_<unit>_per_s`,
+    `floor_<unit>_per_s`, `goal_<unit>_per_s` (None: no goal), `ratio_to_floor`
+    (floor rate / median rate: like the us rows, the cost relative to the floor, so 1.5 is
+    1.5x slower than the floor) and `meets_goal` (None without a goal).
+    """
+    median_rate, best_rate = timing.rate(units)
+    figures: dict[str, Any] = {
+        f"{unit}_per_s": median_rate,
+        f"best_{unit}_per_s": best_rate,
+        f"floor_{unit}_per_s": floor_per_s,
+        f"goal_{unit}_per_s": goal_per_s,
+        "ratio_to_floor": floor_per_s / median_rate if median_rate > 0 else None,
+        "meets_goal": None if goal_per_s is None else median_rate >= goal_per_s,
         "repeats": len(timing.samples),
     }
     figures.update(extra)

@@ -27,6 +27,29 @@ EXPECTED_FIGURES: dict[str, tuple[str, ...]] = {
     "parallel-100": ("us_per_branch", "floor_us_per_branch", "goal_us", "ratio_to_floor"),
     "foreach-c1": ("us_per_item", "floor_us_per_item", "goal_us", "ratio_to_floor"),
     "foreach-c16": ("us_per_item", "floor_us_per_item", "goal_us", "ratio_to_floor"),
+    "stream-chain-100": (
+        "events_per_s",
+        "floor_events_per_s",
+        "goal_events_per_s",
+        "ratio_to_floor",
+        "steps_per_s",
+    ),
+    "stream-writer": ("events_per_s", "floor_events_per_s", "ratio_to_floor"),
+    "fanout-100": (
+        "deliveries_per_s",
+        "floor_deliveries_per_s",
+        "goal_deliveries_per_s",
+        "ratio_to_floor",
+        "shared_log_floor_deliveries_per_s",
+    ),
+    "slow-subscriber": (
+        "wall_s_no_subscriber",
+        "wall_s_stalled_subscriber",
+        "wall_ratio",
+        "peak_rss_mb_no_subscriber",
+        "peak_rss_mb_stalled_subscriber",
+        "peak_rss_ratio",
+    ),
 }
 
 

@@ -900,9 +900,11 @@ async def test_foreach_of_steps_that_never_checkpoint_stays_cancellable() -> Non
     """Every item is a cancel point and every few items a schedule point, even when the
     step body never awaits: another task gets to run, and can cancel the run mid-list."""
     seen: list[int] = []
+    first_item = trio.Event()
 
     async def no_checkpoint(ctx: tf.StepContext) -> int:
         seen.append(ctx.input_data)
+        first_item.set()
         return int(ctx.input_data)
 
     wf = (
@@ -913,9 +915,8 @@ async def test_foreach_of_steps_that_never_checkpoint_stays_cancellable() -> Non
     async with tf.open_runtime():
         run = await wf.create_run()
         out = await run.stream(input_data=list(range(100_000)))
-        # This task runs while the foreach is in progress, long before it ends.
-        while not seen:
-            await trio.lowlevel.checkpoint()
+        # This task gets to run while the foreach is in progress, long before it ends.
+        await first_item.wait()
         await run.cancel()
         result = await out.result()
     assert result.status == "canceled"

@@ -1704,5 +1704,10 @@ async def test_a_cancelled_receive_loses_no_chunk(
     got.extend(await collect(sub))
     assert [c.seq for c in got] == list(range(1, 11))
     assert [o.payload.output for o in of_type(got, tf.WorkflowStepOutput)] == [
-        "w1", 0, 1, 2, 3, 4,
+        "w1",
+        0,
+        1,
+        2,
+        3,
+        4,
     ]

@@ -69,5 +69,6 @@ from ._workflow import create_step as create_step
 from ._workflow import create_workflow as create_workflow
 from ._workflow import step as step
 from .storage import MemoryStorage as MemoryStorage
+from .storage import SqliteStorage as SqliteStorage
 from .storage import Storage as Storage
 from .tracing import TracingOptions as TracingOptions

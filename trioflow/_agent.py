@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
 
 import attrs
+import trio
 
 from ._context import StepContext
 from ._core._model import Usage
@@ -71,14 +72,23 @@ def agent_step(
         if not isinstance(text, str):
             raise TypeError(f"agent step {id!r} needs a str prompt, got {text!r}")
         parts: list[str] = []
-        async for chunk in model.stream(text):
-            if not isinstance(chunk, ModelChunk):
-                raise TypeError(f"model stream yielded {chunk!r}, expected a tf.ModelChunk")
-            await ctx.writer.write(chunk)
-            if chunk.type == "text-delta" and chunk.text:
-                parts.append(chunk.text)
-            elif chunk.type == "finish" and chunk.usage is not None:
-                ctx.record_usage(chunk.usage)
+        stream = model.stream(text)
+        try:
+            async for chunk in stream:
+                if not isinstance(chunk, ModelChunk):
+                    raise TypeError(f"model stream yielded {chunk!r}, expected a tf.ModelChunk")
+                await ctx.writer.write(chunk)
+                if chunk.type == "text-delta" and chunk.text:
+                    parts.append(chunk.text)
+                elif chunk.type == "finish" and chunk.usage is not None:
+                    ctx.record_usage(chunk.usage)
+        finally:
+            # Stopping early (an error, a cancel) must close an async-generator model now,
+            # not leave it to the garbage collector.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
         return {"text": "".join(parts)}
 
     return create_step(

@@ -104,7 +104,7 @@ def run_demo(db: str | None) -> int:
 
         storage: Any
         try:
-            from .storage.sqlite import SqliteStorage  # type: ignore[import-not-found,unused-ignore]
+            from .storage.sqlite import SqliteStorage
         except ImportError:
             storage = MemoryStorage()
             where = "memory"

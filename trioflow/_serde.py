@@ -54,10 +54,12 @@ def _structure_float(value: object, _: type) -> float:
     return float(value)
 
 
-def _structure_str(value: object, _: type) -> str:
+def _structure_str(value: object, cls: type[str]) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected str, got {_type_name(value)}")
-    return value
+    # Registered for ``str`` through singledispatch, so str subclasses such as RunStatus
+    # and StepStatus (StrEnum) land here too: give back the enum member, not a bare str.
+    return value if cls is str else cls(value)
 
 
 def _structure_bool(value: object, _: type) -> bool:
@@ -87,6 +89,10 @@ converter.register_structure_hook(str, _structure_str)
 converter.register_structure_hook(bool, _structure_bool)
 converter.register_structure_hook(_dt.datetime, _structure_datetime)
 converter.register_unstructure_hook(_dt.datetime, lambda d: d.isoformat())
+# StrEnums (statuses) are str, so cattrs would pass the member through: store the value.
+converter.register_unstructure_hook_func(
+    lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda member: member.value
+)
 
 
 def _origin(t: Any) -> Any:
@@ -359,9 +365,17 @@ def _usage_from_wire(data: Any, where: str) -> Any:
     return Usage(**values)
 
 
+_ERROR_KEYS = frozenset({"message", "name", "cause", "extra"})
+
+
 def _error_to_wire(err: Any) -> dict[str, Any]:
+    # Custom attributes sit at the top level, as Mastra clients read them; the few whose
+    # names collide with the error's own keys go under "extra" so nothing is lost.
     out: dict[str, Any] = {"message": err.message, "name": err.name}
-    out.update(err.extra)
+    clashing = {k: v for k, v in err.extra.items() if k in _ERROR_KEYS}
+    out.update((k, v) for k, v in err.extra.items() if k not in _ERROR_KEYS)
+    if clashing:
+        out["extra"] = clashing
     if err.cause is not None:
         out["cause"] = _error_to_wire(err.cause)
     return out
@@ -372,7 +386,10 @@ def _error_from_wire(data: Any, where: str) -> Any:
 
     if not isinstance(data, Mapping) or not isinstance(data.get("message"), str):
         raise ValueError(f"{where}: expected an error object with a message")
-    extra = {k: v for k, v in data.items() if k not in ("message", "name", "cause")}
+    extra = {k: v for k, v in data.items() if k not in _ERROR_KEYS}
+    nested = data.get("extra")
+    if isinstance(nested, Mapping):
+        extra.update(nested)
     cause = data.get("cause")
     return SerializedError(
         message=data["message"],
@@ -456,7 +473,9 @@ def _payload_from_wire(cls: type[Any], data: Any, chunk_type: str) -> Any:
             continue
         value = data.get("stepName", data.get("id")) if name == "step_name" else data.get(key)
         if value is None:
-            if field.default is attrs.NOTHING:
+            if name in _USER_DATA_FIELDS:
+                kwargs[name] = None  # user data may be null (left out of the wire dict)
+            elif field.default is attrs.NOTHING:
                 raise ValueError(f"{where}: required field missing")
             continue
         if name == "error":
@@ -477,7 +496,14 @@ def _payload_from_wire(cls: type[Any], data: Any, chunk_type: str) -> Any:
 
 
 def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
-    text = str(annotation)
+    # The annotation is a string until something resolves the class's types (cattrs does
+    # when it unstructures one), then a type or a union: read both the same way.
+    if isinstance(annotation, str):
+        text = annotation
+    elif isinstance(annotation, type):
+        text = annotation.__name__
+    else:
+        text = str(annotation)
     if text.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{where}: expected int, got {_type_name(value)}")
     if text.startswith("str") and not isinstance(value, str):

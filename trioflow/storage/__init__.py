@@ -2,3 +2,4 @@
 
 from ._protocol import Storage as Storage
 from .memory import MemoryStorage as MemoryStorage
+from .sqlite import SqliteStorage as SqliteStorage
