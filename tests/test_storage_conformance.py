@@ -384,6 +384,7 @@ async def test_every_snapshot_field_round_trips(storage: Storage) -> None:
         active_entry=3,
         active_input={"values": [10, 20]},
         resume={"path": ["nested", "inner"], "data": {"ok": True}, "foreach_index": None},
+        last_seq=42,
         usage=tf.Usage(
             input_tokens=1,
             output_tokens=2,

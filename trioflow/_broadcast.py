@@ -88,6 +88,11 @@ class EventLog:
             self._trim()
         return chunk
 
+    @property
+    def flushed_through(self) -> int:
+        """The highest ``seq`` handed to storage."""
+        return self._flushed_seq - 1
+
     def publish_stored(self, chunk: Chunk) -> Chunk:
         """Append a chunk that the caller already wrote to storage."""
         all_flushed = self._flushed_seq == self.next_seq
@@ -167,10 +172,13 @@ class EventLog:
             added = True
         return added
 
-    async def sync_with_storage(self) -> None:
+    async def sync_with_storage(  # noqa: ASYNC910 - internal
+        self, known_last: int | None = None
+    ) -> None:
         """Before this process publishes for the run again: continue after the last
-        stored ``seq`` (another process may have appended since this log was made)."""
-        last = await self.storage.last_seq(self.run_id)
+        stored ``seq`` (another process may have appended since this log was made).
+        ``known_last`` (from a snapshot just claimed) saves asking storage."""
+        last = known_last if known_last is not None else await self.storage.last_seq(self.run_id)
         while last >= self.next_seq:
             if not await self.mirror_stored(only_while_idle=False):
                 # Unreadable (deleted meanwhile?): restart the window after them.

@@ -1640,7 +1640,7 @@ class Execution:
         if self.scope is not None:
             self.scope.cancel(reason=reason)
 
-    def snapshot(self, status: RunStatus, **final: Any) -> RunSnapshot:
+    def snapshot(self, status: RunStatus, *, last_seq: int, **final: Any) -> RunSnapshot:
         root = self.root
         base = self.base
         return RunSnapshot(
@@ -1663,6 +1663,7 @@ class Execution:
             active_entry=root.active_entry,
             active_input=to_jsonable(root.active_input),
             resume=self.pending_resume,
+            last_seq=last_seq,
             usage=base.usage + self.usage if self.usage != _NO_USAGE else base.usage,
             created_at=base.created_at,
             updated_at=now_ms(),
@@ -1681,7 +1682,8 @@ class Execution:
             events = self.log.take_unflushed()
             if extra:
                 events.extend(extra)
-            snapshot = self.snapshot(status, **final)
+            last_seq = events[-1].seq if events else self.log.flushed_through
+            snapshot = self.snapshot(status, last_seq=last_seq, **final)
             await self.storage.save_snapshot(snapshot, events)
         finally:
             lock.release()

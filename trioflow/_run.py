@@ -136,6 +136,7 @@ class Run:
         self._hub = hub
         self.run_id = snapshot.run_id
         self.resource_id = snapshot.resource_id
+        self._snapshot = snapshot  # as stored when this Run was bound
         self._claimed = snapshot.status is not RunStatus.PENDING
 
     def __repr__(self) -> str:
@@ -187,11 +188,9 @@ class Run:
                     request_context=context,
                 )
                 await call_maybe_async(wf.on_start, info)
-            snapshot = await self._runtime.storage.load_snapshot(self.run_id)
-            if snapshot is None:
-                raise SnapshotNotFoundError(wf.id, self.run_id)
-            if snapshot.status is not RunStatus.PENDING:
-                raise RunAlreadyStartedError(f"run {self.run_id} already started")
+            # Claim from the snapshot this Run was bound with (a pending run has nothing
+            # else in it); the compare-and-set tells whether it is still pending.
+            snapshot = self._snapshot
             trace_id = tracing.trace_id or new_trace_id()
             claimed = attrs.evolve(
                 snapshot,
@@ -207,6 +206,8 @@ class Run:
             if not await self._runtime.storage.save_snapshot(
                 claimed, expected_status=RunStatus.PENDING
             ):
+                if await self._runtime.storage.load_snapshot(self.run_id) is None:
+                    raise SnapshotNotFoundError(wf.id, self.run_id)
                 raise RunAlreadyStartedError(f"run {self.run_id} already started")
         except BaseException:
             self._claimed = False
@@ -527,6 +528,7 @@ class Run:
                     snapshot,
                     status=RunStatus.CANCELED,
                     suspended_paths={},
+                    last_seq=finish.seq,
                     updated_at=now_ms(),
                 )
                 ok = await storage.save_snapshot(

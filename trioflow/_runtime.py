@@ -166,15 +166,14 @@ class Runtime:
         if not isinstance(wf, Workflow):
             raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
         wf.check_runnable()
-        if run_id is None:
-            run_id = str(uuid.uuid4())
-        elif not isinstance(run_id, str) or not run_id:
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
             raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
-        snapshot = await self.storage.load_snapshot(run_id)
+        # A fresh id cannot be stored yet: insert without looking first.
+        snapshot = None if run_id is None else await self.storage.load_snapshot(run_id)
         if snapshot is None:
             created = now_ms()
             snapshot = RunSnapshot(
-                run_id=run_id,
+                run_id=run_id if run_id is not None else str(uuid.uuid4()),
                 workflow_id=wf.id,
                 resource_id=resource_id,
                 status=RunStatus.PENDING,
@@ -182,28 +181,29 @@ class Runtime:
                 updated_at=created,
             )
             if not await self.storage.create_run(snapshot):
-                stored = await self.storage.load_snapshot(run_id)
+                stored = await self.storage.load_snapshot(snapshot.run_id)
                 if stored is None:
-                    raise SnapshotNotFoundError(wf.id, run_id)
+                    raise SnapshotNotFoundError(wf.id, snapshot.run_id)
                 snapshot = stored
         if snapshot.workflow_id != wf.id:
             raise ValueError(
-                f"run {run_id} belongs to workflow {snapshot.workflow_id!r}, not {wf.id!r}"
+                f"run {snapshot.run_id} belongs to workflow {snapshot.workflow_id!r}, "
+                f"not {wf.id!r}"
             )
-        hub = await self.hub(run_id, snapshot.status)
-        return Run(self, wf, hub, snapshot)
+        hub = self.hub_for(snapshot)
+        # Every path above awaited storage (a fresh id is inserted, a given one looked up).
+        return Run(self, wf, hub, snapshot)  # noqa: ASYNC910
 
-    async def hub(self, run_id: str, status: RunStatus | None = None) -> RunHub:
-        hub = self._hubs.get(run_id)
+    def hub_for(self, snapshot: RunSnapshot) -> RunHub:
+        """The in-process hub of a stored run (made on first use: its log continues after
+        the snapshot's ``last_seq``; executions resync with storage before publishing)."""
+        hub = self._hubs.get(snapshot.run_id)
         if hub is None:
-            last = await self.storage.last_seq(run_id)
-            hub = self._hubs.get(run_id)  # another task may have made it meanwhile
-            if hub is None:
-                log = EventLog(run_id, self.storage, next_seq=last + 1)
-                hub = RunHub(run_id, log, status or RunStatus.PENDING)
-                log.owner = hub
-                self._hubs[run_id] = hub
-        return hub  # noqa: ASYNC910 - internal; callers checkpoint
+            log = EventLog(snapshot.run_id, self.storage, next_seq=snapshot.last_seq + 1)
+            hub = RunHub(snapshot.run_id, log, snapshot.status)
+            log.owner = hub
+            self._hubs[snapshot.run_id] = hub
+        return hub
 
     def spawn(self, execution: Execution) -> None:
         execution.hub.execution_started(execution)

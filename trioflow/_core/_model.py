@@ -172,6 +172,8 @@ class RunSnapshot:
     #: The resume being executed (``{"path", "data", "foreach_index"}``), stored with the
     #: claim so that a restart after a crash continues that resume, not a fresh attempt.
     resume: dict[str, Any] | None = None
+    #: The highest ``seq`` of the run's log stored together with (or before) this snapshot.
+    last_seq: int = 0
     usage: Usage = attrs.field(factory=Usage)
     created_at: int = 0
     updated_at: int = 0
