@@ -159,3 +159,43 @@ async def test_crash_at_every_durable_write_recovers_to_the_same_outcome(
             if key.startswith("approve:"):
                 continue  # suspends, then runs again on resume by design
             assert executions[key] == before_crash[key], (k, mode, key, executions)
+
+
+class BrokenDisk(FaultyStorage):
+    """Raises StorageError at one write instead of crashing the process."""
+
+    def _before(self) -> bool:
+        self.writes += 1
+        if self.crash_at is not None and self.writes == self.crash_at:
+            self.crashed = True
+            raise tf.StorageError(f"disk full at write {self.writes}")
+        return False
+
+
+async def test_storage_failure_ends_only_that_execution(autojump_clock: Any) -> None:
+    executions: Counter[str] = Counter()
+    broken = build_workflow(executions)
+    healthy = (
+        tf.create_workflow(id="healthy")
+        .then(tf.create_step(id="slow", execute=_slow_identity))
+        .commit()
+    )
+    storage = BrokenDisk(tf.MemoryStorage(), crash_at=4)
+    async with tf.open_runtime(storage=storage):
+        other = await healthy.create_run()
+        other_out = await other.stream(input_data={"ok": 1})
+        run = await broken.create_run(run_id="run-1")
+        with pytest.raises(tf.StorageError, match="disk full"):
+            await run.start(input_data={"n": 1})
+        # The runtime and the other run are unaffected.
+        assert (await other_out.result()).status == "success"
+    assert storage.crashed
+    # The failed run kept its last snapshot: a later process restarts it to the end.
+    storage.disarm()
+    result = await drive(storage, broken, "run-1")
+    assert result.status == "success"
+
+
+async def _slow_identity(ctx: tf.StepContext) -> Any:
+    await trio.sleep(5)
+    return ctx.input_data

@@ -1752,8 +1752,15 @@ class Execution:
                     "restart() continues it"
                 )
             raise
+        except Exception as exc:
+            # Not a step's error (those are results): storage failing, or an engine bug.
+            # It ends this execution only; the stored run keeps its last snapshot (so it
+            # can be restarted) and whoever waits for it gets the exception.
+            logger.error("run %s: execution stopped by %r", self.run_id, exc, exc_info=exc)
+            if self.result is None:
+                self.failure = exc
         except BaseException as exc:
-            # An engine bug, or KeyboardInterrupt/SystemExit: never leave waiters hanging.
+            # KeyboardInterrupt/SystemExit: never leave waiters hanging, never swallow.
             if self.result is None:
                 self.failure = exc
             raise

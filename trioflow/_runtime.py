@@ -187,8 +187,7 @@ class Runtime:
                 snapshot = stored
         if snapshot.workflow_id != wf.id:
             raise ValueError(
-                f"run {snapshot.run_id} belongs to workflow {snapshot.workflow_id!r}, "
-                f"not {wf.id!r}"
+                f"run {snapshot.run_id} belongs to workflow {snapshot.workflow_id!r}, not {wf.id!r}"
             )
         hub = self.hub_for(snapshot)
         # Every path above awaited storage (a fresh id is inserted, a given one looked up).
