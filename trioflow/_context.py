@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +153,7 @@ class StepContext:
         self.step_id = step_id
         self.input_data = input_data
         # A private copy: mutating ctx.state in place must not leak into the workflow state.
-        self.state = copy.copy(state) if isinstance(state, dict) else state
+        self.state = dict(state) if type(state) is dict else state
         self.resume_data = resume_data
         self.suspend_data = suspend_data
         self.retry_count = retry_count

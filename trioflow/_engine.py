@@ -608,7 +608,7 @@ class Level:
         recorded at this level (``record``; foreach iterations are recorded by their
         container) before ``trio.Cancelled`` propagates."""
         try:
-            with self.execution.span("workflow_step", f"workflow step: '{chunk_id}'") as span:
+            with self.execution.span("workflow_step", "workflow step: '{}'", chunk_id) as span:
                 run = await self._run_node(
                     node,
                     value,
@@ -1568,11 +1568,14 @@ class Execution:
                 }
             )
 
-    def span(self, kind: str, name: str) -> contextlib.AbstractContextManager[Span | None]:
-        """A child span of the current one (nothing at all without a tracer)."""
+    def span(
+        self, kind: str, name: str, *name_args: str
+    ) -> contextlib.AbstractContextManager[Span | None]:
+        """A child span of the current one (nothing at all without a tracer; the name is
+        ``name.format(*name_args)``, formatted only when there is one)."""
         if self.tracer is None:
             return _NO_SPAN
-        return self._span(kind, name)
+        return self._span(kind, name.format(*name_args) if name_args else name)
 
     @contextlib.contextmanager
     def _span(self, kind: str, name: str) -> Iterator[Span | None]:
