@@ -42,6 +42,11 @@ EXPECTED_FIGURES: dict[str, tuple[str, ...]] = {
         "ratio_to_floor",
         "shared_log_floor_deliveries_per_s",
     ),
+    "sqlite-start-suspend": ("median_ms", "p99_ms", "best_ms", "goal_ms", "create_run_ms"),
+    "sqlite-resume-stream": ("median_ms", "p99_ms", "best_ms", "goal_ms"),
+    "sqlite-suspended-rss": ("rss_growth_mb", "kb_per_run", "goal_mb"),
+    "sqlite-start-1000": ("total_ms", "us_per_run", "memory_total_ms", "goal_ms"),
+    "chain-100-sqlite": ("us_per_step", "memory_us_per_step", "ratio_to_memory"),
     "slow-subscriber": (
         "wall_s_no_subscriber",
         "wall_s_stalled_subscriber",

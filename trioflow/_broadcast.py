@@ -29,6 +29,9 @@ FLUSH_THRESHOLD = 1024
 #: Chunks read from storage at once by a lagging subscriber.
 STORAGE_PAGE = 512
 #: Polling interval bounds (seconds) when following a run executing in another process.
+#: Durable storage: a chunk published mid-step is stored within this delay (chunks
+#: published meanwhile go in the same write), so another process following the run sees it.
+FLUSH_LINGER = 0.02
 POLL_MIN = 0.01
 POLL_MAX = 0.5
 
@@ -67,6 +70,8 @@ class EventLog:
         self._flush_wanted: trio.Event | None = None
         self._subscriptions = 0
         self._storage_reads = 0
+        # Durable storage: flush soon after the first unstored chunk, not after 1024.
+        self._flush_at = 1 if getattr(storage, "durable", False) else FLUSH_THRESHOLD
         #: The in-process hub this log belongs to (kept alive by its subscriptions).
         self.owner: Any = None
 
@@ -82,7 +87,7 @@ class EventLog:
             self._wakeup.set()
             self._wakeup = None
         unflushed = self.next_seq - self._flushed_seq
-        if unflushed >= FLUSH_THRESHOLD and self._flush_wanted is not None:
+        if unflushed >= self._flush_at and self._flush_wanted is not None:
             self._flush_wanted.set()
         elif len(self._buffer) > self._window + unflushed:
             self._trim()
@@ -124,10 +129,14 @@ class EventLog:
 
     async def wait_flush_wanted(self) -> None:
         """Block until enough unpersisted chunks piled up to be worth a write."""
-        if self.next_seq - self._flushed_seq < FLUSH_THRESHOLD:
+        if self.next_seq - self._flushed_seq < self._flush_at:
             self._flush_wanted = trio.Event()
             await self._flush_wanted.wait()
             self._flush_wanted = None
+        if self.next_seq - self._flushed_seq < FLUSH_THRESHOLD and self._flush_at < FLUSH_THRESHOLD:
+            # Linger: what the step publishes meanwhile goes in the same write (and a
+            # snapshot written meanwhile takes these chunks, leaving nothing to flush).
+            await trio.sleep(FLUSH_LINGER)
         else:
             await trio.lowlevel.checkpoint()
 

@@ -461,7 +461,8 @@ class Level:
                 self.active_entry = idx + 1
                 self.active_input = value
                 if self.is_root:
-                    if execution.durable:
+                    if execution.durable and idx + 1 < len(entries):
+                        # (After the last entry the final snapshot is written at once.)
                         await execution.persist(RunStatus.RUNNING)
                     else:
                         # Still a cancel and schedule point between entries.

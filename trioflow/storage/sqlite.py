@@ -671,15 +671,7 @@ class SqliteStorage:
         allowed = _allowed(expected_status)
         data = _dumps(snapshot_to_json(snapshot))
         rows = [(run_id, chunk.seq, _dumps(to_wire(chunk))) for chunk in events]
-        values = (
-            snapshot.workflow_id,
-            snapshot.resource_id,
-            RunStatus(snapshot.status).value,
-            snapshot.created_at,
-            snapshot.updated_at,
-            data,
-            run_id,
-        )
+        values = (RunStatus(snapshot.status).value, snapshot.updated_at, data, run_id)
 
         def job(conn: sqlite3.Connection) -> bool:
             found = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchall()
@@ -688,9 +680,10 @@ class SqliteStorage:
             if allowed is not None and found[0][0] not in allowed:
                 return False
             _insert_events(conn, run_id, rows)
+            # A run's workflow_id, resource_id and created_at never change after
+            # create_run: leaving them out spares SQLite the upkeep of their indexes.
             conn.execute(
-                "UPDATE runs SET workflow_id = ?, resource_id = ?, status = ?, created_at = ?, "
-                "updated_at = ?, snapshot = ? WHERE run_id = ?",
+                "UPDATE runs SET status = ?, updated_at = ?, snapshot = ? WHERE run_id = ?",
                 values,
             )
             return True
