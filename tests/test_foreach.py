@@ -921,3 +921,33 @@ async def test_foreach_of_steps_that_never_checkpoint_stays_cancellable() -> Non
         result = await out.result()
     assert result.status == "canceled"
     assert 0 < len(seen) < 100_000
+
+
+async def test_resume_with_a_for_each_index_that_is_not_suspended_fails_before_running() -> None:
+    runs: list[int] = []
+
+    async def gate(ctx: tf.StepContext) -> Any:
+        runs.append(ctx.input_data)
+        if ctx.resume_data is None and ctx.input_data != 1:
+            return await ctx.suspend({"item": ctx.input_data})
+        return ctx.input_data
+
+    wf = (
+        tf.create_workflow(id="fe-index")
+        .foreach(tf.create_step(id="gate", execute=gate), concurrency=3)
+        .commit()
+    )
+    async with tf.open_runtime() as rt:
+        run = await wf.create_run()
+        first = await run.start(input_data=[0, 1, 2])
+        assert first.status == "suspended"
+        before = await rt.get_run_state(run.run_id)
+        for bad in (1, 7):  # 1 succeeded, 7 does not exist
+            with pytest.raises(tf.StepNotSuspendedError) as info:
+                await run.resume(resume_data={}, for_each_index=bad)
+            assert "gate[0]" in str(info.value)
+            assert "gate[2]" in str(info.value)
+        assert await rt.get_run_state(run.run_id) == before
+        assert sorted(runs) == [0, 1, 2]
+        done = await run.resume(resume_data={}, for_each_index=2)
+        assert done.status == "suspended"
