@@ -22,6 +22,7 @@ from trio.testing import wait_all_tasks_blocked
 
 import trioflow as tf
 from trioflow._core import _status as core_status
+from trioflow.testing import FaultyStorage
 
 # --------------------------------------------------------------------------- helpers
 
@@ -1316,3 +1317,42 @@ def test_parallel_status_precedence(statuses: list[Any], canceled: bool, expecte
 def test_run_status_implied_by_top_level_entry(step_status: Any, run_status: Any) -> None:
     # mastra-behaviour §4.1: bailed never escapes as a workflow status.
     assert core_status.run_status_for_step_status(step_status) == run_status
+
+
+async def test_cancel_from_another_runtime_sharing_storage_ends_the_run_where_it_executes(
+    autojump_clock: Any,
+) -> None:
+    """Another process (here: another runtime on the same storage) cannot touch the
+    executing process's log: it stores the cancel, and the executing process ends the run
+    canceled at its next write, publishing workflow-canceled and workflow-finish itself."""
+    ran: list[str] = []
+
+    async def step(ctx: tf.StepContext) -> Any:
+        ran.append(ctx.step_id)
+        await trio.sleep(10)
+        return ctx.input_data
+
+    wf = (
+        tf.create_workflow(id="remote-cancel")
+        .then(tf.create_step(id="one", execute=step))
+        .then(tf.create_step(id="two", execute=step))
+        .commit()
+    )
+    storage = FaultyStorage(tf.MemoryStorage())  # durable: a write per entry
+    async with tf.open_runtime(storage=storage) as here:
+        run = await wf.create_run(run_id="r")
+        out = await run.stream(input_data={"x": 1})
+        await trio.sleep(5)  # "one" is running
+        async with tf.open_runtime(storage=storage):
+            elsewhere = await wf.create_run(run_id="r")
+            await elsewhere.cancel()
+        result = await out.result()
+        chunks = [c async for c in out]
+        state = await here.get_run_state("r")
+    assert result.status == "canceled"
+    assert ran == ["one"]
+    assert state.status == "canceled"
+    assert [c.type for c in chunks[-2:]] == ["workflow-canceled", "workflow-finish"]
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))
+    stored = await storage.read_events("r")
+    assert [c.seq for c in stored] == [c.seq for c in chunks]

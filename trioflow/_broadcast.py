@@ -121,6 +121,15 @@ class EventLog:
         self._trim()
         return pending
 
+    def untake(self, taken: list[Chunk]) -> None:
+        """Give back chunks from :meth:`take_unflushed` whose write was refused: they are
+        pending again (nothing was published or taken in between: callers hold the run's
+        write lock)."""
+        if taken:
+            if taken[0].seq < self._first_seq or taken[-1].seq != self._flushed_seq - 1:
+                raise RuntimeError("untake() of chunks that are not the last ones taken")
+            self._flushed_seq = taken[0].seq
+
     def _trim(self) -> None:
         keep_from = min(self._flushed_seq, self.next_seq - self._window)
         while self._buffer and self._first_seq < keep_from:

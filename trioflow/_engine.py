@@ -101,6 +101,8 @@ SHIELDED_WRITE_GRACE = 10.0
 
 _S = StepStatus
 _NO_USAGE = Usage()
+#: The stored statuses of a run while an execution owns it.
+_OWNED = (RunStatus.RUNNING, RunStatus.WAITING)
 # ``member.value`` goes through enum's descriptor machinery: too slow for the step path.
 _VALUE: dict[StepStatus, str] = {status: status.value for status in StepStatus}
 
@@ -1530,6 +1532,7 @@ class Execution:
         self.suspended_once = False
         self._progress_writing = False
         self._progress_dirty = False
+        self._ending: list[Chunk] = []
         #: Stored until the resumed entry has finished (see RunSnapshot.resume).
         self.pending_resume: dict[str, Any] | None = (
             {
@@ -1674,24 +1677,43 @@ class Execution:
         )
 
     async def persist(
-        self, status: RunStatus, *, extra: list[Chunk] | None = None, **final: Any
-    ) -> None:
-        """Write the snapshot and every chunk not yet stored, in one storage call."""
+        self,
+        status: RunStatus,
+        *,
+        extra: list[Chunk] | None = None,
+        expected: tuple[RunStatus, ...] | None = _OWNED,
+        **final: Any,
+    ) -> bool:
+        """Write the snapshot and every chunk not yet stored, in one storage call.
+
+        The write is a compare-and-set on the statuses an executing run has: when another
+        process canceled the run meanwhile, nothing is written, the chunks stay pending,
+        this execution's scope is cancelled, and False is returned.
+        """
         lock = self.hub.write_lock
         try:
             lock.acquire_nowait()  # the usual case: no flusher writing; the write below
         except trio.WouldBlock:  # is the checkpoint
             await lock.acquire()
         try:
-            events = self.log.take_unflushed()
-            if extra:
-                events.extend(extra)
+            taken = self.log.take_unflushed()
+            events = [*taken, *extra] if extra else taken
             last_seq = events[-1].seq if events else self.log.flushed_through
             snapshot = self.snapshot(status, last_seq=last_seq, **final)
-            await self.storage.save_snapshot(snapshot, events)
+            written = await self.storage.save_snapshot(
+                snapshot, events, expected_status=expected
+            )
+            if not written:
+                self.log.untake(taken)
         finally:
             lock.release()
-        self.hub.status = status
+        if written:
+            self.hub.status = status
+        else:
+            self.request_cancel("canceled by another process")
+            # Inside the run's scope this raises Cancelled now, before another step starts.
+            await trio.lowlevel.checkpoint()
+        return written
 
     async def persist_progress(self) -> None:
         """Durable storage only: store what finished inside the running entry (parallel
@@ -1745,9 +1767,9 @@ class Execution:
                 finally:
                     helpers.cancel_scope.cancel(reason="execution ended")
         except trio.Cancelled:
-            if self.result is None and not self.durable:
-                # Non-durable storage has not seen the entries that finished: record them so
-                # a restart() in this process continues where the execution stopped.
+            if self.result is None:
+                # Store what finished and every chunk published so far, so a restart()
+                # continues where this execution stopped and never reuses a seq.
                 with trio.move_on_after(SHIELDED_WRITE_GRACE, shield=True):
                     await self.persist(RunStatus.RUNNING)
             if self.result is None:
@@ -1800,27 +1822,64 @@ class Execution:
             await self._finish(outcome)
 
     async def _finish(self, outcome: Outcome) -> None:
+        if not await self._store_end(outcome, expected=_OWNED):
+            # Another process canceled the run while it executed here.
+            self.cancel_requested = True
+            outcome = Outcome(_S.CANCELED)
+            await self._store_end(outcome, expected=None)
+        root = self.root
+        status = _run_status(outcome)
+        error = outcome.error
+        self.result = WorkflowResult(
+            status=status,
+            result=outcome.output if status is RunStatus.SUCCESS else None,
+            error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
+            steps=dict(root.results),
+            input=root.input,
+            state=root.state,
+            suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],
+            suspend_payload=root.suspend_payloads() if status is RunStatus.SUSPENDED else {},
+            tripwire=outcome.tripwire,
+            run_id=self.run_id,
+            trace_id=self.trace_id,
+            step_execution_path=list(root.execution_path),
+        )
+        for chunk in self._ending:
+            # Stored with the final snapshot: published only now, so a subscriber that sees
+            # the finish chunk can rely on the stored state.
+            self.log.publish_stored(chunk)
+        await self.runtime.run_callbacks(self.workflow, self.result)
+
+    async def _store_end(
+        self, outcome: Outcome, *, expected: tuple[RunStatus, ...] | None
+    ) -> bool:
+        """Write the final snapshot with the execution's last chunks (canceled/paused, and
+        workflow-finish). They are published by the caller once stored."""
         root = self.root
         log = self.log
         status = _run_status(outcome)
+        seq = log.next_seq
+        ending: list[Chunk] = []
         if status is RunStatus.CANCELED:
-            log.publish(WorkflowCanceled(run_id=self.run_id, seq=log.next_seq))
+            ending.append(WorkflowCanceled(run_id=self.run_id, seq=seq))
         elif status is RunStatus.PAUSED:
-            log.publish(WorkflowPaused(run_id=self.run_id, seq=log.next_seq))
+            ending.append(WorkflowPaused(run_id=self.run_id, seq=seq))
         error = outcome.error
         metadata: dict[str, Any] = {}
         if error is not None and status in (RunStatus.FAILED, RunStatus.TRIPWIRE):
             ser = serialize_error(error)
             metadata = {"error": {"message": ser.message, "name": ser.name}}
-        finish = WorkflowFinish(
-            run_id=self.run_id,
-            seq=log.next_seq,
-            payload=WorkflowFinishPayload(
-                workflow_status=status.value,
-                usage=self.usage,
-                metadata=metadata,
-                tripwire=outcome.tripwire,
-            ),
+        ending.append(
+            WorkflowFinish(
+                run_id=self.run_id,
+                seq=seq + len(ending),
+                payload=WorkflowFinishPayload(
+                    workflow_status=status.value,
+                    usage=self.usage,
+                    metadata=metadata,
+                    tripwire=outcome.tripwire,
+                ),
+            )
         )
         final: dict[str, Any] = {}
         if status is RunStatus.SUCCESS:
@@ -1832,26 +1891,8 @@ class Execution:
             final["tripwire"] = outcome.tripwire
         if status is RunStatus.CANCELED:
             root.suspended_paths.clear()
-        await self.persist(status, extra=[finish], **final)
-        steps = dict(root.results)
-        self.result = WorkflowResult(
-            status=status,
-            result=outcome.output if status is RunStatus.SUCCESS else None,
-            error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
-            steps=steps,
-            input=root.input,
-            state=root.state,
-            suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],
-            suspend_payload=root.suspend_payloads() if status is RunStatus.SUSPENDED else {},
-            tripwire=outcome.tripwire,
-            run_id=self.run_id,
-            trace_id=self.trace_id,
-            step_execution_path=list(root.execution_path),
-        )
-        # The finish chunk is already stored (same write as the final snapshot): publish it
-        # only now, so a subscriber that sees it can rely on the stored state.
-        log.publish_stored(finish)
-        await self.runtime.run_callbacks(self.workflow, self.result)
+        self._ending = ending
+        return await self.persist(status, extra=ending, expected=expected, **final)
 
 
 def _run_status(outcome: Outcome) -> RunStatus:

@@ -535,6 +535,16 @@ class Run:
                 hub.execution.request_cancel("run.cancel()")
                 await hub.execution.done.wait()
                 return
+            if snapshot.status in (RunStatus.RUNNING, RunStatus.WAITING):
+                # Executing in another process (or dead): that process owns the log. Store
+                # the cancel; its next write sees it and it ends the run canceled itself.
+                canceled_here = attrs.evolve(
+                    snapshot, status=RunStatus.CANCELED, updated_at=now_ms()
+                )
+                if await storage.save_snapshot(canceled_here, expected_status=snapshot.status):
+                    hub.status = RunStatus.CANCELED
+                    return
+                continue
             async with hub.write_lock:
                 log = hub.log
                 await log.sync_with_storage()
