@@ -1,23 +1,24 @@
-"""``python -m trioflow`` / the ``trioflow`` console script."""
+"""``python -m trioflow`` and the ``trioflow`` console script (see :mod:`trioflow.cli`)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 
-from ._version import __version__
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trioflow", description="trioflow workflow engine")
-    parser.add_argument("--version", action="version", version=f"trioflow {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the bundled demo workflow")
-    demo.add_argument("--db", default=None, help="SQLite file (default: ./trioflow.db)")
-    args = parser.parse_args(argv)
-    from ._demo import run_demo
-
-    return run_demo(args.db)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trioflow`` command; returns its exit status."""
+    try:
+        from .cli import main as cli_main
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "rich":
+            raise
+        print(
+            "trioflow: error: the command line needs the 'cli' extra: pip install 'trioflow[cli]'",
+            file=sys.stderr,
+        )
+        return 2
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ continued from any directory.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -93,6 +95,11 @@ def workflows_in(module: ModuleType) -> dict[str, Workflow]:
     return {name: value for name, value in vars(module).items() if isinstance(value, Workflow)}
 
 
+def _is_factory(value: object) -> bool:
+    """A function (not a class or another callable object) that may build a workflow."""
+    return inspect.isroutine(value) or isinstance(value, functools.partial)
+
+
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -113,7 +120,7 @@ def load_workflow(ref: str) -> tuple[Workflow, str]:
             raise CliError(
                 f"module {module_text!r} has no workflow {attr!r} (workflows there: {found})"
             ) from None
-    if not isinstance(value, Workflow) and callable(value):
+    if not isinstance(value, Workflow) and _is_factory(value):
         try:
             value = value()
         except Exception as exc:
@@ -146,7 +153,7 @@ def load_module_workflows(target: str) -> list[Workflow]:
         return [value.commit()]
     if isinstance(value, list | tuple) and value and all(isinstance(w, Workflow) for w in value):
         return [w.commit() for w in value]
-    if callable(value):
+    if _is_factory(value):
         return [load_workflow(target)[0]]
     raise CliError(f"{target} is not a workflow or a list of workflows")
 

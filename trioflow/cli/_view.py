@@ -25,7 +25,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .._core._chunks import (
-    Chunk,
     DataChunk,
     WorkflowCanceled,
     WorkflowFinish,
@@ -38,6 +37,8 @@ from .._core._chunks import (
     WorkflowStepSuspended,
     WorkflowStepWaiting,
 )
+from .._core._graph import BranchEntry, ForeachEntry, LoopEntry, ParallelEntry, StepEntry
+from .._workflow import Workflow
 
 #: Longest rendering of a value on one line before it is cut.
 MAX_VALUE = 160
@@ -68,34 +69,32 @@ def error_text(error: Any) -> str:
     return f"{name}: {message}" if message else str(name)
 
 
-def plain_line(chunk: Chunk) -> str | None:
+def plain_line(chunk: object) -> str | None:
     """The one-line, ASCII-tagged description of a chunk (None for nothing to say)."""
     if isinstance(chunk, WorkflowStart):
         return f"[workflow-start] {chunk.payload.workflow_id}"
     if isinstance(chunk, WorkflowStepStart):
-        p = chunk.payload
-        resumed = " (resumed)" if p.resumed_at is not None else ""
-        return f"[start] {p.id}{resumed}"
+        resumed = " (resumed)" if chunk.payload.resumed_at is not None else ""
+        return f"[start] {chunk.payload.id}{resumed}"
     if isinstance(chunk, WorkflowStepResult):
-        p = chunk.payload
-        took = seconds(p.ended_at, p.resumed_at or p.started_at)
-        head = f"[{p.status}] {p.id}" + (f" {took}" if took else "")
-        if p.error is not None:
-            return f"{head} error: {error_text(p.error)}"
-        return f"{head} -> {compact(p.output)}"
+        result = chunk.payload
+        took = seconds(result.ended_at, result.resumed_at or result.started_at)
+        head = f"[{result.status}] {result.id}" + (f" {took}" if took else "")
+        if result.error is not None:
+            return f"{head} error: {error_text(result.error)}"
+        return f"{head} -> {compact(result.output)}"
     if isinstance(chunk, WorkflowStepProgress):
-        p = chunk.payload
+        progress = chunk.payload
         note = (
             ""
-            if p.iteration_status == "success"
-            else f" (item {p.current_index} {p.iteration_status})"
+            if progress.iteration_status == "success"
+            else f" (item {progress.current_index} {progress.iteration_status})"
         )
-        return f"[progress] {p.id} {p.completed_count}/{p.total_count}{note}"
+        return f"[progress] {progress.id} {progress.completed_count}/{progress.total_count}{note}"
     if isinstance(chunk, WorkflowStepWaiting):
         return f"[waiting] {chunk.payload.id}"
     if isinstance(chunk, WorkflowStepSuspended):
-        p = chunk.payload
-        return f"[suspended] {p.id} {compact(p.suspend_payload)}"
+        return f"[suspended] {chunk.payload.id} {compact(chunk.payload.suspend_payload)}"
     if isinstance(chunk, WorkflowStepOutput):
         return f"[output] {chunk.payload.step_name}: {compact(chunk.payload.output)}"
     if isinstance(chunk, DataChunk):
@@ -125,9 +124,9 @@ class _SimpleError:
 class View(Protocol):
     """Something that shows a run's chunks as they arrive."""
 
-    def handle(self, chunk: Chunk) -> None: ...
+    def handle(self, chunk: object) -> None: ...
 
-    def message(self, text: str, style: str = "") -> None: ...
+    def message(self, text: str) -> None: ...
 
     def showing(self) -> Any: ...
 
@@ -138,7 +137,7 @@ class PlainView:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def handle(self, chunk: Chunk) -> None:
+    def handle(self, chunk: object) -> None:
         if isinstance(chunk, WorkflowStart):
             line: str | None = f"run {chunk.run_id}: {chunk.payload.workflow_id}"
         elif isinstance(chunk, WorkflowFinish):
@@ -148,7 +147,7 @@ class PlainView:
         if line is not None:
             self.message(line)
 
-    def message(self, text: str, style: str = "") -> None:
+    def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
         self.console.file.flush()
 
@@ -185,11 +184,13 @@ class _Row:
 class LiveView:
     """A live board of the run's steps for a terminal (rich)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, foreach: frozenset[str] = frozenset()) -> None:
         self.console = console
+        self._foreach = foreach
         self._rows: dict[str, _Row] = {}
-        self._title = ""
-        self._status = ""
+        self._title = Text("")
+        self._began = time.monotonic()
+        self._ended: float | None = None
         self._live: Live | None = None
 
     # --- state --------------------------------------------------------------------------
@@ -201,13 +202,18 @@ class LiveView:
             self._rows[step_id] = row
         return row
 
-    def handle(self, chunk: Chunk) -> None:
+    def handle(self, chunk: object) -> None:
         if isinstance(chunk, WorkflowStart):
-            self._title = f"{chunk.payload.workflow_id}  [dim]run {chunk.run_id}[/]"
-            self._status = "running"
+            self._title = Text.assemble(
+                (chunk.payload.workflow_id, "bold"), "  ", (f"run {chunk.run_id}", "dim")
+            )
+            self._began, self._ended = time.monotonic(), None
         elif isinstance(chunk, WorkflowStepStart):
             row = self._row(chunk.payload.id)
             row.status, row.began, row.ended, row.note = "running", time.monotonic(), None, ""
+            items = chunk.payload.payload
+            if chunk.payload.id in self._foreach and isinstance(items, list):
+                row.total, row.completed = len(items), row.completed or 0
         elif isinstance(chunk, WorkflowStepProgress):
             p = chunk.payload
             row = self._row(p.id)
@@ -219,13 +225,15 @@ class LiveView:
             row.status, row.ended = "suspended", time.monotonic()
             row.note = compact(chunk.payload.suspend_payload, 80)
         elif isinstance(chunk, WorkflowStepResult):
-            p = chunk.payload
-            row = self._row(p.id)
-            row.status, row.ended = p.status, time.monotonic()
-            start = p.resumed_at or p.started_at
-            if p.ended_at is not None and start is not None:
-                row.began = row.ended - max(0, p.ended_at - start) / 1000
-            row.note = error_text(p.error) if p.error is not None else compact(p.output, 80)
+            result = chunk.payload
+            row = self._row(result.id)
+            row.status, row.ended = result.status, time.monotonic()
+            start = result.resumed_at or result.started_at
+            if result.ended_at is not None and start is not None:
+                row.began = row.ended - max(0, result.ended_at - start) / 1000
+            row.note = (
+                error_text(result.error) if result.error is not None else compact(result.output, 80)
+            )
         elif isinstance(chunk, WorkflowStepOutput):
             self.message(
                 f"  [dim]│[/] [bold]{escape(chunk.payload.step_name)}[/]: "
@@ -233,15 +241,14 @@ class LiveView:
             )
         elif isinstance(chunk, DataChunk):
             self.message(f"  [magenta]✎ {escape(chunk.type)}[/] {escape(compact(chunk.data))}")
-        elif isinstance(chunk, WorkflowCanceled):
-            self._status = "canceled"
         elif isinstance(chunk, WorkflowFinish):
-            self._status = chunk.payload.workflow_status
-        self.refresh()
+            self._ended = time.monotonic()
+        # No redraw per chunk (a foreach of 10,000 items would redraw 10,000 times): the
+        # board is redrawn ten times a second, and once more at the end.
 
-    def message(self, text: str, style: str = "") -> None:
+    def message(self, text: str) -> None:
         target = self._live.console if self._live is not None else self.console
-        target.print(text, style=style or None, highlight=False, soft_wrap=True)
+        target.print(text, highlight=False, soft_wrap=True)
 
     # --- drawing ------------------------------------------------------------------------
 
@@ -275,7 +282,8 @@ class LiveView:
             grid.add_row(
                 icon, name, progress, Text(f"{took:.1f}s", style="dim"), status + " " + note
             )
-        header = Text.from_markup(f"[bold cyan]trioflow[/] {self._title}")
+        took = (self._ended or now) - self._began
+        header = Text.assemble(("trioflow ", "bold cyan"), self._title, (f"  {took:.1f}s", "dim"))
         return Group(header, grid)
 
     def refresh(self) -> None:
@@ -312,8 +320,31 @@ class LiveView:
             await trio.sleep(0.1)
 
 
-def make_view(console: Console) -> PlainView | LiveView:
+def foreach_ids(workflow: Workflow | None, prefix: str = "") -> frozenset[str]:
+    """The chunk ids of the foreach steps of ``workflow`` (nested workflows included), so
+    their progress bars can show from the start."""
+    if workflow is None:
+        return frozenset()
+    found: set[str] = set()
+
+    def visit(node: Any, prefix: str) -> None:
+        if isinstance(node, Workflow):
+            found.update(foreach_ids(node, f"{prefix}{node.id}."))
+
+    for entry in workflow.entries:
+        if isinstance(entry, ForeachEntry):
+            found.add(f"{prefix}{entry.node.id}")
+            visit(entry.node, prefix)
+        elif isinstance(entry, ParallelEntry | BranchEntry):
+            for node in entry.nodes:
+                visit(node, prefix)
+        elif isinstance(entry, StepEntry | LoopEntry):
+            visit(entry.node, prefix)
+    return frozenset(found)
+
+
+def make_view(console: Console, workflow: Workflow | None = None) -> PlainView | LiveView:
     """The live view on a terminal, plain lines elsewhere."""
     if console.is_terminal and not console.is_dumb_terminal:
-        return LiveView(console)
+        return LiveView(console, foreach_ids(workflow))
     return PlainView(console)

@@ -1,0 +1,963 @@
+"""The ``trioflow`` command: argument parsing, the commands, exit statuses, errors.
+
+Exit statuses: 0 success, 1 failed (or tripwire), 2 usage error (bad arguments, bad input,
+unknown module/workflow/run, a run in the wrong status), 3 suspended, 4 canceled,
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import functools
+import importlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .._broadcast import Subscription, ends_at_terminal_finish
+from .._core._chunks import Chunk, WorkflowFinish
+from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
+from .._core._status import TERMINAL, RunStatus
+from .._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
+from .._run import RunOutput
+from .._runtime import open_runtime, result_from_snapshot
+from .._serde import to_jsonable, to_wire
+from .._version import __version__
+from .._workflow import Workflow
+from ..storage.sqlite import SqliteStorage
+from ._load import WORKFLOW_REF_KEY, CliError, load_module_workflows, load_workflow, parse_json
+from ._view import compact, error_text, make_view, plain_line
+
+EXIT_SUCCESS = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SUSPENDED = 3
+EXIT_CANCELED = 4
+EXIT_INTERRUPTED = 130
+
+DEFAULT_DB = "trioflow.db"
+DEMO_REF = "trioflow._demo:demo_workflow"
+
+_EXIT_BY_STATUS = {
+    RunStatus.SUCCESS: EXIT_SUCCESS,
+    RunStatus.FAILED: EXIT_FAILED,
+    RunStatus.TRIPWIRE: EXIT_FAILED,
+    RunStatus.SUSPENDED: EXIT_SUSPENDED,
+    RunStatus.PAUSED: EXIT_SUSPENDED,
+    RunStatus.CANCELED: EXIT_CANCELED,
+}
+
+
+def exit_status(status: RunStatus | str) -> int:
+    """The exit status for a run that ended (or stopped) with ``status``."""
+    try:
+        return _EXIT_BY_STATUS.get(RunStatus(status), EXIT_FAILED)
+    except ValueError:
+        return EXIT_FAILED
+
+
+@attrs.define
+class Session:
+    """What every command gets: where the database is, how to print."""
+
+    db: str
+    json: bool
+    out: Console
+    err: Console
+    #: The run whose execution this process drives (for the Ctrl-C message).
+    active_run: str | None = None
+
+    @property
+    def fancy(self) -> bool:
+        """Whether stdout is a terminal that gets the live view, colours and symbols."""
+        return self.out.is_terminal and not self.out.is_dumb_terminal
+
+    @property
+    def db_option(self) -> str:
+        """`` --db PATH`` for commands printed for the user, unless the database is the
+        default ``./trioflow.db``."""
+        try:
+            default = Path(self.db).resolve() == Path(DEFAULT_DB).resolve()
+        except OSError:
+            default = False
+        return "" if default else f" --db {shlex.quote(self.db)}"
+
+    def say(self, text: str, *, markup: bool = True) -> None:
+        """A line for humans on stdout (styles only on a terminal)."""
+        self.out.print(text, markup=markup, highlight=False, soft_wrap=True)
+
+    def db_exists(self) -> bool:
+        """Whether the database file exists (a tiny stat: fine on the trio thread)."""
+        return self.db == ":memory:" or Path(self.db).exists()
+
+    def emit_json(self, value: Any) -> None:
+        sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    @asynccontextmanager
+    async def storage(self, *, must_exist: bool) -> AsyncIterator[SqliteStorage]:
+        """The SQLite database; with ``must_exist`` a missing file is an error rather than
+        a new empty database."""
+        if must_exist and not self.db_exists():
+            raise CliError(f"no database at {self.db} (choose one with --db or TRIOFLOW_DB)")
+        async with SqliteStorage(self.db) as storage:
+            yield storage
+
+
+# --- shared pieces -----------------------------------------------------------------------
+
+
+async def _load_snapshot(session: Session, storage: SqliteStorage, run_id: str) -> RunSnapshot:
+    snapshot = await storage.load_snapshot(run_id)
+    if snapshot is None:
+        raise CliError(f"no run {run_id} in {session.db}")
+    return snapshot
+
+
+def _workflow_of(snapshot: RunSnapshot, ref: str | None) -> tuple[Workflow, str]:
+    """The workflow a stored run belongs to: ``--ref`` or the reference stored with it."""
+    stored = snapshot.request_context.get(WORKFLOW_REF_KEY)
+    chosen = ref or (stored if isinstance(stored, str) else None)
+    if chosen is None:
+        raise CliError(
+            f"run {snapshot.run_id} (workflow {snapshot.workflow_id!r}) was not started by the "
+            "trioflow command, so its workflow module is unknown: pass --ref MODULE:WORKFLOW"
+        )
+    try:
+        workflow, canonical = load_workflow(chosen)
+    except CliError as exc:
+        if ref is None:
+            raise CliError(
+                f"cannot load the workflow of run {snapshot.run_id} ({chosen}): {exc} "
+                "(pass --ref MODULE:WORKFLOW)"
+            ) from None
+        raise
+    if workflow.id != snapshot.workflow_id:
+        raise CliError(
+            f"run {snapshot.run_id} belongs to workflow {snapshot.workflow_id!r}, "
+            f"but {chosen} is workflow {workflow.id!r}"
+        )
+    return workflow, canonical
+
+
+def _suspended(result: WorkflowResult) -> list[tuple[str, Any]]:
+    return [
+        (".".join(path), result.suspend_payload.get(".".join(path))) for path in result.suspended
+    ]
+
+
+def _error_json(error: Any) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        return {"name": type(error).__name__, "message": str(error)}
+    return {"name": getattr(error, "name", "Error"), "message": getattr(error, "message", "")}
+
+
+def _result_json(result: WorkflowResult, workflow_id: str) -> dict[str, Any]:
+    return {
+        "runId": result.run_id,
+        "workflowId": workflow_id,
+        "status": result.status.value,
+        "result": to_jsonable(result.result),
+        "error": _error_json(result.error),
+        "suspended": [
+            {"path": path, "payload": to_jsonable(payload)} for path, payload in _suspended(result)
+        ],
+    }
+
+
+def _resume_command(session: Session, result: WorkflowResult, data: Any | None) -> str:
+    """The command that resumes ``result``'s run (``data``: the resume data, if known)."""
+    data_text = "JSON" if data is None else shlex.quote(json.dumps(data))
+    step = ""
+    if len(result.suspended) > 1:
+        step = " --step " + shlex.quote(".".join(result.suspended[0]))
+    return f"trioflow resume {result.run_id}{session.db_option} --data {data_text}{step}"
+
+
+def _report(
+    session: Session,
+    result: WorkflowResult,
+    workflow_id: str,
+    *,
+    resume_data: Any | None = None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Print how the execution ended; return the exit status."""
+    status = result.status
+    if session.json:
+        body = _result_json(result, workflow_id)
+        if status is RunStatus.SUSPENDED:
+            body["resumeCommand"] = _resume_command(session, result, resume_data)
+        body.update(extra or {})
+        session.emit_json(body)
+        return exit_status(status)
+    fancy = session.fancy
+    if status is RunStatus.SUCCESS:
+        session.say("[bold green]✔ success[/]" if fancy else "status: success")
+        if fancy:
+            _print_value(session, to_jsonable(result.result))
+        else:
+            session.say(f"result: {json.dumps(to_jsonable(result.result))}", markup=False)
+    elif status in (RunStatus.FAILED, RunStatus.TRIPWIRE):
+        reason = error_text(result.error)
+        if status is RunStatus.TRIPWIRE and result.tripwire is not None:
+            reason = result.tripwire.reason
+        if fancy:
+            session.say(f"[bold red]✖ {status.value}[/]: {_escape(reason)}")
+        else:
+            session.say(f"status: {status.value}", markup=False)
+            session.say(f"error: {reason}", markup=False)
+    elif status is RunStatus.SUSPENDED:
+        session.say("[bold yellow]⏸ suspended[/]" if fancy else "status: suspended")
+        for path, payload in _suspended(result):
+            text = f"{path}: {compact(to_jsonable(payload), 400)}"
+            session.say(f"  [yellow]{_escape(text)}[/]" if fancy else f"suspended {text}")
+        command = _resume_command(session, result, resume_data)
+        if resume_data is None:
+            session.say(
+                "Resume it (from any terminal) with:" if fancy else "to resume:", markup=False
+            )
+        else:
+            session.say(
+                "Finish it from another terminal with:" if fancy else "to finish it, run:",
+                markup=False,
+            )
+        session.say(command, markup=False)
+    elif status is RunStatus.CANCELED:
+        session.say("[bold yellow]■ canceled[/]" if fancy else "status: canceled")
+    else:
+        session.say(f"status: {status.value}", markup=False)
+    return exit_status(status)
+
+
+def _print_value(session: Session, value: Any) -> None:
+    """A JSON value on a terminal: on one line when it fits, else indented."""
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) <= max(40, session.out.width - 4):
+        session.out.print_json(text, indent=None)
+    else:
+        session.out.print_json(text, indent=2)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+async def _show(
+    session: Session,
+    chunks: AsyncIterable[Chunk],
+    *,
+    until_any_finish: bool,
+    workflow: Workflow | None = None,
+) -> None:
+    """Show chunks as they come (nothing in --json mode: the summary says it all)."""
+    if session.json:
+        await trio.lowlevel.checkpoint()
+        return
+    view = make_view(session.out, workflow)
+    async with view.showing():
+        async for chunk in chunks:
+            view.handle(chunk)
+            if until_any_finish and isinstance(chunk, WorkflowFinish):
+                break
+
+
+# --- run / demo ----------------------------------------------------------------------------
+
+
+async def _start_and_show(
+    session: Session,
+    workflow: Workflow,
+    ref: str,
+    input_data: Any,
+    context: dict[str, Any],
+    *,
+    resume_data: Any | None = None,
+) -> int:
+    async with session.storage(must_exist=False) as storage:
+        async with open_runtime(storage=storage, workflows=[workflow]) as rt:
+            run = await rt.create_run(workflow)
+            try:
+                out = await run.stream(
+                    input_data=input_data, request_context={**context, WORKFLOW_REF_KEY: ref}
+                )
+            except Exception:
+                # Nothing ran: leave no pending run behind.
+                with trio.CancelScope(shield=True):
+                    await rt.delete_run(run.run_id)
+                raise
+            session.active_run = run.run_id
+            return await _follow_output(session, storage, out, workflow, resume_data=resume_data)
+
+
+async def _follow_output(
+    session: Session,
+    storage: SqliteStorage,
+    out: RunOutput,
+    workflow: Workflow,
+    *,
+    resume_data: Any | None = None,
+) -> int:
+    return await _follow(
+        session,
+        storage,
+        out,
+        out.result,
+        workflow,
+        until_any_finish=False,
+        resume_data=resume_data,
+    )
+
+
+async def _follow(
+    session: Session,
+    storage: SqliteStorage,
+    chunks: AsyncIterable[Chunk],
+    outcome: Callable[[], Awaitable[WorkflowResult]],
+    workflow: Workflow,
+    *,
+    until_any_finish: bool,
+    resume_data: Any | None = None,
+) -> int:
+    """Show ``chunks`` while ``outcome()`` (the execution's result) is awaited, then report.
+
+    An execution that stops without a result (its storage refused a write, e.g. because
+    another process cancelled the run meanwhile) never publishes ``workflow-finish``: the
+    view is stopped then, and the stored status says what happened."""
+    results: list[WorkflowResult] = []
+    failures: list[Exception] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait() -> None:
+            try:
+                results.append(await outcome())
+            except Exception as exc:
+                failures.append(exc)
+                nursery.cancel_scope.cancel(reason="the execution stopped without a result")
+                await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(wait)
+        await _show(session, chunks, until_any_finish=until_any_finish, workflow=workflow)
+    run_id, session.active_run = session.active_run, None
+    if results:
+        return _report(session, results[0], workflow.id, resume_data=resume_data)
+    assert failures
+    assert run_id is not None
+    snapshot = await storage.load_snapshot(run_id)
+    if snapshot is not None and snapshot.status is RunStatus.CANCELED:
+        if not session.json:
+            session.say(f"run {run_id} was canceled by another process", markup=False)
+        return _report(session, result_from_snapshot(snapshot), workflow.id)
+    session.err.print(
+        f"trioflow: error: run {run_id} stopped: {error_text(failures[0])}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return EXIT_FAILED
+
+
+async def cmd_run(session: Session, args: argparse.Namespace) -> int:
+    workflow, ref = load_workflow(args.target)
+    input_data = parse_json(args.input, "--input")
+    context = parse_json(args.context, "--context")
+    if context is None:
+        context = {}
+    if not isinstance(context, dict):
+        raise CliError("--context must be a JSON object")
+    return await _start_and_show(session, workflow, ref, input_data, context)
+
+
+async def cmd_demo(session: Session, args: argparse.Namespace) -> int:
+    from .._demo import DEMO_APPROVAL, DEMO_INPUT
+
+    workflow, ref = load_workflow(DEMO_REF)
+    if not session.json:
+        session.say(
+            "[bold]trioflow demo[/]: parallel steps, a foreach with progress, custom output, "
+            f"a suspension for approval [dim](database {_escape(session.db)})[/]"
+            if session.fancy
+            else f"trioflow demo (database: {session.db})",
+            markup=session.fancy,
+        )
+    return await _start_and_show(session, workflow, ref, DEMO_INPUT, {}, resume_data=DEMO_APPROVAL)
+
+
+# --- resume / restart / cancel -------------------------------------------------------------
+
+
+async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
+    data = parse_json(args.data, "--data")
+    async with session.storage(must_exist=True) as storage:
+        snapshot = await _load_snapshot(session, storage, args.run_id)
+        if snapshot.status is not RunStatus.SUSPENDED:
+            raise CliError(
+                f"run {args.run_id} is not suspended (its status is {snapshot.status.value})"
+            )
+        workflow, ref = _workflow_of(snapshot, args.ref)
+        async with open_runtime(storage=storage, workflows=[workflow]) as rt:
+            run = await rt.create_run(workflow, run_id=args.run_id)
+            out = await run.resume_stream(
+                resume_data=data,
+                step=args.step,
+                label=args.label,
+                for_each_index=args.for_each_index,
+                request_context={WORKFLOW_REF_KEY: ref},
+            )
+            session.active_run = run.run_id
+            return await _follow_output(session, storage, out, workflow)
+
+
+async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
+    async with session.storage(must_exist=True) as storage:
+        snapshot = await _load_snapshot(session, storage, args.run_id)
+        status = snapshot.status
+        if status in (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TRIPWIRE):
+            if not session.json:
+                session.say(f"run {args.run_id} already ended", markup=False)
+            return _report(session, result_from_snapshot(snapshot), snapshot.workflow_id)
+        if status is RunStatus.SUSPENDED:
+            raise CliError(
+                f"run {args.run_id} is suspended: continue it with "
+                f"trioflow resume {args.run_id}{session.db_option} --data JSON"
+            )
+        if status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
+            raise CliError(f"run {args.run_id} is {status.value}: there is nothing to restart")
+        workflow, _ = _workflow_of(snapshot, args.ref)
+        last = await storage.last_seq(args.run_id)
+        async with open_runtime(storage=storage, workflows=[workflow]) as rt:
+            run = await rt.create_run(workflow, run_id=args.run_id)
+            session.active_run = run.run_id
+            async with run.observe_stream(from_seq=last + 1) as chunks:
+                return await _follow(
+                    session, storage, chunks, run.restart, workflow, until_any_finish=True
+                )
+
+
+async def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
+    async with session.storage(must_exist=True) as storage:
+        snapshot = await _load_snapshot(session, storage, args.run_id)
+        before = snapshot.status
+        status: RunStatus = before
+        if before is RunStatus.CANCELED:
+            pass
+        elif before in TERMINAL:
+            raise CliError(
+                f"run {args.run_id} already ended ({before.value}): there is nothing to cancel"
+            )
+        else:
+            workflow, _ = _workflow_of(snapshot, args.ref)
+            async with open_runtime(storage=storage, workflows=[workflow]) as rt:
+                run = await rt.create_run(workflow, run_id=args.run_id)
+                await run.cancel()
+                status = (await rt.get_run_state(args.run_id)).status
+    if session.json:
+        session.emit_json({"runId": args.run_id, "status": status.value})
+    else:
+        session.say(f"run {args.run_id}: {status.value}", markup=False)
+        if before in (RunStatus.RUNNING, RunStatus.WAITING):
+            session.say(
+                "note: it is stored canceled; a process still executing it is not "
+                "interrupted and stops at its next stored step",
+                markup=False,
+            )
+    return EXIT_SUCCESS if status is RunStatus.CANCELED else EXIT_FAILED
+
+
+# --- runs / show / events ----------------------------------------------------------------------
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _plain_table(session: Session, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        session.say(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
+        )
+
+
+def _table(
+    session: Session, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    if not session.fancy:
+        _plain_table(session, header, rows)
+        return
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    for i, name in enumerate(header):
+        # Ids, statuses and times are never wrapped; only a last free-text column is.
+        table.add_column(name, no_wrap=i < len(header) - 1 or not name.startswith("OUTPUT"))
+    for row in rows:
+        table.add_row(*(_escape(c) for c in row))
+    session.out.print(table)
+
+
+async def cmd_runs(session: Session, args: argparse.Namespace) -> int:
+    if not session.db_exists():
+        await trio.lowlevel.checkpoint()
+        infos: list[RunInfo] = []
+    else:
+        async with session.storage(must_exist=True) as storage:
+            infos = await storage.list_runs(
+                workflow_id=args.workflow,
+                status=RunStatus(args.status) if args.status else None,
+                limit=args.limit,
+            )
+    if session.json:
+        session.emit_json(
+            [
+                {
+                    "runId": i.run_id,
+                    "workflowId": i.workflow_id,
+                    "status": i.status.value,
+                    "createdAt": i.created_at,
+                    "updatedAt": i.updated_at,
+                }
+                for i in infos
+            ]
+        )
+        return EXIT_SUCCESS
+    if not infos:
+        session.say(f"no runs in {session.db}", markup=False)
+        return EXIT_SUCCESS
+    rows = [
+        [i.run_id, i.workflow_id, i.status.value, _when(i.created_at), _when(i.updated_at)]
+        for i in infos
+    ]
+    _table(
+        session,
+        f"runs in {session.db}",
+        ["RUN ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED"],
+        rows,
+    )
+    return EXIT_SUCCESS
+
+
+def _duration_ms(step: StepResult) -> int | None:
+    start = step.resumed_at or step.started_at
+    end = step.ended_at or step.suspended_at
+    if start is None or end is None:
+        return None
+    return max(0, end - start)
+
+
+async def cmd_show(session: Session, args: argparse.Namespace) -> int:
+    async with session.storage(must_exist=True) as storage:
+        snapshot = await _load_snapshot(session, storage, args.run_id)
+    result = result_from_snapshot(snapshot)
+    steps = [
+        {
+            "id": step_id,
+            "status": step.status.value,
+            "startedAt": step.started_at,
+            "endedAt": step.ended_at,
+            "durationMs": _duration_ms(step),
+            "output": to_jsonable(step.output),
+            "error": _error_json(step.error),
+            "suspendPayload": to_jsonable(step.suspend_payload),
+        }
+        for step_id, step in result.steps.items()
+    ]
+    suspended = [{"path": p, "payload": to_jsonable(v)} for p, v in _suspended(result)]
+    if session.json:
+        session.emit_json(
+            {
+                "runId": snapshot.run_id,
+                "workflowId": snapshot.workflow_id,
+                "resourceId": snapshot.resource_id,
+                "status": snapshot.status.value,
+                "workflowRef": snapshot.request_context.get(WORKFLOW_REF_KEY),
+                "input": to_jsonable(snapshot.input),
+                "state": to_jsonable(snapshot.state),
+                "steps": steps,
+                "suspended": suspended,
+                "result": to_jsonable(snapshot.result),
+                "error": _error_json(snapshot.error),
+                "createdAt": snapshot.created_at,
+                "updatedAt": snapshot.updated_at,
+            }
+        )
+        return EXIT_SUCCESS
+    say = functools.partial(session.say, markup=False)
+    say(f"run       {snapshot.run_id}")
+    say(f"workflow  {snapshot.workflow_id}")
+    say(f"status    {snapshot.status.value}")
+    say(f"created   {_when(snapshot.created_at)}")
+    say(f"updated   {_when(snapshot.updated_at)}")
+    say(f"input     {compact(to_jsonable(snapshot.input), 400)}")
+    rows = []
+    for step in steps:
+        took = step["durationMs"]
+        detail = (
+            error_text(result.steps[step["id"]].error)
+            if step["error"] is not None
+            else compact(step["output"], 80)
+        )
+        rows.append(
+            [step["id"], step["status"], "" if took is None else f"{took / 1000:.2f}s", detail]
+        )
+    if rows:
+        say("")
+        _table(session, "steps", ["STEP", "STATUS", "DURATION", "OUTPUT / ERROR"], rows)
+    say("")
+    if snapshot.status is RunStatus.SUCCESS:
+        say(f"result    {json.dumps(to_jsonable(snapshot.result))}")
+    elif snapshot.error is not None:
+        say(f"error     {error_text(snapshot.error)}")
+    for item in suspended:
+        say(f"suspended {item['path']}: {compact(item['payload'], 400)}")
+    if suspended:
+        say(f"resume    {_resume_command(session, result, None)}")
+    return EXIT_SUCCESS
+
+
+async def cmd_events(session: Session, args: argparse.Namespace) -> int:
+    if args.from_seq < 1:
+        raise CliError("--from-seq must be 1 or more")
+    async with session.storage(must_exist=True) as storage:
+        snapshot = await _load_snapshot(session, storage, args.run_id)
+        follow = args.follow and snapshot.status not in TERMINAL
+        async with open_runtime(storage=storage) as rt:
+            hub = rt.hub_for(snapshot)
+            # Read straight from the run's log (no workflow needed); while following, the
+            # log polls storage for what the executing process appends.
+            sub = Subscription(
+                hub.log,
+                from_seq=args.from_seq,
+                ends_after=ends_at_terminal_finish,
+                follow=follow,
+            )
+            async with sub:
+                async for chunk in sub:
+                    if session.json:
+                        session.emit_json(to_wire(chunk))
+                    else:
+                        session.say(
+                            f"{chunk.seq:>5} {plain_line(chunk) or chunk.type}", markup=False
+                        )
+                        session.out.file.flush()
+    return EXIT_SUCCESS
+
+
+# --- the websocket bridge -----------------------------------------------------------------------
+
+
+def _bridge(*names: str) -> Any:
+    """``trioflow.bridge``, imported on first use (extra ``bridge``), with ``names``."""
+    try:
+        bridge = importlib.import_module("trioflow.bridge")
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not missing.startswith("trioflow"):
+            raise CliError(
+                f"the websocket bridge needs the 'bridge' extra ({missing} is missing): "
+                "pip install 'trioflow[bridge]'"
+            ) from None
+        bridge = None
+    if bridge is None or not all(hasattr(bridge, name) for name in names):
+        raise CliError(
+            "the websocket bridge is not installed in this trioflow (trioflow.bridge with "
+            f"{' and '.join(names)} is missing)"
+        )
+    return bridge
+
+
+async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
+    bridge = _bridge("serve")
+    workflows = load_module_workflows(args.target)
+    tokens: dict[str, str] = dict.fromkeys(args.token, "control")
+    tokens.update(dict.fromkeys(args.read_token, "read"))
+    env_token = os.environ.get("TRIOFLOW_TOKEN")
+    if env_token:
+        tokens.setdefault(env_token, "control")
+    generated = None
+    if not tokens:
+        generated = secrets.token_urlsafe(18)
+        tokens[generated] = "control"
+    async with session.storage(must_exist=False) as storage:
+        async with open_runtime(
+            storage=storage, workflows=workflows, restart_active_runs=args.restart_active
+        ) as rt:
+            serve = functools.partial(
+                bridge.serve, rt, host=args.host, port=args.port, tokens=tokens
+            )
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(serve)
+                url = f"ws://{args.host}:{port}"
+                ids = [w.id for w in workflows]
+                if session.json:
+                    session.emit_json(
+                        {"url": url, "port": port, "workflows": ids, "token": generated}
+                    )
+                else:
+                    session.say(
+                        f"serving {', '.join(ids)} on {url} (database {session.db})", markup=False
+                    )
+                    if generated is not None:
+                        session.say(f"control token: {generated}", markup=False)
+                    session.say("press Ctrl-C to stop", markup=False)
+                    session.out.file.flush()
+    return EXIT_SUCCESS
+
+
+async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
+    bridge = _bridge("connect")
+    token = args.token or os.environ.get("TRIOFLOW_TOKEN")
+    if not token:
+        raise CliError("watch needs the server's token: --token TOKEN or TRIOFLOW_TOKEN")
+    final = "unknown"
+    view = None if session.json else make_view(session.out)
+    async with _as_context(bridge.connect(args.url, token=token)) as client:
+        async with view.showing() if view is not None else _nothing():
+            async for chunk in client.subscribe(args.run_id, from_seq=args.from_seq):
+                if isinstance(chunk, WorkflowFinish):
+                    final = chunk.payload.workflow_status
+                if view is None:
+                    session.emit_json(to_wire(chunk))
+                else:
+                    view.handle(chunk)
+    if view is not None:
+        session.say(f"status: {final}", markup=False)
+    return exit_status(final)
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    await trio.lowlevel.checkpoint()
+    yield
+
+
+@asynccontextmanager
+async def _as_context(connection: Any) -> AsyncIterator[Any]:
+    """``connect()`` may hand back an async context manager or an awaitable client."""
+    if hasattr(connection, "__aenter__"):
+        async with connection as client:
+            yield client
+        return
+    client = await connection
+    try:
+        yield client
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+
+
+# --- parsing and the entry point ----------------------------------------------------------------
+
+Command = Callable[[Session, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="SQLite database (default: $TRIOFLOW_DB or ./trioflow.db)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    parser = argparse.ArgumentParser(
+        prog="trioflow",
+        parents=[common],
+        description="Run, resume, inspect and serve trioflow workflows.",
+        epilog="exit status: 0 success, 1 failed, 2 usage error, 3 suspended, 4 canceled, "
+        "130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"trioflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    ref_help = "MODULE:WORKFLOW of the run (for runs not started by this command)"
+    p = command("run", cmd_run, "start a workflow and show it live")
+    p.add_argument(
+        "target", metavar="MODULE:WORKFLOW", help="e.g. myapp.flows:orders or flows.py:orders"
+    )
+    p.add_argument("--input", metavar="JSON", help="the workflow input (JSON, or @file)")
+    p.add_argument("--context", metavar="JSON", help="the request context (a JSON object)")
+
+    p = command("resume", cmd_resume, "resume a suspended run")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--data", metavar="JSON", help="the resume data (JSON, or @file)")
+    p.add_argument("--step", metavar="STEP", help="the suspended step (dotted path for nested)")
+    p.add_argument("--label", metavar="LABEL", help="a resume label given to suspend()")
+    p.add_argument("--for-each-index", type=int, metavar="N", help="resume one foreach item")
+    p.add_argument("--ref", metavar="MODULE:WORKFLOW", help=ref_help)
+
+    p = command("restart", cmd_restart, "continue a run whose process stopped")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--ref", metavar="MODULE:WORKFLOW", help=ref_help)
+
+    p = command("cancel", cmd_cancel, "cancel a run")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--ref", metavar="MODULE:WORKFLOW", help=ref_help)
+
+    p = command("runs", cmd_runs, "list stored runs, newest first")
+    p.add_argument(
+        "--status", choices=[s.value for s in RunStatus if s.value not in ("bailed", "skipped")]
+    )
+    p.add_argument("--workflow", metavar="WORKFLOW_ID", help="only runs of this workflow id")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (50)")
+
+    p = command("show", cmd_show, "show a stored run: steps, result, suspensions")
+    p.add_argument("run_id", metavar="RUN_ID")
+
+    p = command("events", cmd_events, "print a run's event log")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--from-seq", type=int, default=1, metavar="N", help="start at seq N (1)")
+    p.add_argument("--follow", action="store_true", help="keep following until the run ends")
+
+    p = command("serve", cmd_serve, "serve workflows over the websocket bridge")
+    p.add_argument(
+        "target", metavar="MODULE[:ATTR]", help="a module (all its workflows) or MODULE:ATTR"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", action="append", default=[], help="a control token (repeatable)")
+    p.add_argument(
+        "--read-token", action="append", default=[], help="a read-only token (repeatable)"
+    )
+    p.add_argument("--restart-active", action="store_true", help="restart runs left running")
+
+    p = command("watch", cmd_watch, "watch a run through a trioflow bridge")
+    p.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--token", help="bearer token (default: $TRIOFLOW_TOKEN)")
+    p.add_argument("--from-seq", type=int, default=1, metavar="N")
+
+    command("demo", cmd_demo, "run the bundled demo: it ends suspended, waiting for you")
+    return parser
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(_leaves(inner))
+        return out
+    return [exc]
+
+
+def user_error_text(exc: BaseException) -> str | None:
+    """One line for an error the user caused, or None for a bug."""
+    if isinstance(exc, CliError):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        fields = "; ".join(f"{path or '(root)'}: {message}" for path, message in exc.errors)
+        return f"{exc.prefix} {fields}"
+    if isinstance(exc, MultipleSuspendedStepsError):
+        paths = ", ".join(".".join(path) for path in exc.suspended)
+        return f"several steps are suspended ({paths}): choose one with --step or --label"
+    if isinstance(exc, TrioflowError):
+        return " ".join(str(exc).split())
+    return None
+
+
+async def _amain(session: Session, func: Command, args: argparse.Namespace) -> int:
+    code = EXIT_INTERRUPTED
+    try:
+        code = await func(session, args)
+    except* KeyboardInterrupt:
+        run_id = session.active_run
+        session.err.print("interrupted" if run_id else "stopped", highlight=False)
+        if run_id is not None:
+            session.err.print(
+                f"run {run_id} stopped and can be continued with:\n"
+                f"trioflow restart {run_id}{session.db_option}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    return code  # noqa: ASYNC910 - every command checkpoints; after Ctrl-C there is no need
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Library log records as one line each (the traceback only with TRIOFLOW_DEBUG)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"trioflow: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+        if record.exc_info and os.environ.get("TRIOFLOW_DEBUG"):
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("trioflow")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_OneLineFormatter())
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``trioflow`` command. Returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _configure_logging()
+    out = Console(file=sys.stdout, highlight=False)
+    err = Console(file=sys.stderr, highlight=False)
+    db = getattr(args, "db", None) or os.environ.get("TRIOFLOW_DB") or DEFAULT_DB
+    session = Session(db=db, json=getattr(args, "json", False), out=out, err=err)
+    try:
+        return trio.run(
+            _amain, session, args.func, args, restrict_keyboard_interrupt_to_checkpoints=True
+        )
+    except (Exception, KeyboardInterrupt, SystemExit, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc)
+        texts = [user_error_text(leaf) for leaf in leaves]
+        if leaves and all(t is not None for t in texts):
+            err.print(f"trioflow: error: {texts[0]}", markup=False, highlight=False, soft_wrap=True)
+            return EXIT_USAGE
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return EXIT_INTERRUPTED
+        if leaves and all(isinstance(leaf, BrokenPipeError | SystemExit) for leaf in leaves):
+            # stdout was closed early (`trioflow events ID | head`): stop quietly.
+            _silence_stdout()
+            return EXIT_FAILED
+        raise
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
