@@ -55,6 +55,22 @@ EXPECTED_FIGURES: dict[str, tuple[str, ...]] = {
         "peak_rss_mb_stalled_subscriber",
         "peak_rss_ratio",
     ),
+    "bridge-1": (
+        "events_per_s",
+        "raw_events_per_s",
+        "replay_events_per_s",
+        "raw_replay_events_per_s",
+        "in_process_events_per_s",
+        "goal_events_per_s",
+        "ratio_to_in_process",
+    ),
+    "bridge-fanout-100": (
+        "deliveries_per_s",
+        "client_deliveries_per_s",
+        "in_process_deliveries_per_s",
+        "goal_deliveries_per_s",
+        "ratio_to_in_process",
+    ),
 }
 
 

@@ -5,6 +5,8 @@ as typed chunk events, suspend for a human and resume later (in another process)
 restart and observe from any point of their durable event log.
 """
 
+import typing as _typing
+
 from ._agent import ModelChunk as ModelChunk
 from ._agent import agent_step as agent_step
 from ._broadcast import Subscription as Subscription
@@ -72,3 +74,16 @@ from .storage import MemoryStorage as MemoryStorage
 from .storage import SqliteStorage as SqliteStorage
 from .storage import Storage as Storage
 from .tracing import TracingOptions as TracingOptions
+
+if _typing.TYPE_CHECKING:
+    from . import bridge as bridge
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """``tf.bridge`` is :mod:`trioflow.bridge`, imported on first use (extra ``bridge``):
+    the core never imports it."""
+    if name == "bridge":
+        import importlib
+
+        return importlib.import_module("trioflow.bridge")
+    raise AttributeError(f"module 'trioflow' has no attribute {name!r}")

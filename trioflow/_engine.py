@@ -984,7 +984,9 @@ class Level:
         status = combine_branch_statuses(statuses, canceled=False)
         if status is _S.FAILED:
             if failures:
-                first_failed = runs[failures[0]].result
+                # All branches have settled: the lowest failing branch is reported, so the
+                # outcome does not depend on which task trio finished first.
+                first_failed = runs[min(failures)].result
             else:
                 first_failed = next(
                     r for n in nodes if (r := self.results.get(n.id)) and r.status is _S.FAILED
@@ -1210,7 +1212,7 @@ class Level:
             if result.payload is not None:
                 record["payload"] = to_jsonable(result.payload)
             if run.bailed:
-                bailed = i if bailed is None else bailed
+                bailed = i if bailed is None else min(bailed, i)
                 stop = True
                 completed += 1
                 record["status"] = "success"
@@ -1230,7 +1232,9 @@ class Level:
             else:
                 completed += 1
                 stop = True
-                if first_failure is None:
+                # Every item in flight settles before the outcome is decided: report the
+                # failure with the lowest index, not whichever trio happened to finish first.
+                if first_failure is None or i < first_failure:
                     first_failure = i
                 progress(i, "failed")
             outcomes[i] = record
@@ -1700,9 +1704,7 @@ class Execution:
             events = [*taken, *extra] if extra else taken
             last_seq = events[-1].seq if events else self.log.flushed_through
             snapshot = self.snapshot(status, last_seq=last_seq, **final)
-            written = await self.storage.save_snapshot(
-                snapshot, events, expected_status=expected
-            )
+            written = await self.storage.save_snapshot(snapshot, events, expected_status=expected)
             if not written:
                 self.log.untake(taken)
         finally:
@@ -1850,9 +1852,7 @@ class Execution:
             self.log.publish_stored(chunk)
         await self.runtime.run_callbacks(self.workflow, self.result)
 
-    async def _store_end(
-        self, outcome: Outcome, *, expected: tuple[RunStatus, ...] | None
-    ) -> bool:
+    async def _store_end(self, outcome: Outcome, *, expected: tuple[RunStatus, ...] | None) -> bool:
         """Write the final snapshot with the execution's last chunks (canceled/paused, and
         workflow-finish). They are published by the caller once stored."""
         root = self.root

@@ -171,6 +171,12 @@ class Run:
         """The run's status as this process knows it."""
         return self._hub.status
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest chunk in this process's log of the run (0 before the
+        first)."""
+        return self._hub.log.next_seq - 1
+
     # --- start ------------------------------------------------------------------------------
 
     async def _begin_start(

@@ -1,0 +1,836 @@
+"""The bridge client: subscribe to runs and drive them over a websocket.
+
+``async with trioflow.bridge.connect(url, token=...) as client:`` opens one connection and
+keeps it: when it drops (server restart, network), the client reconnects on its own with a
+bounded exponential backoff and re-subscribes every open subscription from the ``seq``
+after the last chunk it received, so a subscription's chunks come without a gap and
+without a duplicate across any number of reconnections.
+
+A slow consumer never blocks the connection: each subscription buffers at most
+``buffer_size`` chunks; when that is full the client unsubscribes it, drops what keeps
+arriving, and re-subscribes from where the buffer ends once the consumer has read half
+of it. Replies to requests are never stuck behind an unread subscription.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import ssl
+import urllib.parse
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, NoReturn
+
+import attrs
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from .._core._chunks import Chunk
+from .._core._model import RunInfo
+from .._core._status import RunStatus
+from .._errors import TrioflowError
+from .._serde import from_wire
+from . import _protocol as p
+
+logger = logging.getLogger("trioflow.bridge")
+
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_BUFFER_SIZE: Final = 1024
+DEFAULT_RECONNECT_ATTEMPTS: Final = 10
+CLOSE_GRACE: Final = 1.0
+#: A consumer reading buffered chunks gets a schedule point at least this often.
+_SCHEDULE_EVERY: Final = 64
+
+_CAUGHT_UP: Final = object()
+_END: Final = object()
+
+
+class BridgeError(TrioflowError):
+    """An ``error`` the server answered (``code`` is one of the protocol's error codes,
+    ``message`` its text: for ``validation``, the ValidationError text)."""
+
+    def __init__(self, code: str, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.run_id = run_id
+
+
+class BridgeConnectionError(BridgeError):
+    """The connection could not be opened or was lost (``code`` is ``"connection"``). A
+    request whose reply did not arrive raises it: it may or may not have been executed."""
+
+    def __init__(
+        self, message: str, *, code: str = "connection", close_code: int | None = None
+    ) -> None:
+        super().__init__(code, message)
+        #: The websocket close code, when the connection was closed with one.
+        self.close_code = close_code
+
+
+class BridgeAuthError(BridgeConnectionError):
+    """The server refused the token (HTTP 401); ``code`` is ``"unauthorized"``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unauthorized")
+
+
+@attrs.define(eq=False)
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    reply: dict[str, Any] | None = None
+    error: BridgeError | None = None
+
+    def settle(self, reply: dict[str, Any] | None, error: BridgeError | None) -> None:
+        if not self.done.is_set():
+            self.reply = reply
+            self.error = error
+            self.done.set()
+
+
+@attrs.frozen
+class _Target:
+    host: str
+    port: int
+    resource: str
+    host_header: str
+    ssl: bool
+
+
+def _parse_url(url: str) -> _Target:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"the bridge URL must start with ws:// or wss://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"the bridge URL has no host: {url!r}")
+    secure = parts.scheme == "wss"
+    default = 443 if secure else 80
+    port = parts.port or default
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    return _Target(host, port, resource, host_header, secure)
+
+
+def _raise(exc: BaseException) -> NoReturn:
+    """Re-raise ``exc`` taken out of a group, keeping its own ``__context__``."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _closed_error(reason: Any) -> BridgeConnectionError:
+    detail = f": {reason.reason}" if reason.reason else ""
+    return BridgeConnectionError(
+        f"the connection closed ({reason.code} {reason.name}{detail})", close_code=reason.code
+    )
+
+
+def _connection_error(exc: BaseException, closed: Any = None) -> BridgeConnectionError:
+    """The BridgeConnectionError a failed or dropped connection amounts to (``closed``:
+    the websocket's close reason, when it had one)."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, BridgeConnectionError):
+            return leaf
+        if isinstance(leaf, ConnectionRejected):
+            if leaf.status_code == 401:
+                return BridgeAuthError("the server refused the token (HTTP 401)")
+            return BridgeConnectionError(
+                f"the server refused the connection (HTTP {leaf.status_code})"
+            )
+    if closed is not None:
+        # E.g. trio-websocket closing with 1009 for a message over max_message_size (its
+        # reader may fail afterwards on the rest of that message).
+        return _closed_error(closed)
+    for leaf in leaves:
+        if isinstance(leaf, ConnectionClosed):
+            if leaf.reason is None:
+                return BridgeConnectionError("the connection closed")
+            return _closed_error(leaf.reason)
+        if isinstance(leaf, OSError | HandshakeError | trio.BrokenResourceError):
+            return BridgeConnectionError(f"cannot connect: {leaf!r}")
+    logger.error("trioflow bridge client: connection failed", exc_info=exc)
+    return BridgeConnectionError(f"connection failed: {exc!r}")
+
+
+class BridgeSubscription:
+    """An open subscription to one run: ``async for chunk in sub`` yields its chunks
+    (``tf.from_wire`` of each wire chunk) from ``from_seq`` on, and ends after the run's
+    terminal ``workflow-finish``. ``caught_up`` turns true once the chunks read so far reach
+    the end of the log as it was when the subscription began; ``next_seq`` is the ``seq``
+    after the last chunk read. Use ``async with`` (or ``aclose()``) to stop early."""
+
+    def __init__(self, client: BridgeClient, run_id: str, from_seq: int, buffer_size: int) -> None:
+        self._client = client
+        self.run_id = run_id
+        self.next_seq = from_seq
+        self.caught_up = False
+        self._expected = from_seq  # the seq the next chunk accepted must have
+        self._buffer: deque[Any] = deque()
+        self._buffered = 0  # chunks in _buffer
+        self._buffer_size = buffer_size
+        self._wakeup = trio.Event()
+        self._live_id: int | None = None  # id of the subscribe request on this connection
+        self._active = False  # its reply arrived: accept its messages
+        self._paused = False
+        self._finished = False  # end, failure or aclose: nothing more arrives
+        self._reads = 0
+
+    def __repr__(self) -> str:
+        return f"<BridgeSubscription {self.run_id} next_seq={self.next_seq}>"
+
+    # --- consumer side -------------------------------------------------------------------
+
+    def __aiter__(self) -> BridgeSubscription:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while True:
+            if self._buffer:
+                item = self._buffer.popleft()
+                if item is _CAUGHT_UP:
+                    self.caught_up = True
+                    continue
+                if item is _END:
+                    self._close()
+                    await trio.lowlevel.checkpoint()
+                    raise StopAsyncIteration
+                if isinstance(item, BaseException):
+                    self._close()
+                    await trio.lowlevel.checkpoint()
+                    raise item
+                self._buffered -= 1
+                self.next_seq = item.seq + 1
+                if self._paused and self._buffered <= self._buffer_size // 2:
+                    self._paused = False
+                    self._client._ensure_subscribed(self)
+                self._reads += 1
+                if self._reads % _SCHEDULE_EVERY:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                else:
+                    await trio.lowlevel.checkpoint()
+                return item  # type: ignore[no-any-return]
+            if self._finished:
+                await trio.lowlevel.checkpoint()
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    async def aclose(self) -> None:
+        """Stop the subscription (tells the server; idempotent)."""
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> BridgeSubscription:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _close(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._client._remove(self, unsubscribe=True)
+        self._buffer.clear()
+        self._buffered = 0
+        self._wakeup.set()
+
+    # --- connection side (called by the client's reader task; never blocks) ---------------
+
+    def _push(self, item: Any) -> None:
+        self._buffer.append(item)
+        self._wakeup.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._finished:
+            self._finished = True
+            self._active = False
+            self._live_id = None
+            self._client._remove(self, unsubscribe=False)
+            self._push(error)
+
+    def _disconnected(self) -> None:
+        self._live_id = None
+        self._active = False
+
+    def _on_reply(self, request_id: int, message: dict[str, Any]) -> None:
+        if request_id != self._live_id or self._finished:
+            return  # a reply to an older subscribe
+        if message["type"] == "reply":
+            self._active = True
+        else:
+            self._fail(
+                BridgeError(
+                    str(message.get("code")), str(message.get("message")), run_id=self.run_id
+                )
+            )
+
+    def _on_message(self, message_type: str, message: dict[str, Any]) -> None:
+        if not self._active:
+            return  # before the reply of the current subscribe, or while paused
+        if p.is_chunk_type(message_type):
+            seq = message.get("seq")
+            if isinstance(seq, bool) or not isinstance(seq, int) or seq < self._expected:
+                return  # a duplicate (or garbage): never delivered twice
+            if seq > self._expected:
+                logger.warning(
+                    "trioflow bridge client: run %s: got seq %d, expected %d; re-subscribing",
+                    self.run_id,
+                    seq,
+                    self._expected,
+                )
+                self._resubscribe()
+                return
+            if self._buffered >= self._buffer_size:
+                self._pause()
+                return
+            try:
+                chunk = from_wire(message)
+            except Exception as exc:
+                self._fail(BridgeError("bad-request", f"undecodable chunk {seq}: {exc}"))
+                return
+            self._expected = seq + 1
+            self._buffered += 1
+            self._push(chunk)
+        elif message_type == "caught-up":
+            self._push(_CAUGHT_UP)
+        elif message_type == "end":
+            self._active = False
+            self._finished = True
+            self._client._remove(self, unsubscribe=False)
+            self._push(_END)
+        elif message_type == "lagged":
+            self._resubscribe()
+        elif message_type == "error":
+            self._fail(
+                BridgeError(
+                    str(message.get("code")), str(message.get("message")), run_id=self.run_id
+                )
+            )
+
+    def _resubscribe(self) -> None:
+        self._active = False
+        self._live_id = None
+        self._client._ensure_subscribed(self)
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._active = False
+        self._live_id = None
+        self._client._post(p.request_message("unsubscribe", None, runId=self.run_id))
+
+
+class BridgeClient:
+    """A connection to a bridge server; get one from :func:`connect`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        nursery: trio.Nursery,
+        connect_timeout: float,
+        max_message_size: int,
+        reconnect_attempts: int | None,
+        backoff_initial: float,
+        backoff_max: float,
+        buffer_size: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.url = url
+        self._target = _parse_url(url)
+        self._token = token
+        self._nursery = nursery
+        self._connect_timeout = connect_timeout
+        self._max_message_size = max_message_size
+        self._reconnect_attempts = reconnect_attempts
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._buffer_size = buffer_size
+        self._ssl_context = ssl_context
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._sub_requests: dict[int, BridgeSubscription] = {}
+        self._subs: dict[str, BridgeSubscription] = {}
+        self._ws: WebSocketConnection | None = None
+        self._connected = trio.Event()
+        self._needed = trio.Event()
+        self._outbox: deque[str] = deque()
+        self._outbox_ready = trio.Event()
+        self._failure: BridgeError | None = None
+        self._lost: BridgeConnectionError | None = None
+        self._closing = False
+        self._last_close: Any = None  # the close reason of the last connection
+        self._io_scope: trio.CancelScope | None = None
+        self._connection_done: trio.Event | None = None
+        #: How many connections were opened (1 + the reconnections).
+        self.connections = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    async def aclose(self) -> None:
+        """Close the connection (no reconnection afterwards); ``connect()`` does it."""
+        self._closing = True
+        self._needed.set()
+        scope, done = self._io_scope, self._connection_done
+        if scope is None or done is None:
+            await trio.lowlevel.checkpoint()
+            return
+        scope.cancel()
+        await done.wait()
+
+    # --- public API ----------------------------------------------------------------------
+
+    def subscribe(self, run_id: str, from_seq: int = 1) -> BridgeSubscription:
+        """Subscribe to ``run_id``'s chunks from ``from_seq`` on (an async iterator; one
+        open subscription per run and client)."""
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+        if isinstance(from_seq, bool) or not isinstance(from_seq, int) or from_seq < 1:
+            raise ValueError(f"from_seq must be an int >= 1, got {from_seq!r}")
+        if run_id in self._subs:
+            raise ValueError(f"this client already has an open subscription to run {run_id}")
+        sub = BridgeSubscription(self, run_id, from_seq, self._buffer_size)
+        if self._failure is not None:
+            sub._fail(self._failure)
+            return sub
+        self._subs[run_id] = sub
+        self._needed.set()
+        self._ensure_subscribed(sub)
+        return sub
+
+    async def start(
+        self,
+        workflow_id: str,
+        input_data: Any = None,
+        *,
+        run_id: str | None = None,
+        resource_id: str | None = None,
+        initial_state: Any = None,
+        request_context: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Start a run of a workflow registered on the server; its run id. Does not
+        subscribe (use :meth:`subscribe`: the log keeps every chunk)."""
+        reply = await self.request(
+            "start",
+            workflowId=workflow_id,
+            inputData=input_data,
+            runId=run_id,
+            resourceId=resource_id,
+            initialState=initial_state,
+            requestContext=None if request_context is None else dict(request_context),
+        )
+        return str(reply["runId"])
+
+    async def resume(
+        self,
+        run_id: str,
+        resume_data: Any = None,
+        *,
+        step: str | Sequence[str] | None = None,
+        label: str | None = None,
+        for_each_index: int | None = None,
+        request_context: Mapping[str, Any] | None = None,
+    ) -> RunStatus:
+        """Resume a suspended run; returns once the resume is claimed (status
+        ``running``). ``BridgeError`` with code ``validation`` carries the
+        ValidationError text; ``conflict`` when it is not suspended or already claimed."""
+        reply = await self.request(
+            "resume",
+            runId=run_id,
+            resumeData=resume_data,
+            step=step if step is None or isinstance(step, str) else list(step),
+            label=label,
+            forEachIndex=for_each_index,
+            requestContext=None if request_context is None else dict(request_context),
+        )
+        return RunStatus(reply["status"])
+
+    async def cancel(self, run_id: str) -> RunStatus:
+        """Cancel a run; its status afterwards (a finished run keeps its own)."""
+        reply = await self.request("cancel", runId=run_id)
+        return RunStatus(reply["status"])
+
+    async def list_runs(
+        self,
+        workflow_id: str | None = None,
+        status: RunStatus | str | None = None,
+        *,
+        resource_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Stored runs, newest first, filtered by every given field."""
+        reply = await self.request(
+            "list",
+            workflowId=workflow_id,
+            status=None if status is None else str(status),
+            resourceId=resource_id,
+            limit=limit,
+            offset=offset,
+        )
+        return [
+            RunInfo(
+                run_id=row["runId"],
+                workflow_id=row["workflowId"],
+                resource_id=row.get("resourceId"),
+                status=RunStatus(row["status"]),
+                created_at=row["createdAt"],
+                updated_at=row["updatedAt"],
+            )
+            for row in reply["runs"]
+        ]
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request (wire field names, ``None`` left out) and return its
+        ``reply``; BridgeError for an ``error``."""
+        while self._ws is None:
+            if self._failure is not None:
+                await trio.lowlevel.checkpoint()
+                raise self._failure
+            self._needed.set()
+            await self._connected.wait()
+        request_id = next(self._ids)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        try:
+            self._post(p.request_message(op, request_id, **fields))
+            await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.reply is not None
+        return pending.reply
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def _ensure_subscribed(self, sub: BridgeSubscription) -> None:
+        if sub._finished or sub._paused or sub._live_id is not None or self._ws is None:
+            return
+        request_id = next(self._ids)
+        sub._live_id = request_id
+        self._sub_requests[request_id] = sub
+        self._post(
+            p.request_message("subscribe", request_id, runId=sub.run_id, fromSeq=sub._expected)
+        )
+
+    def _remove(self, sub: BridgeSubscription, *, unsubscribe: bool) -> None:
+        if self._subs.get(sub.run_id) is sub:
+            del self._subs[sub.run_id]
+            if unsubscribe and sub._live_id is not None:
+                self._post(p.request_message("unsubscribe", None, runId=sub.run_id))
+        sub._live_id = None
+        sub._active = False
+
+    # --- connection ----------------------------------------------------------------------
+
+    def _post(self, message: dict[str, Any]) -> None:
+        """Queue a message for the current connection (dropped when there is none)."""
+        if self._ws is None:
+            return
+        self._outbox.append(p.dumps(message))
+        self._outbox_ready.set()
+
+    async def _sender(self, ws: WebSocketConnection) -> None:
+        while True:
+            while not self._outbox:
+                self._outbox_ready = trio.Event()
+                await self._outbox_ready.wait()
+            await ws.send_message(self._outbox.popleft())
+
+    async def _reader(self, ws: WebSocketConnection) -> None:
+        # Messages trio-websocket already queued are taken without a schedule point each.
+        receive_nowait = getattr(getattr(ws, "_recv_channel", None), "receive_nowait", None)
+        dispatch = self._dispatch
+        while True:
+            dispatch(await ws.get_message())
+            if receive_nowait is None:
+                continue
+            while True:
+                try:
+                    frame = receive_nowait()
+                except trio.WouldBlock:
+                    break
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    raise ConnectionClosed(ws.closed) from None
+                dispatch(frame)
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            message = p.parse_server_message(frame)
+        except p.ProtocolError as exc:
+            logger.warning("trioflow bridge client: ignoring a message: %s", exc.message)
+            return
+        message_type: str = message["type"]
+        if message_type in ("reply", "error"):
+            request_id = message.get("id")
+            if isinstance(request_id, int) and not isinstance(request_id, bool):
+                pending = self._pending.get(request_id)
+                if pending is not None:
+                    if message_type == "reply":
+                        pending.settle(message, None)
+                    else:
+                        pending.settle(
+                            None,
+                            BridgeError(
+                                str(message.get("code")),
+                                str(message.get("message")),
+                                run_id=message.get("runId"),
+                            ),
+                        )
+                    return
+                sub = self._sub_requests.pop(request_id, None)
+                if sub is not None:
+                    sub._on_reply(request_id, message)
+                    return
+            if message_type == "reply" or request_id is not None:
+                return
+        run_id = message.get("runId")
+        if isinstance(run_id, str):
+            target = self._subs.get(run_id)
+            if target is not None:
+                target._on_message(message_type, message)
+                return
+        if message_type == "error":
+            logger.warning("trioflow bridge client: server error: %s", message.get("message"))
+
+    async def _open_stream(self) -> trio.abc.Stream:
+        target = self._target
+        if not target.ssl:
+            return await trio.open_tcp_stream(target.host, target.port)
+        context = self._ssl_context or ssl.create_default_context()
+        return await trio.open_ssl_over_tcp_stream(
+            target.host, target.port, ssl_context=context, https_compatible=True
+        )
+
+    async def _connection(  # noqa: ASYNC114
+        self, task_status: trio.TaskStatus[None] | None
+    ) -> None:
+        """Open one connection and serve it until it drops (raises why)."""
+        target = self._target
+        with trio.fail_after(self._connect_timeout):
+            stream = await self._open_stream()
+        try:
+            async with trio.open_nursery() as nursery:
+                ws: WebSocketConnection | None = None
+                with trio.move_on_after(self._connect_timeout):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,  # type: ignore[arg-type]
+                        target.host_header,
+                        target.resource,
+                        subprotocols=[p.SUBPROTOCOL],
+                        extra_headers=[(b"Authorization", b"Bearer " + self._token.encode())],
+                        message_queue_size=64,
+                        max_message_size=self._max_message_size,
+                        receive_buffer_size=65536,
+                    )
+                if ws is None:
+                    raise BridgeConnectionError("the websocket handshake timed out")
+                done = trio.Event()
+                try:
+                    self._connected_to(ws, done)
+                    if task_status is not None:
+                        task_status.started()
+                    async with trio.open_nursery() as io:
+                        self._io_scope = io.cancel_scope
+                        io.start_soon(self._io_task, self._reader, ws, io)
+                        io.start_soon(self._io_task, self._sender, ws, io)
+                    raise self._lost or BridgeConnectionError("the connection closed")
+                finally:
+                    self._io_scope = None
+                    self._last_close = ws.closed
+                    self._disconnected()
+                    # The client closes (while trio-websocket's reader still runs to take
+                    # the server's answer; no socket is left open).
+                    with trio.move_on_after(CLOSE_GRACE, shield=True):
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+                    done.set()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _io_task(  # noqa: ASYNC910 - the task checkpoints
+        self, task: Any, ws: WebSocketConnection, io: trio.Nursery
+    ) -> None:
+        try:
+            await task(ws)
+        except Exception as exc:
+            if self._lost is None:
+                self._lost = _connection_error(exc)
+        finally:
+            io.cancel_scope.cancel()
+
+    def _connected_to(self, ws: WebSocketConnection, done: trio.Event) -> None:
+        self._ws = ws
+        self._connection_done = done
+        self._lost = None
+        self.connections += 1
+        self._outbox.clear()
+        self._connected.set()
+        for sub in list(self._subs.values()):
+            self._ensure_subscribed(sub)
+
+    def _disconnected(self) -> None:
+        self._ws = None
+        self._connected = trio.Event()
+        self._outbox.clear()
+        self._sub_requests.clear()
+        lost = self._lost or BridgeConnectionError("the connection closed")
+        for pending in list(self._pending.values()):
+            pending.settle(
+                None,
+                BridgeConnectionError(
+                    f"{lost.message} before the reply arrived: the request may or may not "
+                    "have been executed"
+                ),
+            )
+        for sub in self._subs.values():
+            sub._disconnected()
+
+    def _fail(self, error: BridgeError) -> None:
+        """Give up: every waiting request and every subscription gets ``error``."""
+        self._failure = error
+        for pending in list(self._pending.values()):
+            pending.settle(None, error)
+        for sub in list(self._subs.values()):
+            sub._fail(error)
+        self._connected.set()
+
+    def _wanted(self) -> bool:
+        return bool(self._pending) or any(not sub._paused for sub in self._subs.values())
+
+    async def supervise(  # noqa: ASYNC114,ASYNC128 - _connection calls started()
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, and reconnect with backoff after every drop (the first connection's
+        failure is raised: ``connect()`` fails fast)."""
+        first: trio.TaskStatus[None] | None = task_status
+        failures = 0
+        while True:
+            opened_before = self.connections
+            self._last_close = None
+            try:
+                await self._connection(first)
+            except (trio.Cancelled, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseExceptionGroup as group:
+                fatal, rest = group.split((trio.Cancelled, KeyboardInterrupt, SystemExit))
+                if fatal is not None:
+                    raise fatal from None
+                assert rest is not None
+                error = _connection_error(rest, self._last_close)
+            except Exception as exc:
+                error = _connection_error(exc, self._last_close)
+            if self.connections == 0:
+                raise error  # the first connection failed: connect() raises it
+            first = None
+            if self._closing:
+                self._fail(BridgeConnectionError("the client is closed"))
+                await trio.lowlevel.checkpoint()
+                return
+            if isinstance(error, BridgeAuthError) or error.close_code == 1009:
+                # A refused token, or a message larger than max_message_size: trying
+                # again would only meet the same.
+                self._fail(error)
+                await trio.lowlevel.checkpoint()
+                return
+            failures = 1 if self.connections > opened_before else failures + 1
+            if self._reconnect_attempts is not None and failures > self._reconnect_attempts:
+                self._fail(
+                    BridgeConnectionError(
+                        f"gave up after {self._reconnect_attempts} reconnection attempts: "
+                        f"{error.message}"
+                    )
+                )
+                await trio.lowlevel.checkpoint()
+                return
+            delay = min(self._backoff_max, self._backoff_initial * 2 ** (failures - 1))
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            while not self._wanted():
+                self._needed = trio.Event()
+                await self._needed.wait()
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    token: str,
+    connect_timeout: float = 10.0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    reconnect_attempts: int | None = DEFAULT_RECONNECT_ATTEMPTS,
+    backoff_initial: float = 0.05,
+    backoff_max: float = 5.0,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[BridgeClient]:
+    """Connect to a bridge server (``ws://host:port`` or ``wss://``) with a bearer token.
+
+    Raises BridgeAuthError when the server refuses the token and BridgeConnectionError
+    when it cannot be reached. Afterwards the client reconnects on its own after a drop:
+    up to ``reconnect_attempts`` consecutive failed attempts (None: forever), waiting
+    ``backoff_initial`` seconds, doubling up to ``backoff_max`` (with jitter). Leaving the
+    block closes the connection (the client closes it: no socket is left open).
+    """
+    if not isinstance(token, str) or not token:
+        raise ValueError("token must be a non-empty str")
+    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 2:
+        raise ValueError(f"buffer_size must be an int >= 2, got {buffer_size!r}")
+    if reconnect_attempts is not None and reconnect_attempts < 0:
+        raise ValueError("reconnect_attempts must be >= 0 or None")
+    try:
+        async with trio.open_nursery() as nursery:
+            client = BridgeClient(
+                url,
+                token=token,
+                nursery=nursery,
+                connect_timeout=connect_timeout,
+                max_message_size=max_message_size,
+                reconnect_attempts=reconnect_attempts,
+                backoff_initial=backoff_initial,
+                backoff_max=backoff_max,
+                buffer_size=buffer_size,
+                ssl_context=ssl_context,
+            )
+            await nursery.start(client.supervise)
+            try:
+                yield client
+            finally:
+                # The client closes first, while trio-websocket's reader still runs to
+                # receive the server's answer (a cancelled reader would leave the closing
+                # handshake to time out).
+                with trio.move_on_after(CLOSE_GRACE, shield=True):
+                    await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            _raise(group.exceptions[0])
+        raise

@@ -1,0 +1,702 @@
+"""Driving runs to their end, and the crash-point harness.
+
+* :func:`run_on_mock_clock` runs an async function under ``trio.run`` with an autojumping
+  :class:`trio.testing.MockClock` (sleeps take no real time): the way to call the harness
+  from a sync hypothesis ``@given`` test.
+* :class:`ClockGuardStorage` keeps the mock clock from jumping while a storage call waits
+  on another thread (SQLite), so virtual time only passes where the workflow sleeps.
+* :func:`drive_run` brings a stored run to its end from whatever storage holds
+  (``pending`` -> start, ``running``/``waiting``/``paused`` -> restart, ``suspended`` ->
+  resume, finished -> the stored result): the recovery loop of a process that boots.
+* :func:`check_crash_points` crashes a run at every durable write (before and after it),
+  recovers it with :func:`drive_run` in a "new process" (a new runtime on the same
+  storage), and checks that the outcome, the step results and the event log equal an
+  uninterrupted run's. Steps that were running at the crash may run twice: the report
+  names them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, Literal, TypeVar
+
+import attrs
+import trio
+import trio.testing
+
+import trioflow as tf
+
+from ._faults import FaultyStorage, SimulatedCrash
+from ._invariants import check_stream_invariants
+from ._reference import ResumeRequest, jsonish
+
+T = TypeVar("T")
+
+#: ``resumer(k, state)``: how to resume the run's k-th suspension (0-based), or None to
+#: leave it suspended. ``state`` is the stored :class:`trioflow.RunState`.
+Resumer = Callable[[int, tf.RunState], ResumeRequest | None]
+
+
+def run_on_mock_clock(
+    async_fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    autojump_threshold: float = 0,
+    **kwargs: Any,
+) -> T:
+    """``trio.run(async_fn, *args, **kwargs)`` on a fresh autojumping MockClock: sleeps and
+    timeouts take no real time. Use it from sync tests (one fresh clock per hypothesis
+    example)."""
+    clock = trio.testing.MockClock(autojump_threshold=autojump_threshold)
+    return trio.run(functools.partial(async_fn, **kwargs), *args, clock=clock)
+
+
+class ClockGuardStorage:
+    """Wraps a storage so that an autojumping MockClock does not jump while a call of it
+    is in flight.
+
+    A storage that works on another thread (SQLite) leaves every trio task blocked while
+    the thread works; an autojumping clock would then jump to the next deadline, firing
+    timeouts that real time would never reach. Around each call this wrapper sets the
+    clock's ``autojump_threshold`` to infinity, and restores it when no call is left in
+    flight. Without a MockClock (or outside trio) it only forwards.
+    """
+
+    def __init__(self, inner: Any, clock: trio.testing.MockClock | None = None) -> None:
+        self.inner = inner
+        self._clock = clock
+        self._in_flight = 0
+        self._saved = 0.0
+
+    @property
+    def durable(self) -> bool:
+        return bool(getattr(self.inner, "durable", True))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _clock_now(self) -> trio.testing.MockClock | None:
+        if self._clock is not None:
+            return self._clock
+        try:
+            clock = trio.lowlevel.current_clock()
+        except RuntimeError:
+            return None
+        return clock if isinstance(clock, trio.testing.MockClock) else None
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        clock = self._clock_now()
+        if clock is None:
+            return await fn(*args, **kwargs)
+        if self._in_flight == 0:
+            self._saved = clock.autojump_threshold
+            clock.autojump_threshold = math.inf
+        self._in_flight += 1
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                clock.autojump_threshold = self._saved
+
+    async def create_run(self, snapshot: Any) -> bool:
+        return await self._call(self.inner.create_run, snapshot)
+
+    async def load_snapshot(self, run_id: str) -> Any:
+        return await self._call(self.inner.load_snapshot, run_id)
+
+    async def save_snapshot(
+        self, snapshot: Any, events: Sequence[Any] = (), *, expected_status: Any = None
+    ) -> bool:
+        return await self._call(
+            self.inner.save_snapshot, snapshot, events, expected_status=expected_status
+        )
+
+    async def append_events(self, run_id: str, events: Sequence[Any]) -> None:
+        await self._call(self.inner.append_events, run_id, events)
+
+    async def read_events(
+        self, run_id: str, *, from_seq: int = 1, limit: int | None = None
+    ) -> Sequence[Any]:
+        return await self._call(self.inner.read_events, run_id, from_seq=from_seq, limit=limit)
+
+    async def last_seq(self, run_id: str) -> int:
+        return await self._call(self.inner.last_seq, run_id)
+
+    async def list_runs(self, **kwargs: Any) -> list[tf.RunInfo]:
+        return await self._call(self.inner.list_runs, **kwargs)
+
+    async def delete_run(self, run_id: str) -> bool:
+        return await self._call(self.inner.delete_run, run_id)
+
+    async def aclose(self) -> None:
+        await self._call(self.inner.aclose)
+
+
+# --- counting step executions ----------------------------------------------------------
+
+
+class StepCounter:
+    """A tracer that counts step executions by chunk id (``"nested.inner"``; a foreach
+    item counts for its container's id), over every runtime it is given to."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def span_started(self, span: Any) -> None:
+        if span.kind == "workflow_step":
+            name = span.name
+            prefix = "workflow step: '"
+            if name.startswith(prefix) and name.endswith("'"):
+                self.counts[name[len(prefix) : -1]] += 1
+
+    def span_ended(self, span: Any) -> None:
+        pass
+
+
+# --- driving a run ------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RunRecord:
+    """A run driven to its end: the final result, the stored event log, the results of
+    every start/resume/restart call made on the way (``executions``), and how many times
+    each step executed (``steps_executed``, by chunk id)."""
+
+    result: tf.WorkflowResult
+    events: list[Any]
+    executions: list[tf.WorkflowResult]
+    steps_executed: Counter[str]
+
+
+def resume_with(*requests: ResumeRequest | Any) -> Resumer:
+    """A resumer that answers the k-th suspension with the k-th request (the last one
+    again when they run out). A plain value stands for ``ResumeRequest(resume_data=v)``."""
+    normalized = [
+        r if isinstance(r, ResumeRequest) else ResumeRequest(resume_data=r) for r in requests
+    ]
+    if not normalized:
+        raise ValueError("resume_with() needs at least one request")
+
+    def resumer(k: int, _: tf.RunState) -> ResumeRequest:
+        return normalized[min(k, len(normalized) - 1)]
+
+    return resumer
+
+
+async def _suspensions_so_far(storage: Any, run_id: str) -> int:
+    events = await storage.read_events(run_id)
+    return sum(
+        1
+        for c in events
+        if c.type == "workflow-finish" and c.payload.workflow_status == "suspended"
+    )
+
+
+async def drive_run(
+    workflow: tf.Workflow,
+    *,
+    storage: Any,
+    run_id: str,
+    input_data: Any = None,
+    initial_state: Any = None,
+    resumer: Resumer | None = None,
+    counter: StepCounter | None = None,
+    max_executions: int = 100,
+) -> RunRecord:
+    """Bring the stored run ``run_id`` to its end, in a runtime of its own on ``storage``
+    (left open): start it if it is pending (or not stored yet), restart it if it was
+    executing, resume it when suspended (as ``resumer`` says; without one, or when it
+    returns None, the run is left suspended), and return the stored result once it has
+    finished.
+
+    This is what a process that boots does with a run it finds in storage, so calling it
+    again after a crash continues the run.
+    """
+    counter = counter if counter is not None else StepCounter()
+    executions: list[tf.WorkflowResult] = []
+    async with tf.open_runtime(storage=storage, tracer=counter) as rt:
+        run = await workflow.create_run(run_id=run_id)
+        result: tf.WorkflowResult | None = None
+        for _ in range(max_executions):
+            state = await rt.get_run_state(run_id)
+            if state.status == "pending":
+                result = await run.start(input_data=input_data, initial_state=initial_state)
+            elif state.status in ("running", "waiting", "paused"):
+                result = await run.restart()
+            elif state.status == "suspended":
+                request = None
+                if resumer is not None:
+                    k = await _suspensions_so_far(storage, run_id)
+                    request = resumer(max(k - 1, 0), state)
+                if request is None:
+                    result = _result_from_state(state)
+                    break
+                result = await run.resume(**request.kwargs())
+            elif state.status == "canceled":
+                result = _result_from_state(state)
+                break
+            else:
+                result = await run.restart()
+                break
+            executions.append(result)
+            if result.status not in ("suspended", "running", "waiting", "paused"):
+                break
+        else:
+            raise AssertionError(f"run {run_id} did not finish in {max_executions} executions")
+        assert result is not None
+        events = list(await storage.read_events(run_id))
+    return RunRecord(
+        result=result, events=events, executions=executions, steps_executed=counter.counts
+    )
+
+
+def _result_from_state(state: tf.RunState) -> tf.WorkflowResult:
+    """The WorkflowResult a stored run describes (for runs not executed here)."""
+    return tf.WorkflowResult(
+        status=state.status,
+        result=state.result,
+        error=state.error,
+        steps=dict(state.steps),
+        input=state.input,
+        state=state.state,
+        suspended=[list(p) for p in state.suspended],
+        run_id=state.run_id,
+    )
+
+
+# --- comparing two runs -----------------------------------------------------------------
+
+
+def _json(value: Any) -> Any:
+    from .._serde import to_jsonable
+
+    return to_jsonable(value)
+
+
+def _error_view(error: Any) -> tuple[str, str] | None:
+    if error is None:
+        return None
+    if isinstance(error, tf.SerializedError):
+        return (error.name, error.message)
+    return (type(error).__name__, str(error))
+
+
+def outcome_view(
+    result: tf.WorkflowResult, *, allowed_errors: Collection[str] | None = None
+) -> dict[str, Any]:
+    """What must not depend on crashes: status, result, error (class name and message),
+    state, and every top-level step's status, output and error. Errors whose message is
+    one of ``allowed_errors`` all count as the same error."""
+    return {
+        "status": str(result.status),
+        "result": _json(result.result),
+        "error": _error_key(result.error, allowed_errors),
+        "state": _json(result.state),
+        "steps": {
+            k: (str(v.status), _json(v.output), _error_key(v.error, allowed_errors))
+            for k, v in sorted(result.steps.items())
+        },
+    }
+
+
+#: Stands for any of the ``allowed_errors`` in comparisons.
+ANY_ALLOWED_ERROR = ("<allowed error>", "<allowed error>")
+
+
+def _error_key(error: Any, allowed: Collection[str] | None = None) -> tuple[str, str] | None:
+    view = _error_view(error)
+    if view is not None and allowed is not None and view[1] in allowed:
+        return ANY_ALLOWED_ERROR
+    return view
+
+
+def settled_view(
+    events: Sequence[Any], *, allowed_errors: Collection[str] | None = None
+) -> Counter[tuple[Any, ...]]:
+    """The settled facts of an event log, as a multiset: every step result (id, status,
+    output, error), suspension (id, payload), foreach iteration (id, index, status,
+    output) and workflow-finish status. Start chunks, timestamps and call ids are left
+    out: a restart legitimately repeats starts. Errors whose message is one of
+    ``allowed_errors`` all count as the same error."""
+    out: Counter[tuple[Any, ...]] = Counter()
+    for chunk in events:
+        p: Any = getattr(chunk, "payload", None)
+        if chunk.type == "workflow-step-result":
+            err = _error_key(p.error, allowed_errors)
+            out[("result", p.id, p.status, jsonish(p.output), err)] += 1
+        elif chunk.type == "workflow-step-suspended":
+            out[("suspended", p.id, jsonish(p.suspend_payload))] += 1
+        elif chunk.type == "workflow-step-progress":
+            out[
+                ("progress", p.id, p.current_index, p.iteration_status, jsonish(p.iteration_output))
+            ] += 1
+        elif chunk.type == "workflow-finish":
+            out[("finish", p.workflow_status)] += 1
+    return out
+
+
+def _step_starts(events: Sequence[Any]) -> Counter[str]:
+    return Counter(c.payload.id for c in events if c.type == "workflow-step-start")
+
+
+def _waits(events: Sequence[Any]) -> Counter[str]:
+    return Counter(c.payload.id for c in events if c.type == "workflow-step-waiting")
+
+
+def _open_at_end(events: Sequence[Any], kind: str) -> Counter[str]:
+    """Steps (``kind="workflow-step-start"``) or sleeps (``"workflow-step-waiting"``)
+    still open when the log ends, in its last execution."""
+    open_: Counter[str] = Counter()
+    for chunk in events:
+        if chunk.type == "workflow-start":
+            open_.clear()
+        elif chunk.type == kind:
+            open_[chunk.payload.id] += 1
+        elif (
+            chunk.type in ("workflow-step-result", "workflow-step-suspended")
+            and open_[chunk.payload.id]
+        ):
+            open_[chunk.payload.id] -= 1
+    return +open_
+
+
+def _outputs(events: Sequence[Any]) -> Counter[tuple[str, str]]:
+    return Counter(
+        (c.payload.step_name, jsonish(c.payload.output))
+        for c in events
+        if c.type == "workflow-step-output"
+    )
+
+
+def _finish_statuses(events: Sequence[Any]) -> list[str]:
+    return [c.payload.workflow_status for c in events if c.type == "workflow-finish"]
+
+
+def _multiset_diff(name: str, expected: Counter[Any], got: Counter[Any]) -> list[str]:
+    problems = []
+    missing = expected - got
+    extra = got - expected
+    if missing:
+        problems.append(f"{name} missing: {sorted(missing.items(), key=repr)}")
+    if extra:
+        problems.append(f"{name} unexpected: {sorted(extra.items(), key=repr)}")
+    return problems
+
+
+@attrs.frozen(kw_only=True)
+class CrashState:
+    """What storage held when the process died: the event log and the snapshot."""
+
+    events: list[Any] = attrs.field(factory=list)
+    snapshot: Any = None
+
+
+def _loop_bodies(workflow: tf.Workflow, prefix: str = "") -> set[str]:
+    """Chunk ids of every loop body (their stored result is only the last iteration's)."""
+    from .._core._graph import LoopEntry
+
+    out: set[str] = set()
+    for entry in workflow.entries:
+        nodes = getattr(entry, "nodes", None) or ((entry.node,) if hasattr(entry, "node") else ())
+        for node in nodes:
+            if isinstance(entry, LoopEntry):
+                out.add(prefix + node.id)
+            if isinstance(node, tf.Workflow):
+                out |= _loop_bodies(node, prefix + node.id + ".")
+    return out
+
+
+def _recorded_finished(snapshot: Any, workflow: tf.Workflow | None) -> set[str]:
+    """Chunk ids of the steps the stored snapshot records as succeeded (foreach items and
+    loop bodies left out: one id stands for several executions there)."""
+    if snapshot is None:
+        return set()
+    loops = _loop_bodies(workflow) if workflow is not None else set()
+    return {
+        key
+        for key, stored in snapshot.steps.items()
+        if "[" not in key
+        and stored.get("status") == "success"
+        and key not in loops
+        and not (stored.get("metadata") or {}).get("foreach")
+    }
+
+
+def compare_recovered(
+    reference: RunRecord,
+    recovered: RunRecord,
+    *,
+    at_crash: CrashState | None = None,
+    workflow: tf.Workflow | None = None,
+    strict_log: bool = False,
+    allowed_errors: Collection[str] | None = None,
+) -> tuple[list[str], dict[str, int]]:
+    """Differences between a run recovered after a crash and the uninterrupted
+    ``reference``, and the steps that executed more often than in the reference (chunk id
+    -> extra executions).
+
+    The rules: the recovered log satisfies :func:`check_stream_invariants` (an execution
+    interrupted by the crash allowed); status, result, error, state and every top-level
+    step result are the reference's; the workflow-finish statuses are the same; every
+    settled chunk of the reference (step result, suspension, foreach iteration) is in the
+    recovered log, and a settled chunk appears more often only for a step that ran again
+    (``strict_log=True``: never); start/waiting chunks repeat only for what ran again or was
+    open when the process died; writer output repeats only for steps that ran again; and a
+    step the stored snapshot recorded as finished (``at_crash``) does not run again.
+
+    ``allowed_errors``: when concurrent branches fail, which error the run (or a foreach)
+    reports is up to trio's scheduling; give the set of acceptable messages and any of them
+    counts as the same error.
+    """
+    problems: list[str] = []
+    at_crash = at_crash if at_crash is not None else CrashState()
+    violation = check_stream_invariants(recovered.events, allow_interrupted=True)
+    if violation:
+        problems.append(f"event log: {violation}")
+    expected = outcome_view(reference.result, allowed_errors=allowed_errors)
+    got = outcome_view(recovered.result, allowed_errors=allowed_errors)
+    for key in expected:
+        if expected[key] != got[key]:
+            problems.append(f"{key}: expected {expected[key]!r}, got {got[key]!r}")
+    if _finish_statuses(recovered.events) != _finish_statuses(reference.events):
+        problems.append(
+            f"workflow-finish statuses: expected {_finish_statuses(reference.events)}, "
+            f"got {_finish_statuses(recovered.events)}"
+        )
+    # What ran again: steps counted by the tracer (foreach items included, even when the
+    # crash lost their chunks), and entries whose start (or, for a sleep, waiting) chunk
+    # the recovered log repeats beyond what was open when the process died (a restart
+    # re-opens a nested workflow, a foreach container or a sleep without re-running it).
+    reran = {
+        k: n - reference.steps_executed[k]
+        for k, n in recovered.steps_executed.items()
+        if n > reference.steps_executed[k]
+    }
+    open_starts = _open_at_end(at_crash.events, "workflow-step-start")
+    extra_starts = _step_starts(recovered.events) - _step_starts(reference.events)
+    open_waits = _open_at_end(at_crash.events, "workflow-step-waiting")
+    extra_waits = _waits(recovered.events) - _waits(reference.events)
+    for k, n in ((extra_starts - open_starts) + (extra_waits - open_waits)).items():
+        reran[k] = max(reran.get(k, 0), n)
+    settled_ref = settled_view(reference.events, allowed_errors=allowed_errors)
+    settled_got = settled_view(recovered.events, allowed_errors=allowed_errors)
+    missing = settled_ref - settled_got
+    if missing:
+        problems.append(f"settled chunks missing: {sorted(missing.items(), key=repr)}")
+    repeated = settled_got - settled_ref
+    per_step: Counter[str] = Counter()
+    for fact, n in repeated.items():
+        per_step[fact[1]] += n
+    unexplained = {
+        k: n for k, n in per_step.items() if strict_log or n > reran.get(k, 0) or k == ""
+    }
+    if unexplained:
+        problems.append(
+            "settled chunks repeated"
+            + (" (strict_log)" if strict_log else f" by steps that did not run again ({reran})")
+            + f": {sorted(repeated.items(), key=repr)}"
+        )
+    missing_starts = _step_starts(reference.events) - _step_starts(recovered.events)
+    if missing_starts:
+        problems.append(f"workflow-step-start chunks missing: {dict(missing_starts)}")
+    missing_waits = _waits(reference.events) - _waits(recovered.events)
+    if missing_waits:
+        problems.append(f"workflow-step-waiting missing: {dict(missing_waits)}")
+    extra_outputs = _outputs(recovered.events) - _outputs(reference.events)
+    missing_outputs = _outputs(reference.events) - _outputs(recovered.events)
+    if missing_outputs:
+        problems.append(f"writer output missing: {sorted(missing_outputs)}")
+    strays = {name for name, _ in extra_outputs if name not in reran}
+    if strays:
+        problems.append(f"writer output repeated by steps that did not re-run: {sorted(strays)}")
+    again = sorted(k for k in _recorded_finished(at_crash.snapshot, workflow) if reran.get(k))
+    if again:
+        problems.append(f"steps the snapshot recorded as finished ran again: {again}")
+    return problems, reran
+
+
+# --- the crash-point harness ------------------------------------------------------------
+
+
+class CrashPointMismatch(AssertionError):
+    """A run recovered after a crash differs from the uninterrupted run."""
+
+
+@attrs.frozen(kw_only=True)
+class CrashPoint:
+    """One crash: at durable write ``write`` (``mode`` before/after it). ``crashed`` is
+    False when the run ended before reaching that write. ``reran`` names the steps that
+    executed more often than in the uninterrupted run (chunk id -> extra executions)."""
+
+    write: int
+    mode: str
+    crashed: bool
+    record: RunRecord
+    reran: dict[str, int]
+    problems: list[str]
+
+
+@attrs.frozen(kw_only=True)
+class CrashPointReport:
+    """Every crash point of a run: ``writes`` durable writes in the uninterrupted run
+    (``reference``), one :class:`CrashPoint` per (write, mode)."""
+
+    writes: int
+    reference: RunRecord
+    points: list[CrashPoint]
+
+    @property
+    def reran(self) -> dict[tuple[int, str], dict[str, int]]:
+        """The crash points where some step ran again, with those steps."""
+        return {(p.write, p.mode): p.reran for p in self.points if p.reran}
+
+    def failures(self) -> list[CrashPoint]:
+        return [p for p in self.points if p.problems]
+
+    def summary(self) -> str:
+        lines = [f"{self.writes} durable writes, {len(self.points)} crash points"]
+        for p in self.points:
+            status = "ok" if not p.problems else "MISMATCH"
+            extra = f" reran {p.reran}" if p.reran else ""
+            lines.append(f"  write {p.write} {p.mode}: {status}{extra}")
+            lines.extend(f"      {problem}" for problem in p.problems)
+        return "\n".join(lines)
+
+
+def _crash_group(exc: BaseException) -> bool:
+    if isinstance(exc, SimulatedCrash):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(SimulatedCrash)[1]
+        return exc.subgroup(SimulatedCrash) is not None and (
+            rest is None or all(isinstance(e, trio.Cancelled) for e in _leaves(rest))
+        )
+    return False
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+StorageFactory = Callable[[], Any]
+
+
+async def crash_and_recover(
+    workflow: tf.Workflow,
+    *,
+    write: int | None,
+    mode: Literal["before", "after"] = "before",
+    input_data: Any = None,
+    initial_state: Any = None,
+    resumer: Resumer | None = None,
+    storage_factory: StorageFactory = tf.MemoryStorage,
+    run_id: str = "crash-run",
+) -> tuple[RunRecord, FaultyStorage, CrashState]:
+    """Drive a run on a storage that crashes at durable write ``write`` (None: never),
+    then, in a new runtime on the same storage, drive it to its end. Returns the record,
+    the faulty storage (``writes``, ``crashed``) and what storage held at the crash."""
+    inner = storage_factory()
+    faulty = FaultyStorage(inner, crash_at=write, mode=mode)
+    storage = ClockGuardStorage(faulty)
+    counter = StepCounter()
+    at_crash = CrashState()
+    drive: dict[str, Any] = {
+        "storage": storage,
+        "run_id": run_id,
+        "input_data": input_data,
+        "initial_state": initial_state,
+        "resumer": resumer,
+        "counter": counter,
+    }
+    try:
+        crashed = False
+        try:
+            record = await drive_run(workflow, **drive)
+        except SimulatedCrash:
+            crashed = True
+        except BaseExceptionGroup as group:
+            if not _crash_group(group):
+                raise
+            crashed = True
+        if crashed:
+            assert faulty.crashed
+            at_crash = CrashState(
+                events=list(await inner.read_events(run_id)),
+                snapshot=await inner.load_snapshot(run_id),
+            )
+            faulty.disarm()
+            record = await drive_run(workflow, **drive)
+    finally:
+        with trio.CancelScope(shield=True):
+            await faulty.aclose()
+    return record, faulty, at_crash
+
+
+async def check_crash_points(
+    workflow: tf.Workflow,
+    *,
+    input_data: Any = None,
+    initial_state: Any = None,
+    resumer: Resumer | None = None,
+    storage_factory: StorageFactory = tf.MemoryStorage,
+    modes: Sequence[Literal["before", "after"]] = ("before", "after"),
+    writes: Sequence[int] | None = None,
+    run_id: str = "crash-run",
+    raise_on_mismatch: bool = True,
+    strict_log: bool = False,
+) -> CrashPointReport:
+    """Crash a run of ``workflow`` at every durable write and check each recovery.
+
+    First the run is driven to its end without a crash (the reference; ``resumer``
+    answers its suspensions). Then, for every durable write k of that run (or the given
+    ``writes``) and every mode, a fresh storage from ``storage_factory`` crashes at write
+    k (:class:`FaultyStorage`: the process "dies" before or after the write), and a new
+    runtime on that storage continues the run with :func:`drive_run`. Each recovered run
+    must satisfy :func:`compare_recovered`: the same status, result, error, state and step
+    results as the reference, a log with the same settled chunks and workflow-finish
+    statuses (repeats only by steps that ran again; none at all with ``strict_log``), and
+    no re-run of a step the stored snapshot had recorded as finished.
+
+    Returns the :class:`CrashPointReport`; with ``raise_on_mismatch`` (default) a
+    :class:`CrashPointMismatch` listing every mismatching crash point is raised instead.
+    Run it under an autojumping MockClock (the ``trioflow_clock`` fixture, pytest-trio's
+    ``autojump_clock``, or :func:`run_on_mock_clock`): each crash point re-runs the
+    workflow, sleeps included.
+    """
+    kwargs: dict[str, Any] = {
+        "input_data": input_data,
+        "initial_state": initial_state,
+        "resumer": resumer,
+        "storage_factory": storage_factory,
+        "run_id": run_id,
+    }
+    reference, storage, _ = await crash_and_recover(workflow, write=None, **kwargs)
+    total = storage.writes
+    points: list[CrashPoint] = []
+    for k in writes if writes is not None else range(1, total + 1):
+        for mode in modes:
+            record, faulty, at_crash = await crash_and_recover(
+                workflow, write=k, mode=mode, **kwargs
+            )
+            problems, reran = compare_recovered(
+                reference, record, at_crash=at_crash, workflow=workflow, strict_log=strict_log
+            )
+            points.append(
+                CrashPoint(
+                    write=k,
+                    mode=mode,
+                    crashed=faulty.crashed,
+                    record=record,
+                    reran=reran,
+                    problems=problems,
+                )
+            )
+    report = CrashPointReport(writes=total, reference=reference, points=points)
+    if raise_on_mismatch and report.failures():
+        raise CrashPointMismatch(report.summary())
+    return report
