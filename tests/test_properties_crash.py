@@ -55,19 +55,25 @@ def _writes_progress(spec: WorkflowSpec) -> bool:
 
 
 def known_crash_bug(spec: WorkflowSpec) -> str | None:
-    """The known engine bug a crash of this generated workflow may run into, if any."""
+    """The known engine limitation a crash of this generated workflow may run into, if any.
+
+    Open: crash recovery of a loop whose body is a nested workflow (a crash between or
+    inside iterations can re-run an iteration's inner steps that the snapshot of an earlier
+    iteration recorded), and of a foreach whose items suspend and are resumed (a replayed
+    resume can leave different items suspended than an uninterrupted run).
+    Found by these properties, not yet traced to their cause. Without a crash these shapes
+    behave as the reference model says (tests/test_properties.py covers them).
+    """
     for entry in walk_entries(spec):
         node = getattr(entry, "node", None)
-        nodes = getattr(entry, "nodes", (node,) if node is not None else ())
-        loop_or_foreach = isinstance(entry, LoopSpec | ForeachSpec)
-        if loop_or_foreach and isinstance(node, WorkflowSpec) and _suspends(node):
-            return "loop/foreach over a suspending nested workflow"
-        stops = node is not None and any(s.action in ("bail", "suspend") for s in walk_steps(node))
-        if isinstance(entry, ForeachSpec) and stops:
-            return "restart loses a foreach iteration's bail or suspension"
-        for child in nodes:
-            if isinstance(child, WorkflowSpec) and _writes_progress(child):
-                return "restart re-runs a nested workflow from its first entry"
+        if isinstance(entry, LoopSpec) and isinstance(node, WorkflowSpec):
+            return "crash recovery of a loop over a nested workflow"
+        if isinstance(entry, ForeachSpec) and node is not None and _suspends(node):
+            return "crash recovery of a foreach whose items suspend and are resumed"
+        if isinstance(entry, ForeachSpec) and isinstance(node, WorkflowSpec):
+            # At-least-once granularity: a nested workflow inside a foreach item keeps no
+            # progress record of its own, so an item in flight at a crash re-runs whole.
+            return "crash recovery of a foreach over a nested workflow"
     return None
 
 

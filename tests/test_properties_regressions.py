@@ -84,7 +84,6 @@ async def results_after_each_crash(workflow: tf.Workflow, input_data: Any) -> li
 # --- engine bugs ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a nested loop body loses iteration_count")
 async def test_loop_over_a_nested_workflow_keeps_its_iteration_count_across_resume(
     autojump_clock: Any,
 ) -> None:
@@ -106,7 +105,6 @@ async def test_loop_over_a_nested_workflow_keeps_its_iteration_count_across_resu
     assert resumes == 2
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a subscription past the end never ends")
 async def test_observe_stream_positioned_after_the_final_chunk_ends(autojump_clock: Any) -> None:
     async def one(ctx: tf.StepContext) -> int:
         return 1
@@ -123,7 +121,6 @@ async def test_observe_stream_positioned_after_the_final_chunk_ends(autojump_clo
     assert chunks == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: foreach over a nested workflow never resumes")
 @pytest.mark.parametrize(
     "how",
     [{"step": "per_item"}, {"step": "per_item", "for_each_index": 0}, {"label": "item-7"}, {}],
@@ -165,7 +162,6 @@ CANCELED_SHAPES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: no terminal chunk for a canceled entry")
 @pytest.mark.parametrize("shape", sorted(CANCELED_SHAPES))
 async def test_cancel_gives_every_started_entry_a_result(shape: str, autojump_clock: Any) -> None:
     workflow, input_data = CANCELED_SHAPES[shape]
@@ -184,7 +180,6 @@ async def test_cancel_gives_every_started_entry_a_result(shape: str, autojump_cl
     assert check_stream_invariants(events) is None
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: restart skips an unsettled branch")
 async def test_restart_runs_a_branch_the_crash_interrupted(autojump_clock: Any) -> None:
     async def first(ctx: tf.StepContext) -> int:
         return 1
@@ -203,7 +198,6 @@ async def test_restart_runs_a_branch_the_crash_interrupted(autojump_clock: Any) 
         assert result.result == {"double": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: restart forgets a foreach iteration's bail")
 async def test_restart_keeps_the_bail_of_a_foreach_iteration(autojump_clock: Any) -> None:
     async def bail(ctx: tf.StepContext) -> None:
         await trio.sleep(1)
@@ -219,7 +213,6 @@ async def test_restart_keeps_the_bail_of_a_foreach_iteration(autojump_clock: Any
         assert "after" not in result.steps
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: restart drops a suspended foreach iteration")
 async def test_restart_keeps_a_suspended_foreach_iteration(autojump_clock: Any) -> None:
     wf = tf.create_workflow(id="wf").foreach(step("approve", approve, resume_schema=Approval))
     for result in await results_after_each_crash(wf.commit(), [7]):
@@ -227,7 +220,6 @@ async def test_restart_keeps_a_suspended_foreach_iteration(autojump_clock: Any) 
         assert result.suspended == [["approve"]]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: restart re-runs a nested workflow's steps")
 def test_restart_does_not_rerun_finished_steps_of_a_nested_workflow() -> None:
     spec = WorkflowSpec(
         id="wf",

@@ -22,7 +22,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -211,6 +211,8 @@ class NodeResume:
     tail: list[str]
     stored: dict[str, Any] | None
     foreach_index: int | None = None
+    #: A restart continuing a nested workflow from its stored header (no resume data).
+    restarting: bool = False
 
 
 def outcome_of(run: StepRun) -> Outcome:
@@ -274,6 +276,8 @@ class Level:
         self._seen: set[str] = set()
         self.active_entry: int | None = 0
         self.active_input: Any = input
+        #: Called after each entry of a nested level succeeds (durable progress records).
+        self.on_entry_done: Callable[[], Awaitable[None]] | None = None
         if header is not None:
             self.load_header(header)
 
@@ -295,7 +299,7 @@ class Level:
         for key, stored in self.execution.stored.items():
             if key.startswith(prefix):
                 rest = key[len(prefix) :]
-                if "." not in rest and "[" not in rest:
+                if "." not in rest and "[" not in rest and not rest.startswith("@"):
                     self.results[rest] = load_step_result(stored)
 
     def header(self) -> dict[str, Any]:
@@ -462,6 +466,8 @@ class Level:
                 value = outcome.output
                 self.active_entry = idx + 1
                 self.active_input = value
+                if self.on_entry_done is not None and idx + 1 < len(entries):
+                    await self.on_entry_done()
                 if self.is_root:
                     if execution.durable and idx + 1 < len(entries):
                         # (After the last entry the final snapshot is written at once.)
@@ -530,7 +536,7 @@ class Level:
         stored = self.execution.stored.get(self.key_prefix + node_id)
         if stored is None or nested_header(stored) is None:
             return None
-        return NodeResume(data=None, tail=[], stored=stored)
+        return NodeResume(data=None, tail=[], stored=stored, restarting=True)
 
     def make_context(
         self,
@@ -622,6 +628,11 @@ class Level:
                     foreach_index=foreach_index,
                     announced=announced,
                 )
+                if resume is not None and not resume.restarting and foreach_index is None:
+                    # The resumed node has consumed the resume: from the next write on, a
+                    # restart after a crash must not apply it again. (Foreach items are
+                    # tracked one by one: see run_foreach.)
+                    self.execution.pending_resume = None
                 if span is not None:
                     span.status = run.result.status.value
                     if run.result.error is not None:
@@ -629,7 +640,12 @@ class Level:
                 return run
         except trio.Cancelled:
             if record:
-                canceled = StepResult(status=_S.CANCELED, payload=value, ended_at=now_ms())
+                # A nested workflow's progress record stays: a restart continues it.
+                prior = self.execution.stored.get(self.key_prefix + node.id)
+                metadata = (prior or {}).get("metadata") if nested_header(prior) else None
+                canceled = StepResult(
+                    status=_S.CANCELED, payload=value, ended_at=now_ms(), metadata=metadata
+                )
                 self.settle(node.id, StepRun(result=canceled), [])
             raise
 
@@ -654,6 +670,7 @@ class Level:
                 emit=emit,
                 foreach_index=foreach_index,
                 announced=announced,
+                iteration=iteration,
             )
         return await self.run_step(
             node,
@@ -793,6 +810,7 @@ class Level:
         emit: bool,
         foreach_index: int | None,
         announced: Announced | None = None,
+        iteration: int = 0,
     ) -> StepRun:
         execution = self.execution
         if announced is None:
@@ -837,12 +855,15 @@ class Level:
             )
             inner_target: ResumeTarget | None = None
             start = sub.active_entry if sub.active_entry is not None else len(node.entries)
-            if resume is not None and resume.tail:
-                inner_target = ResumeTarget(path=resume.tail, foreach_index=resume.foreach_index)
-                start = sub.suspended_paths[resume.tail[0]][0]
-            outcome = await sub.run(
-                start, sub.active_input, inner_target, restart=inner_target is None
-            )
+            tail = list(resume.tail) if resume is not None else []
+            if resume is not None and not tail and not resume.restarting:
+                # Resumed without a path below this workflow (a foreach item): its first
+                # suspended inner path.
+                paths = sub.full_suspended_paths()
+                tail = paths[0] if paths else []
+            if resume is not None and tail:
+                inner_target = ResumeTarget(path=tail, foreach_index=resume.foreach_index)
+                start = sub.suspended_paths[tail[0]][0]
         else:
             nested_input = value
             if node.input_schema is not None and node.validate_inputs:
@@ -851,6 +872,10 @@ class Level:
                 except ValidationError as exc:
                     result = StepResult(status=_S.FAILED, error=exc, ended_at=now_ms(), **base)
                     return finish(result, StepRun(result=result))
+            # A fresh run (e.g. the next iteration of a loop) replaces what an earlier run
+            # of this workflow recorded under the same keys.
+            for key in [k for k in execution.stored if k.startswith(key_prefix)]:
+                del execution.stored[key]
             sub = Level(
                 execution,
                 node,
@@ -860,10 +885,51 @@ class Level:
                 state=self.state,
                 is_root=False,
             )
-            outcome = await sub.run(0, nested_input, None)
+            inner_target = None
+            start = 0
+        record_key = self.key_prefix + node.id
+        if foreach_index is None and execution.durable:
+            payload_json = to_jsonable(value)
+
+            def progress_record() -> dict[str, Any]:
+                # Durable storage: every write while this workflow runs stores where it is
+                # (its header: state, position), so a crash re-runs only its unfinished
+                # entry and a restart continues it.
+                metadata: dict[str, Any] = {"nested": sub.header()}
+                if iteration:
+                    metadata["iteration_count"] = iteration
+                return {
+                    "status": "running",
+                    "payload": payload_json,
+                    "started_at": started_at,
+                    "metadata": metadata,
+                }
+
+            execution.live_records[record_key] = progress_record
+            sub.on_entry_done = execution.persist_progress
+        try:
+            outcome = await sub.run(
+                start,
+                sub.active_input if header is not None else sub.input,
+                inner_target,
+                restart=header is not None and inner_target is None,
+            )
+        except trio.Cancelled:
+            if emit:
+                canceled = StepResult(status=_S.CANCELED, ended_at=now_ms(), **base)
+                self.emit_settled(chunk_id, canceled, call_id)
+            raise
+        finally:
+            refresh = execution.live_records.pop(record_key, None)
+            if refresh is not None:
+                # The last progress record stays until the step's own result replaces it
+                # (an interrupted execution keeps it, for restart).
+                execution.stored[record_key] = refresh()
 
         ended_at = now_ms()
-        metadata = {"nested": sub.header()}
+        metadata: dict[str, Any] = {"nested": sub.header()}
+        if iteration:
+            metadata["iteration_count"] = iteration
         if outcome.status in (_S.SUCCESS, _S.SUSPENDED):
             self.apply_state(sub.state, None)
         if outcome.status is _S.SUCCESS:
@@ -1010,9 +1076,14 @@ class Level:
         restart: bool,
     ) -> Outcome:
         nodes = list(entry.nodes)
-        if target is not None or restart:
-            # Conditions are not evaluated again: only the arms that ran count.
-            ran = [b for b, node in enumerate(nodes) if node.id in self.results]
+        record_key = f"{self.key_prefix}@branch{idx}"
+        chosen_before = (self.execution.stored.get(record_key) or {}).get("metadata", {})
+        if target is not None or (restart and chosen_before):
+            # Conditions are not evaluated again: the arms chosen then (or, without that
+            # record, the arms that ran) are the branch.
+            ran = chosen_before.get("chosen") or [
+                b for b, node in enumerate(nodes) if node.id in self.results
+            ]
             return await self.run_block(
                 idx, nodes, value, target, fail_fast=False, restart=restart, considered=ran
             )
@@ -1039,6 +1110,9 @@ class Level:
                 for b in range(len(nodes)):
                     nursery.start_soon(evaluate, b)
         chosen = [b for b in range(len(nodes)) if truth[b]]
+        # Stored with the next snapshot: a restart runs the arms chosen now, it does not
+        # evaluate the conditions again (engine records are keyed "@...", never step ids).
+        self.execution.stored[record_key] = {"status": "success", "metadata": {"chosen": chosen}}
         if not chosen:
             return Outcome(_S.SUCCESS, output={})
         return await self.run_block(
@@ -1071,6 +1145,16 @@ class Level:
                 node, value, resume=resume, chunk_id=self.chunk_id(node.id), iteration=iteration
             )
             resume = None
+            if not (run.result.metadata or {}).get("iteration_count"):
+                # Nested workflows record no iteration: the loop needs it to continue
+                # counting across a resume.
+                run = attrs.evolve(
+                    run,
+                    result=attrs.evolve(
+                        run.result,
+                        metadata={**(run.result.metadata or {}), "iteration_count": iteration},
+                    ),
+                )
             self.settle(node.id, run, [idx])
             outcome = outcome_of(run)
             if outcome.status is not _S.SUCCESS:
@@ -1141,10 +1225,44 @@ class Level:
         runs: dict[int, StepRun] = {}
 
         plan: list[tuple[int, NodeResume | None]] = []
+        stored_bail = next(
+            (i for i, p in enumerate(previous) if p and p.get("status") == "bailed"), None
+        )
+        # A restart continues the foreach where it was: if an item had already suspended or
+        # failed, it had stopped taking new items, and still does (a resume starts them).
+        stopped = any(
+            p
+            and p.get("status") in ("suspended", "failed")
+            # A plain restart: any such item had stopped the foreach. A replayed resume:
+            # one that suspended or failed during that very resume had.
+            and (resume is None or p.get("resumed") == execution.resume_token)
+            for p in previous
+        )
         for i in range(total):
             prev = previous[i]
+            if prev and prev.get("status") == "running":
+                # In flight when the execution stopped: it runs again (at least once), as a
+                # resume again if it was being resumed.
+                prev = prev.get("prior")
+                if not (prev and prev.get("status") == "suspended" and resume is not None):
+                    plan.append((i, None))
+                    continue
             status = prev.get("status") if prev else None
-            if status == "success":
+            if status == "success" or stored_bail is not None:
+                continue
+            if (
+                status == "suspended"
+                and prev is not None
+                and prev.get("resumed") is not None
+                and prev.get("resumed") == execution.resume_token
+            ):
+                # Suspended during this very resume (before a crash): it stays suspended.
+                suspended_payloads[i] = prev.get("suspend_payload")
+                continue
+            settled_here = prev is not None and (
+                resume is None or prev.get("resumed") == execution.resume_token
+            )
+            if (status is None and stopped) or (status == "failed" and settled_here):
                 continue
             if status == "suspended":
                 if resume is not None and resume.foreach_index in (None, i):
@@ -1159,8 +1277,6 @@ class Level:
                             ),
                         )
                     )
-                elif restart and resume is None:
-                    continue
                 else:
                     suspended_payloads[i] = prev.get("suspend_payload") if prev else None
                 continue
@@ -1207,6 +1323,10 @@ class Level:
             runs[i] = run
             result = run.result
             record: dict[str, Any] = {"status": _VALUE[result.status]}
+            if execution.resume_token is not None:
+                # Settled during this resume (resumed, or started fresh by it): a replay of
+                # the same resume after a crash leaves this record as it is.
+                record["resumed"] = execution.resume_token
             if result.metadata:
                 record["metadata"] = to_jsonable(result.metadata)
             if result.payload is not None:
@@ -1215,7 +1335,8 @@ class Level:
                 bailed = i if bailed is None else min(bailed, i)
                 stop = True
                 completed += 1
-                record["status"] = "success"
+                record["status"] = "bailed"
+                record["output"] = to_jsonable(result.output)
                 progress(i, "failed")
             elif result.status is _S.SUCCESS:
                 completed += 1
@@ -1232,6 +1353,8 @@ class Level:
             else:
                 completed += 1
                 stop = True
+                if result.error is not None:
+                    record["error"] = dump_error(result.error)
                 # Every item in flight settles before the outcome is decided: report the
                 # failure with the lowest index, not whichever trio happened to finish first.
                 if first_failure is None or i < first_failure:
@@ -1256,6 +1379,9 @@ class Level:
             for done, (i, item_resume) in enumerate(pending, start=1):
                 if stop:
                     return
+                # Recorded with the next progress write: a restart re-runs items that were
+                # in flight, and does not start the ones that were never taken.
+                outcomes[i] = {"status": "running", "prior": outcomes[i]}
                 await iterate(i, item_resume)
                 # Items whose steps never checkpoint must not make the run uncancellable
                 # (a cancel point per item) nor starve other tasks (a schedule point every
@@ -1266,13 +1392,57 @@ class Level:
                     await trio.lowlevel.checkpoint()
 
         workers = min(entry.concurrency, len(plan))
-        if workers == 1:
-            await worker()
-        elif workers > 1:
-            async with trio.open_nursery() as nursery:
-                for _ in range(workers):
-                    nursery.start_soon(worker)
+        try:
+            if workers == 1:
+                await worker()
+            elif workers > 1:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(workers):
+                        nursery.start_soon(worker)
+        except trio.Cancelled:
+            # Keep the outcomes: if the runtime (not the user) interrupted the run, a restart
+            # continues with the items that finished.
+            canceled = StepResult(
+                status=_S.CANCELED,
+                payload=items,
+                started_at=started_at,
+                ended_at=now_ms(),
+                metadata={"foreach": {"outcomes": list(outcomes)}},
+            )
+            if emit:
+                self.emit_settled(chunk_id, canceled, None)
+            self.settle(node.id, StepRun(result=canceled), [idx])
+            raise
 
+        if resume is None or execution.resume_token is not None:
+            # A restart (or a replayed resume) of a foreach whose item had failed: the lowest
+            # failed item, recorded or new, is the outcome.
+            recorded = next(
+                (
+                    i
+                    for i, p in enumerate(previous)
+                    if p
+                    and p.get("status") == "failed"
+                    and (resume is None or p.get("resumed") == execution.resume_token)
+                ),
+                None,
+            )
+            if recorded is not None and (first_failure is None or recorded < first_failure):
+                first_failure = recorded
+                runs[recorded] = StepRun(
+                    result=StepResult(
+                        status=_S.FAILED,
+                        error=load_error((previous[recorded] or {}).get("error"))
+                        or RuntimeError(f"foreach item {recorded} failed before a restart"),
+                    )
+                )
+        if stored_bail is not None and bailed is None:
+            bailed = stored_bail
+            bail_record = previous[stored_bail] or {}
+            runs[stored_bail] = StepRun(
+                result=StepResult(status=_S.SUCCESS, output=bail_record.get("output")),
+                bailed=True,
+            )
         ended_at = now_ms()
         metadata = {"foreach": {"outcomes": outcomes}}
         base: dict[str, Any] = {
@@ -1354,6 +1524,14 @@ class Level:
             else:
                 await trio.lowlevel.checkpoint()
                 output = {k: self.resolve_source(s) for k, s in (entry.mapping or {}).items()}
+        except trio.Cancelled:
+            canceled = StepResult(
+                status=_S.CANCELED, payload=value, started_at=started_at, ended_at=now_ms()
+            )
+            if emit:
+                self.emit_settled(chunk_id, canceled, None)
+            self.settle(entry.id, StepRun(result=canceled), [idx])
+            raise
         except Exception as exc:
             result = StepResult(
                 status=_S.FAILED, payload=value, error=exc, started_at=started_at, ended_at=now_ms()
@@ -1507,6 +1685,7 @@ class Execution:
         target: ResumeTarget | None = None,
         resume_data: Any = None,
         tracing: TracingOptions | None = None,
+        resume_token: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.tracer = runtime.tracer
@@ -1537,12 +1716,18 @@ class Execution:
         self._progress_writing = False
         self._progress_dirty = False
         self._ending: list[Chunk] = []
+        #: Progress records of nested workflows running now, rebuilt at every write.
+        self.live_records: dict[str, Callable[[], dict[str, Any]]] = {}
         #: Stored until the resumed entry has finished (see RunSnapshot.resume).
+        #: Identifies this resume in the records of the foreach items it reaches, so a replay
+        #: after a crash skips the items it had already resumed.
+        self.resume_token = resume_token or (secrets.token_hex(6) if target else None)
         self.pending_resume: dict[str, Any] | None = (
             {
                 "path": list(target.path),
                 "data": to_jsonable(resume_data),
                 "foreach_index": target.foreach_index,
+                "token": self.resume_token,
             }
             if target is not None
             else None
@@ -1700,11 +1885,21 @@ class Execution:
         except trio.WouldBlock:  # is the checkpoint
             await lock.acquire()
         try:
+            for key, record in self.live_records.items():
+                self.stored[key] = record()
             taken = self.log.take_unflushed()
             events = [*taken, *extra] if extra else taken
             last_seq = events[-1].seq if events else self.log.flushed_through
             snapshot = self.snapshot(status, last_seq=last_seq, **final)
-            written = await self.storage.save_snapshot(snapshot, events, expected_status=expected)
+            try:
+                written = await self.storage.save_snapshot(
+                    snapshot, events, expected_status=expected
+                )
+            except (Exception, trio.Cancelled):
+                # Storage wrote nothing (a cancelled or failed call writes nothing): the
+                # chunks are pending again, for the next write.
+                self.log.untake(taken)
+                raise
             if not written:
                 self.log.untake(taken)
         finally:
@@ -1753,7 +1948,11 @@ class Execution:
             async with self.hub.write_lock:
                 events = self.log.take_unflushed()
                 if events:
-                    await self.storage.append_events(self.run_id, events)
+                    try:
+                        await self.storage.append_events(self.run_id, events)
+                    except (Exception, trio.Cancelled):
+                        self.log.untake(events)
+                        raise
 
     async def run(self) -> None:
         """The execution task. Never raises a step's error; on the runtime's own

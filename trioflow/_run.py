@@ -419,6 +419,8 @@ class Run:
         target: ResumeTarget | None,
         data: Any,
         tracing: TracingOptions | None = None,
+        *,
+        token: str | None = None,
     ) -> Execution:
         wf = self._workflow
         input_value = claimed.input
@@ -445,6 +447,7 @@ class Run:
             target=target,
             resume_data=data,
             tracing=tracing,
+            resume_token=token,
         )
         self._claimed = True
         execution.emit_workflow_start()
@@ -614,7 +617,9 @@ class Run:
             schema = getattr(node, "resume_schema", None)
             if schema is not None and self._workflow.validate_inputs:
                 data = validate(data, schema, "Invalid resume data:")
-            return self._spawn_continuation(claimed, "resume", context, trace_id, target, data)
+            return self._spawn_continuation(
+                claimed, "resume", context, trace_id, target, data, token=pending.get("token")
+            )
         return self._spawn_continuation(claimed, "restart", context, trace_id, None, None)
 
     async def restart(self) -> WorkflowResult:
@@ -634,8 +639,12 @@ class Run:
         With ``follow=True`` it keeps following through suspensions until a terminal
         ``workflow-finish``; with ``follow=False`` it ends at the current end of the log.
         """
+        hub = self._hub
+        if hub.status in TERMINAL and hub.execution is None and from_seq >= hub.log.next_seq:
+            # Past the end of a finished run: nothing will ever come.
+            follow = False
         return Subscription(
-            self._hub.log,
+            hub.log,
             from_seq=from_seq,
             ends_after=ends_at_terminal_finish,
             follow=follow,

@@ -86,7 +86,7 @@ def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
     steps = {
         key: load_step_result(value)
         for key, value in snapshot.steps.items()
-        if "." not in key and "[" not in key
+        if "." not in key and "[" not in key and not key.startswith("@")
     }
     suspended = (
         full_suspended_paths(snapshot.suspended_paths, snapshot.steps)

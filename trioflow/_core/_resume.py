@@ -33,9 +33,10 @@ def nested_header(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def full_suspended_paths(
     suspended_paths: Mapping[str, Sequence[int]], steps: Mapping[str, Mapping[str, Any]]
 ) -> list[list[str]]:
-    """Every suspended path, expanded through nested workflows, in suspension order."""
+    """Every suspended path, expanded through nested workflows, in graph order (by entry,
+    then branch): concurrent branches may suspend in any order, the list does not."""
     paths: list[list[str]] = []
-    for step_id in suspended_paths:
+    for step_id in sorted(suspended_paths, key=lambda k: list(suspended_paths[k])):
         header = nested_header(steps.get(step_id))
         inner = header.get("suspended") if header else None
         if inner:

@@ -45,22 +45,32 @@ class FaultyStorage:
         self.mode = mode
         self.writes = 0
         self.crashed = False
+        self.crashed_process = False
 
     def disarm(self) -> None:
         """No more crashes (the "next process" uses the same storage)."""
         self.crash_at = None
+        self.crashed_process = False
+
+    def _dead(self) -> None:
+        # After the crash the "process" is dead: a task of it that was about to write
+        # (e.g. waiting for the write lock) must not get to. Reads stay allowed: the test
+        # inspecting what the crash left behind is not that process.
+        if self.crashed_process:
+            raise SimulatedCrash("the process crashed: no more storage calls")
 
     def _before(self) -> bool:
+        self._dead()
         self.writes += 1
         hit = self.crash_at is not None and self.writes == self.crash_at
         if hit and self.mode == "before":
-            self.crashed = True
+            self.crashed = self.crashed_process = True
             raise SimulatedCrash(f"crash before durable write {self.writes}")
         return hit
 
     def _after(self, hit: bool) -> None:
         if hit:
-            self.crashed = True
+            self.crashed = self.crashed_process = True
             raise SimulatedCrash(f"crash after durable write {self.writes}")
 
     async def create_run(self, snapshot: RunSnapshot) -> bool:

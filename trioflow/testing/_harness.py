@@ -171,6 +171,18 @@ class RunRecord:
     steps_executed: Counter[str]
 
 
+async def _first_suspended_iteration(storage: Any, run_id: str, step: Any) -> int | None:
+    snapshot = await storage.load_snapshot(run_id)
+    if snapshot is None or not step:
+        return None
+    stored = snapshot.steps.get(step[0] if isinstance(step, list | tuple) else str(step)) or {}
+    outcomes = ((stored.get("metadata") or {}).get("foreach") or {}).get("outcomes") or []
+    for i, outcome in enumerate(outcomes):
+        if outcome and outcome.get("status") == "suspended":
+            return i
+    return None
+
+
 def resume_with(*requests: ResumeRequest | Any) -> Resumer:
     """A resumer that answers the k-th suspension with the k-th request (the last one
     again when they run out). A plain value stands for ``ResumeRequest(resume_data=v)``."""
@@ -234,7 +246,19 @@ async def drive_run(
                 if request is None:
                     result = _result_from_state(state)
                     break
-                result = await run.resume(**request.kwargs())
+                try:
+                    result = await run.resume(**request.kwargs())
+                except tf.StepNotSuspendedError:
+                    # After a crash the interrupted resume may already have taken effect (a
+                    # foreach item durably recorded as resumed and finished is not resumed
+                    # again): answer the iteration that is suspended now instead.
+                    kwargs = request.kwargs()
+                    if kwargs.get("for_each_index") is None:
+                        raise
+                    kwargs["for_each_index"] = await _first_suspended_iteration(
+                        storage, run_id, kwargs.get("step")
+                    )
+                    result = await run.resume(**kwargs)
             elif state.status == "canceled":
                 result = _result_from_state(state)
                 break
