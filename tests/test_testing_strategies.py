@@ -19,6 +19,7 @@ from trioflow.testing import (
     MapSpec,
     ParallelSpec,
     ResumePlan,
+    SleepSpec,
     StepSpec,
     ThenSpec,
     WorkflowSpec,
@@ -113,16 +114,21 @@ def test_workflows_shrink_a_loop_to_its_smallest_form() -> None:
     smallest = find(
         workflows(), lambda g: any(isinstance(e, LoopSpec) for e in walk_entries(g.spec))
     )
-    # How far hypothesis shrinks depends on its shrink budget (and so on machine load):
-    # check that it reaches a small loop of plain steps, not one exact endpoint.
+    # How far hypothesis shrinks depends on its shrink budget and search (machine load, no
+    # example database on CI): check that it reaches one trivial loop among trivial entries
+    # (plain returning steps, zero sleeps), not one exact endpoint.
     loops = [e for e in smallest.spec.entries if isinstance(e, LoopSpec)]
     assert len(loops) == 1
-    assert isinstance(loops[0].node, StepSpec)
+    assert loops[0].node == StepSpec(id=loops[0].node.id)
     assert loops[0].kind == "dowhile"
     assert loops[0].iterations == 1
-    assert len(smallest.spec.entries) <= 3
-    others = [e for e in smallest.spec.entries if not isinstance(e, LoopSpec)]
-    assert all(isinstance(e, ThenSpec) and e.node == StepSpec(id=e.node.id) for e in others)
+    for entry in smallest.spec.entries:
+        if isinstance(entry, ThenSpec):
+            assert entry.node == StepSpec(id=entry.node.id)
+        elif isinstance(entry, SleepSpec):
+            assert entry.seconds == 0
+        else:
+            assert isinstance(entry, LoopSpec)
 
 
 @profile_settings(50)
