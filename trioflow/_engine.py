@@ -190,8 +190,6 @@ class StepRun:
     bailed: bool = False
     labels: list[_Label] = attrs.field(factory=list)
     tripwire: TripwireInfo | None = None
-    # Full inner paths of a suspended nested workflow (for the parent's bookkeeping).
-    inner_paths: list[list[str]] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -956,7 +954,7 @@ class Level:
                 _Label(name, label.path, label.foreach_index)
                 for name, label in sub.resume_labels.items()
             ]
-            return finish(result, StepRun(result=result, labels=labels, inner_paths=paths))
+            return finish(result, StepRun(result=result, labels=labels))
         status = _S.FAILED if outcome.status is _S.TRIPWIRE else outcome.status
         result = StepResult(
             status=status, error=outcome.error, ended_at=ended_at, metadata=metadata, **base

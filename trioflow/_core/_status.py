@@ -1,7 +1,8 @@
 """Run and step statuses and the transitions between them (pure, trio-free).
 
-Rule (after h11's ``_state.py``): every decision about which status may follow which lives
-in this module; the engine asks, it never decides on its own.
+After h11's ``_state.py``: which status may follow which is written down here, as a table.
+The engine does not consult it at run time yet (its writes are compare-and-sets on the stored
+status); the table is the contract the tests hold the engine's transitions to.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from trio_websocket import (
 )
 
 from .. import _errors as errors
+from .._broadcast import ends_at_terminal_finish
 from .._core._chunks import Chunk
 from .._core._status import TERMINAL
 from .._run import Run
@@ -377,7 +378,7 @@ class _StoredChunks:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 chunk = self._batch.popleft()
                 self._next = chunk.seq + 1
-                if _is_terminal_finish(chunk):
+                if ends_at_terminal_finish(chunk):
                     self._done = True
                     self._batch.clear()
                 return chunk
@@ -393,13 +394,6 @@ class _StoredChunks:
                 continue
             await trio.sleep(delay)
             delay = min(POLL_MAX, delay * 2)
-
-
-def _is_terminal_finish(chunk: Chunk) -> bool:
-    return chunk.type == "workflow-finish" and chunk.payload.workflow_status not in (  # type: ignore[union-attr]
-        "suspended",
-        "paused",
-    )
 
 
 def _log_end(run: Run) -> int:
@@ -880,7 +874,7 @@ class _Connection:
             if not caught_up and seq >= end_seq:
                 await self._put(sub, p.text_frame(p.dumps(p.caught_up(run_id, seq))))
                 caught_up = True
-            if _is_terminal_finish(chunk):
+            if ends_at_terminal_finish(chunk):
                 await self._put(sub, p.text_frame(p.dumps(p.end(run_id, seq))))
                 self._end(sub)
                 return

@@ -18,6 +18,7 @@ import trio
 
 import trioflow as tf
 
+from .._broadcast import ends_at_terminal_finish
 from ._harness import (
     ClockGuardStorage,
     CrashPoint,
@@ -364,19 +365,12 @@ async def _detaching_reader(run: tf.Run, after: int, seen: list[Any], done: trio
             last = chunk.seq
             if len(seen) >= after:
                 break
-    if not (seen and _is_terminal_finish(seen[-1])):
+    if not (seen and ends_at_terminal_finish(seen[-1])):
         await trio.sleep(0.25)
         async with run.observe_stream(from_seq=last + 1) as sub:
             async for chunk in sub:
                 seen.append(chunk)
     done.set()
-
-
-def _is_terminal_finish(chunk: Any) -> bool:
-    return chunk.type == "workflow-finish" and chunk.payload.workflow_status not in (
-        "suspended",
-        "paused",
-    )
 
 
 async def _cancel_later(run: tf.Run, seconds: float) -> None:
