@@ -1,8 +1,7 @@
 """Storage conformance: one suite every backend must pass (SPEC §4, issue 4).
 
-The ``storage`` fixture is parametrised over the backends (``memory``, ``sqlite-file``;
-PostgreSQL joins by adding a param to :data:`BACKENDS` and a branch to
-:func:`open_backend`). Covered: round trips of every snapshot field and every chunk type
+The ``storage`` fixture is parametrised over the backends (``memory``, ``sqlite-file``,
+``postgres``: a fresh database on the server of the ``postgres_db`` fixture). Covered: round trips of every snapshot field and every chunk type
 (values produced by real workflow runs, compared with what was handed to the storage,
 which is what MemoryStorage returns), the compare-and-set of ``save_snapshot``,
 ``create_run`` insert-if-absent, listing with filters, order and paging, ``last_seq``,
@@ -31,10 +30,12 @@ from trioflow.storage.sqlite import SqliteStorage
 S = tf.RunStatus
 
 #: Every backend the suite runs against.
-BACKENDS = ["memory", "sqlite-file"]
+BACKENDS = ["memory", "sqlite-file", "postgres"]
 
 
-async def open_backend(kind: str, tmp_path: Path, name: str = "runs") -> Storage:
+async def open_backend(
+    kind: str, tmp_path: Path, name: str = "runs", *, postgres_dsn: str | None = None
+) -> Storage:
     """A fresh, empty storage of the given kind."""
     if kind == "memory":
         return MemoryStorage()
@@ -42,12 +43,18 @@ async def open_backend(kind: str, tmp_path: Path, name: str = "runs") -> Storage
         store = SqliteStorage(tmp_path / f"{name}.db")
         await store.open()
         return store
+    if kind == "postgres":
+        assert postgres_dsn is not None
+        pg = tf.PostgresStorage(postgres_dsn)
+        await pg.open()
+        return pg
     raise AssertionError(f"unknown backend {kind!r}")
 
 
 @pytest.fixture(params=BACKENDS)
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    store = await open_backend(request.param, tmp_path)
+    dsn = request.getfixturevalue("postgres_db") if request.param == "postgres" else None
+    store = await open_backend(request.param, tmp_path, postgres_dsn=dsn)
     try:
         yield store
     finally:

@@ -70,7 +70,9 @@ from ._workflow import Workflow as Workflow
 from ._workflow import create_step as create_step
 from ._workflow import create_workflow as create_workflow
 from ._workflow import step as step
+from .storage import LeaseLostError as LeaseLostError
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
 from .storage import SqliteStorage as SqliteStorage
 from .storage import Storage as Storage
 from .tracing import TracingOptions as TracingOptions

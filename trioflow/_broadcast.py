@@ -159,14 +159,22 @@ class EventLog:
         ``POLL_MIN`` seconds at first, backing off to ``POLL_MAX`` while nothing new comes.
         """
         interval = POLL_MIN
+        # A storage that notifies (PostgreSQL's LISTEN/NOTIFY) wakes us as soon as the
+        # run's log grows elsewhere; polling stays as the fallback for lost notifications.
+        watch = getattr(self.storage, "watch_events", None)
         while self.next_seq <= seq:
-            if self._wakeup is None:
+            if self._wakeup is None or self._wakeup.is_set():
                 self._wakeup = trio.Event()
             if not self._may_poll():
                 await self._wakeup.wait()
                 continue
-            with trio.move_on_after(interval):
-                await self._wakeup.wait()
+            unwatch = watch(self.run_id, self._wakeup) if watch is not None else None
+            try:
+                with trio.move_on_after(interval):
+                    await self._wakeup.wait()
+            finally:
+                if unwatch is not None:
+                    unwatch()
             if self.next_seq <= seq and self._may_poll():
                 found = await self.mirror_stored()
                 interval = POLL_MIN if found else min(POLL_MAX, interval * 2)

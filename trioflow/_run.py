@@ -280,6 +280,50 @@ class Run:
         )
         return await _wait(execution)
 
+    async def start_async(
+        self,
+        *,
+        input_data: Any = None,
+        initial_state: Any = None,
+        request_context: RequestContext | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue the run for any worker (``open_runtime(worker=True)`` on the same
+        storage, in this process or another) and return at once. Input and state are
+        validated now (ValidationError); the worker calls ``on_start`` when it starts the
+        run. Needs a storage with a queue (:class:`trioflow.PostgresStorage`): TypeError
+        otherwise. RunAlreadyStartedError when the run is not pending (or already queued).
+        """
+        enqueue = getattr(self._runtime.storage, "enqueue_run", None)
+        if enqueue is None:
+            raise TypeError(
+                f"{type(self._runtime.storage).__name__} has no run queue: start_async() "
+                "needs a storage that workers share, such as PostgresStorage"
+            )
+        wf = self._workflow
+        if self._claimed or self._hub.execution is not None:
+            raise RunAlreadyStartedError(f"run {self.run_id} already started")
+        if wf.validate_inputs and wf.input_schema is not None:
+            input_value = validate(input_data, wf.input_schema, "Invalid input data:")
+        else:
+            input_value = input_data
+        state = _initial_state(wf, initial_state)
+        context = coerce_request_context(request_context)
+        try:
+            input_json = to_jsonable(input_value)
+            state_json = to_jsonable(state)
+        except TypeError as exc:
+            raise ValidationError("Invalid input data:", [("", str(exc))]) from None
+        queued = attrs.evolve(
+            self._snapshot,
+            input=input_json,
+            state=state_json,
+            request_context=context.to_dict(),
+            updated_at=now_ms(),
+        )
+        if not await enqueue(queued):
+            raise RunAlreadyStartedError(f"run {self.run_id} already started or queued")
+        self._claimed = True
+
     async def stream(
         self,
         *,

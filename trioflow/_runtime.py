@@ -24,6 +24,7 @@ from .storage import MemoryStorage, Storage
 if TYPE_CHECKING:
     from ._engine import Execution
     from ._run import Run
+    from ._worker import Worker
 
 logger = logging.getLogger("trioflow")
 
@@ -122,6 +123,8 @@ class Runtime:
         self._nursery = nursery
         self._workflows: dict[str, Workflow] = {}
         self._hubs: weakref.WeakValueDictionary[str, RunHub] = weakref.WeakValueDictionary()
+        #: The claim loop, when this runtime is a worker (``open_runtime(worker=True)``).
+        self.worker: Worker | None = None
 
     # --- workflows ------------------------------------------------------------------------
 
@@ -203,6 +206,46 @@ class Runtime:
             log.owner = hub
             self._hubs[snapshot.run_id] = hub
         return hub
+
+    def _stop_execution(self, run_id: str, reason: str) -> None:
+        """Storage says this process must stop executing ``run_id``: canceled by another
+        process, or the lease on it was lost (another process continues it)."""
+        hub = self._hubs.get(run_id)
+        execution = hub.execution if hub is not None else None
+        forget = getattr(self.storage, "forget_lost_lease", None)
+        if execution is None:
+            if reason == "lease-lost" and forget is not None:
+                forget(run_id)
+            return
+        logger.warning("run %s: stopping its execution here (%s)", run_id, reason)
+        execution.request_cancel(
+            "canceled by another process" if reason == "canceled" else "lease lost"
+        )
+        if reason == "lease-lost" and forget is not None:
+
+            async def forget_when_done() -> None:
+                await execution.done.wait()
+                forget(run_id)
+
+            self._nursery.start_soon(forget_when_done)
+
+    async def enqueue(
+        self,
+        workflow: Workflow | str,
+        *,
+        input_data: Any = None,
+        initial_state: Any = None,
+        request_context: Any = None,
+        run_id: str | None = None,
+        resource_id: str | None = None,
+    ) -> str:
+        """Create a run and queue it for any worker (see :meth:`Run.start_async`).
+        Returns its id."""
+        run = await self.create_run(workflow, run_id=run_id, resource_id=resource_id)
+        await run.start_async(
+            input_data=input_data, initial_state=initial_state, request_context=request_context
+        )
+        return run.run_id
 
     def spawn(self, execution: Execution) -> None:
         execution.hub.execution_started(execution)
@@ -307,16 +350,31 @@ async def open_runtime(
     workflows: Iterable[Workflow] = (),
     restart_active_runs: bool = False,
     tracer: Any = None,
+    worker: bool = False,
+    worker_capacity: int = 64,
+    worker_poll_interval: float = 1.0,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime: the nursery every run executes in.
 
     Leaving the block stops the runtime: executions still running are cancelled with their
     last snapshot left ``running``, so ``restart()`` (or ``restart_active_runs=True`` at
-    the next boot) continues them. A storage passed in stays open (its owner closes it);
-    the default MemoryStorage is discarded.
+    the next boot, or any worker on a shared storage) continues them. A storage passed in
+    stays open (its owner closes it); the default MemoryStorage is discarded.
+
+    With a storage that coordinates processes (PostgresStorage), the runtime also listens
+    for its notifications and keeps the leases of the runs it executes; leaving the block
+    releases them. ``worker=True`` makes this runtime a worker: it claims queued runs and
+    runs whose process died, of the workflows registered here, and executes at most
+    ``worker_capacity`` at once (see ``docs/scaling.md``).
     """
     owned = storage is None
     store: Storage = MemoryStorage() if storage is None else storage
+    serve = getattr(store, "serve", None)
+    if worker and getattr(store, "claim_runnable", None) is None:
+        raise TypeError(
+            f"worker=True needs a storage with a run queue (PostgresStorage), "
+            f"not {type(store).__name__}"
+        )
     try:
         async with trio.open_nursery() as nursery:
             runtime = Runtime(store, tracer, nursery)
@@ -324,13 +382,32 @@ async def open_runtime(
                 runtime.register(workflow)
             token = _current_runtime.set(runtime)
             try:
+                if serve is not None:
+                    await nursery.start(serve, runtime._stop_execution)
                 if restart_active_runs:
                     await runtime.restart_active_runs()
+                if worker:
+                    from ._worker import Worker
+
+                    runtime.worker = Worker(
+                        runtime,
+                        store,  # type: ignore[arg-type]
+                        capacity=worker_capacity,
+                        poll_interval=worker_poll_interval,
+                    )
+                    await nursery.start(runtime.worker.run)
                 yield runtime
             finally:
                 _current_runtime.reset(token)
                 nursery.cancel_scope.cancel(reason="trioflow runtime closed")
     finally:
+        release = getattr(store, "release_leases", None)
+        if release is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await release()
+                except Exception as exc:  # the leases expire anyway
+                    logger.warning("could not release the runs' leases: %s", exc)
         if owned:
             with trio.CancelScope(shield=True):
                 await store.aclose()
