@@ -442,3 +442,61 @@ def test_bad_options_are_rejected() -> None:
         tf.PostgresStorage("dbname=x", pool_size=0)
     with pytest.raises(ValueError, match="lease_ttl"):
         tf.PostgresStorage("dbname=x", lease_ttl=0)
+
+
+def steal_lease(dsn: str, run_id: str) -> None:
+    """What another process's claim does to the row, after this one's lease lapsed."""
+    sql(
+        dsn,
+        "UPDATE trioflow_runs SET fencing_token = fencing_token + 1, lease_owner = 'thief', "
+        "lease_expires_at = now() + interval '1 hour' WHERE run_id = %s",
+        run_id,
+    )
+
+
+async def test_an_execution_fenced_out_fails_with_lease_lost_and_writes_nothing(
+    postgres_db: str,
+) -> None:
+    gate = Gate()
+    wf = gated_workflow(gate)
+    async with pg(postgres_db, lease_ttl=60) as storage, tf.open_runtime(storage=storage) as _:
+        run = await wf.create_run()
+        out = await run.stream(input_data=1)
+        with trio.fail_after(TIMEOUT):
+            await gate.entered.wait()
+        before = await storage.load_snapshot(run.run_id)
+        steal_lease(postgres_db, run.run_id)
+        gate.opened.set()
+        with trio.fail_after(TIMEOUT), pytest.raises(tf.LeaseLostError):
+            await out.result()
+        after = await storage.load_snapshot(run.run_id)
+        assert after is not None
+        assert after == before
+        assert "wait" not in after.steps
+        assert sql(
+            postgres_db, "SELECT lease_owner FROM trioflow_runs WHERE run_id = %s", run.run_id
+        ) == [("thief",)]
+
+
+async def test_a_lost_lease_found_at_renewal_stops_the_blocked_step(postgres_db: str) -> None:
+    gate = Gate()
+    stopped: list[str] = []
+
+    async def wait(ctx: Any) -> int:
+        gate.entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.append("wait")
+
+    wf = tf.create_workflow(id="blocked").then(tf.create_step(id="wait", execute=wait)).commit()
+    async with pg(postgres_db, lease_ttl=0.3) as storage, tf.open_runtime(storage=storage) as _:
+        run = await wf.create_run()
+        out = await run.stream(input_data=1)
+        with trio.fail_after(TIMEOUT):
+            await gate.entered.wait()
+        steal_lease(postgres_db, run.run_id)
+        with trio.fail_after(TIMEOUT), pytest.raises(tf.LeaseLostError):
+            await out.result()
+        assert stopped == ["wait"]
+        assert storage.held_leases == frozenset()

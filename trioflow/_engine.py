@@ -1980,10 +1980,12 @@ class Execution:
         except Exception as exc:
             # Not a step's error (those are results): storage failing, or an engine bug.
             # It ends this execution only; the stored run keeps its last snapshot (so it
-            # can be restarted) and whoever waits for it gets the exception.
-            logger.error("run %s: execution stopped by %r", self.run_id, exc, exc_info=exc)
+            # can be restarted) and whoever waits for it gets the exception, not the
+            # helper nursery's group around it.
+            error = _sole_error(exc)
+            logger.error("run %s: execution stopped by %r", self.run_id, error, exc_info=error)
             if self.result is None:
-                self.failure = exc
+                self.failure = error
         except BaseException as exc:
             # KeyboardInterrupt/SystemExit: never leave waiters hanging, never swallow.
             if self.result is None:
@@ -2090,6 +2092,13 @@ class Execution:
             root.suspended_paths.clear()
         self._ending = ending
         return await self.persist(status, extra=ending, expected=expected, **final)
+
+
+def _sole_error(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member groups, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _run_status(outcome: Outcome) -> RunStatus:

@@ -17,7 +17,12 @@ from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult
 from ._core._resume import full_suspended_paths
 from ._core._status import RunStatus
 from ._engine import call_maybe_async, load_step_result, now_ms
-from ._errors import NoRuntimeError, SnapshotNotFoundError
+from ._errors import (
+    NoRuntimeError,
+    RunAlreadyStartedError,
+    RunNotActiveError,
+    SnapshotNotFoundError,
+)
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
 
@@ -249,7 +254,23 @@ class Runtime:
 
     def spawn(self, execution: Execution) -> None:
         execution.hub.execution_started(execution)
-        self._nursery.start_soon(execution.run, name=f"trioflow run {execution.run_id}")
+        self._nursery.start_soon(self._execute, execution, name=f"trioflow run {execution.run_id}")
+
+    async def _execute(self, execution: Execution) -> None:
+        await execution.run()
+        if execution.failure is not None and execution.result is None:
+            # The execution died (storage failing, an engine bug) with its run left
+            # running: give up its lease, so a worker restarts it instead of it staying
+            # owned by this live process forever.
+            release = getattr(self.storage, "release_lease", None)
+            if release is not None:
+                with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
+                    try:
+                        await release(execution.run_id)
+                    except Exception as exc:
+                        logger.warning(
+                            "run %s: could not release its lease: %s", execution.run_id, exc
+                        )
 
     async def list_runs(
         self,
@@ -338,7 +359,12 @@ class Runtime:
                         )
                         continue
                     run = await self.create_run(workflow, run_id=info.run_id)
-                    await run.begin_restart()
+                    try:
+                        await run.begin_restart()
+                    except (RunNotActiveError, RunAlreadyStartedError):
+                        # Finished meanwhile, or executing in a live process that holds
+                        # its lease (PostgreSQL): not ours to restart.
+                        continue
                     restarted.append(info.run_id)
         return restarted
 

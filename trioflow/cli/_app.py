@@ -45,6 +45,8 @@ from .._runtime import open_runtime, result_from_snapshot
 from .._serde import to_jsonable, to_wire
 from .._version import __version__
 from .._workflow import Workflow
+from ..storage import Storage
+from ..storage.postgres import PostgresStorage
 from ..storage.sqlite import SqliteStorage
 from ._load import WORKFLOW_REF_KEY, CliError, load_module_workflows, load_workflow, parse_json
 from ._view import compact, error_text, make_view, plain_line
@@ -107,18 +109,33 @@ class Session:
         """A line for humans on stdout (styles only on a terminal)."""
         self.out.print(text, markup=markup, highlight=False, soft_wrap=True)
 
+    @property
+    def is_postgres(self) -> bool:
+        """``--db`` names a PostgreSQL database (a ``postgresql://`` URI)."""
+        return self.db.startswith(("postgresql://", "postgres://"))
+
     def db_exists(self) -> bool:
         """Whether the database file exists (a tiny stat: fine on the trio thread)."""
-        return self.db == ":memory:" or Path(self.db).exists()
+        return self.db == ":memory:" or self.is_postgres or Path(self.db).exists()
 
     def emit_json(self, value: Any) -> None:
         sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
     @asynccontextmanager
-    async def storage(self, *, must_exist: bool) -> AsyncIterator[SqliteStorage]:
-        """The SQLite database; with ``must_exist`` a missing file is an error rather than
-        a new empty database."""
+    async def storage(self, *, must_exist: bool) -> AsyncIterator[Storage]:
+        """The database: a PostgreSQL URI, or a SQLite file (with ``must_exist`` a missing
+        file is an error rather than a new empty database)."""
+        if self.is_postgres:
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise CliError(
+                    "a PostgreSQL --db needs the postgres extra: pip install 'trioflow[postgres]'"
+                ) from None
+            async with PostgresStorage(self.db) as pg:
+                yield pg
+            return
         if must_exist and not self.db_exists():
             raise CliError(f"no database at {self.db} (choose one with --db or TRIOFLOW_DB)")
         async with SqliteStorage(self.db) as storage:
@@ -128,7 +145,7 @@ class Session:
 # --- shared pieces -----------------------------------------------------------------------
 
 
-async def _load_snapshot(session: Session, storage: SqliteStorage, run_id: str) -> RunSnapshot:
+async def _load_snapshot(session: Session, storage: Storage, run_id: str) -> RunSnapshot:
     snapshot = await storage.load_snapshot(run_id)
     if snapshot is None:
         raise CliError(f"no run {run_id} in {session.db}")
@@ -317,7 +334,7 @@ async def _start_and_show(
 
 async def _follow_output(
     session: Session,
-    storage: SqliteStorage,
+    storage: Storage,
     out: RunOutput,
     workflow: Workflow,
     *,
@@ -336,7 +353,7 @@ async def _follow_output(
 
 async def _follow(
     session: Session,
-    storage: SqliteStorage,
+    storage: Storage,
     chunks: AsyncIterable[Chunk],
     outcome: Callable[[], Awaitable[WorkflowResult]],
     workflow: Workflow,
@@ -729,6 +746,31 @@ async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
     return EXIT_SUCCESS
 
 
+async def cmd_worker(session: Session, args: argparse.Namespace) -> int:
+    if not session.is_postgres:
+        raise CliError(
+            "a worker needs a database shared by processes: --db postgresql://... (or TRIOFLOW_DB)"
+        )
+    if args.capacity < 1:
+        raise CliError(f"--capacity must be at least 1, got {args.capacity}")
+    workflows = load_module_workflows(args.target)
+    async with session.storage(must_exist=False) as storage:
+        async with open_runtime(
+            storage=storage, workflows=workflows, worker=True, worker_capacity=args.capacity
+        ):
+            ids = [w.id for w in workflows]
+            if session.json:
+                session.emit_json({"worker": True, "workflows": ids, "pid": os.getpid()})
+            else:
+                session.say(
+                    f"worker {os.getpid()} executing {', '.join(ids)} (Ctrl-C to stop)",
+                    markup=False,
+                )
+                session.out.file.flush()
+            await trio.sleep_forever()
+    raise AssertionError("unreachable: sleep_forever returned")  # pragma: no cover
+
+
 async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
     bridge = _bridge("connect")
     token = args.token or os.environ.get("TRIOFLOW_TOKEN")
@@ -782,7 +824,7 @@ def _parser() -> argparse.ArgumentParser:
         "--db",
         default=argparse.SUPPRESS,
         metavar="PATH",
-        help="SQLite database (default: $TRIOFLOW_DB or ./trioflow.db)",
+        help="SQLite file or postgresql:// URI (default: $TRIOFLOW_DB or ./trioflow.db)",
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
@@ -852,6 +894,14 @@ def _parser() -> argparse.ArgumentParser:
         "--read-token", action="append", default=[], help="a read-only token (repeatable)"
     )
     p.add_argument("--restart-active", action="store_true", help="restart runs left running")
+
+    p = command("worker", cmd_worker, "execute queued runs and runs of dead workers (PostgreSQL)")
+    p.add_argument(
+        "target", metavar="MODULE[:ATTR]", help="a module (all its workflows) or MODULE:ATTR"
+    )
+    p.add_argument(
+        "--capacity", type=int, default=64, metavar="N", help="at most N runs at once (64)"
+    )
 
     p = command("watch", cmd_watch, "watch a run through a trioflow bridge")
     p.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765")
