@@ -3,8 +3,9 @@
 Without extra dependencies: a scripted model for agent steps (:class:`ScriptedModel`), a
 fault-injecting storage (:class:`FaultyStorage`), :func:`check_stream_invariants`, the
 crash-point harness (:func:`check_crash_points`, :func:`drive_run`), workflow specs with a
-reference model of their outcome, and :func:`run_on_mock_clock` to call all of this from
-sync tests. The pytest plugin (``trioflow.testing._plugin``, registered as a ``pytest11``
+reference model of their outcome, :func:`run_on_mock_clock` to call all of this from
+sync tests, and :func:`local_postgres`: a throwaway private PostgreSQL server (Debian's or
+``$TRIOFLOW_PG_BINDIR``'s binaries) for testing against :class:`trioflow.PostgresStorage`. The pytest plugin (``trioflow.testing._plugin``, registered as a ``pytest11``
 entry point) adds fixtures: a runtime on trio's MockClock, MemoryStorage/SqliteStorage.
 
 With hypothesis installed, :mod:`trioflow.testing.strategies` has the strategies
@@ -33,6 +34,10 @@ from ._harness import run_on_mock_clock as run_on_mock_clock
 from ._harness import settled_view as settled_view
 from ._invariants import check_stream_invariants as check_stream_invariants
 from ._model import ScriptedModel as ScriptedModel
+from ._pgserver import LocalPostgres as LocalPostgres
+from ._pgserver import PostgresNotFound as PostgresNotFound
+from ._pgserver import local_postgres as local_postgres
+from ._pgserver import start_local_postgres as start_local_postgres
 from ._reference import Expected as Expected
 from ._reference import ModelError as ModelError
 from ._reference import ReferenceModel as ReferenceModel
