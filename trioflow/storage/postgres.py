@@ -481,18 +481,44 @@ class PostgresStorage:
         executing = status in EXECUTING
         claim = fence is None and executing
 
+        _check_consecutive(run_id, seqs)
+        params = {
+            "run": run_id,
+            "status": status,
+            "updated": snapshot.updated_at,
+            "data": data,
+            "allowed": allowed,
+            "fence": fence,
+            "nseq": len(seqs),
+            "first": seqs[0] if seqs else 0,
+            "seqs": seqs,
+            "texts": texts,
+            "claim": claim,
+            "release": fence is not None and not executing,
+            "me": self.owner_id,
+            "ttl": self.lease_ttl,
+            "notify_cancel": fence is None and status == RunStatus.CANCELED.value,
+            "events_channel": EVENTS_CHANNEL,
+            "cancel_channel": CANCEL_CHANNEL,
+        }
+
         def job(conn: psycopg.Connection[Any]) -> tuple[bool, int | None]:
-            cur = conn.cursor()
-            cur.execute(
-                "SELECT status, last_seq, fencing_token, lease_owner, "
-                "lease_expires_at IS NULL OR lease_expires_at < now() "
-                "FROM trioflow_runs WHERE run_id = %s FOR UPDATE",
+            # One statement (one round trip, its own transaction): the compare-and-set,
+            # the lease bookkeeping, the events and the notifications. The conditions sit
+            # in the UPDATE's WHERE, so PostgreSQL re-checks them against the newest row
+            # version when writers race.
+            row = conn.execute(_SAVE_SQL, params).fetchone()
+            assert row is not None
+            if row[0]:
+                return True, int(row[1]) if claim else None
+            # Nothing was written: say why.
+            found = conn.execute(
+                "SELECT status, last_seq, fencing_token FROM trioflow_runs WHERE run_id = %s",
                 (run_id,),
-            )
-            row = cur.fetchone()
-            if row is None:
+            ).fetchone()
+            if found is None:
                 return False, None
-            stored_status, last_seq, token, owner, lapsed = row
+            stored_status, last_seq, token = found
             if fence is not None and token != fence:
                 raise LeaseLostError(
                     f"run {run_id}: this process's lease was lost (fencing token "
@@ -500,56 +526,12 @@ class PostgresStorage:
                 )
             if allowed is not None and stored_status not in allowed:
                 return False, None
-            if claim and owner is not None and owner != self.owner_id and not lapsed:
-                return False, None
             if seqs and seqs[0] != last_seq + 1:
                 raise ValueError(f"run {run_id}: event seq {seqs[0]} does not follow {last_seq}")
-            _check_consecutive(run_id, seqs)
-            new_last = seqs[-1] if seqs else last_seq
-            new_token: int | None = None
-            if claim:
-                cur.execute(
-                    "UPDATE trioflow_runs SET status = %s, updated_at = %s, snapshot = %s, "
-                    "last_seq = %s, queued = false, lease_owner = %s, "
-                    "lease_expires_at = now() + make_interval(secs => %s), "
-                    "fencing_token = fencing_token + 1 WHERE run_id = %s "
-                    "RETURNING fencing_token",
-                    (
-                        status,
-                        snapshot.updated_at,
-                        data,
-                        new_last,
-                        self.owner_id,
-                        self.lease_ttl,
-                        run_id,
-                    ),
-                )
-                got = cur.fetchone()
-                assert got is not None
-                new_token = int(got[0])
-            elif fence is not None and not executing:
-                cur.execute(
-                    "UPDATE trioflow_runs SET status = %s, updated_at = %s, snapshot = %s, "
-                    "last_seq = %s, queued = false, lease_owner = NULL, "
-                    "lease_expires_at = NULL WHERE run_id = %s",
-                    (status, snapshot.updated_at, data, new_last, run_id),
-                )
-            else:
-                cur.execute(
-                    "UPDATE trioflow_runs SET status = %s, updated_at = %s, snapshot = %s, "
-                    "last_seq = %s WHERE run_id = %s",
-                    (status, snapshot.updated_at, data, new_last, run_id),
-                )
-            if seqs:
-                _insert_events(cur, run_id, seqs, texts)
-                cur.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
-            if fence is None and status == RunStatus.CANCELED.value and stored_status in EXECUTING:
-                # Canceled from outside: tell the process executing it.
-                cur.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, run_id))
-            return True, new_token
+            return False, None  # a claim refused: another process holds a live lease
 
         try:
-            written, new_token = await self._call(job, write=True)
+            written, new_token = await self._call(job, write=False)
         except LeaseLostError:
             if fence is not None and self._fences.get(run_id) == fence:
                 del self._fences[run_id]
@@ -576,31 +558,39 @@ class PostgresStorage:
         _check_consecutive(run_id, seqs)
         fence = self._fences.get(run_id)
 
-        def job(conn: psycopg.Connection[Any]) -> None:
-            cur = conn.cursor()
-            cur.execute(
-                "UPDATE trioflow_runs SET last_seq = %s WHERE run_id = %s AND last_seq = %s "
-                "AND (%s::bigint IS NULL OR fencing_token = %s) RETURNING 1",
-                (seqs[-1], run_id, seqs[0] - 1, fence, fence),
-            )
-            if cur.fetchone() is None:
-                cur.execute(
-                    "SELECT last_seq, fencing_token FROM trioflow_runs WHERE run_id = %s",
-                    (run_id,),
-                )
-                row = cur.fetchone()
-                if row is None:
-                    return
-                if fence is not None and row[1] != fence:
-                    raise LeaseLostError(
-                        f"run {run_id}: this process's lease was lost; another process "
-                        "continues the run"
-                    )
-                raise ValueError(f"run {run_id}: event seq {seqs[0]} does not follow {row[0]}")
-            _insert_events(cur, run_id, seqs, texts)
-            cur.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
+        params = {
+            "run": run_id,
+            "first": seqs[0],
+            "last": seqs[-1],
+            "fence": fence,
+            "seqs": seqs,
+            "texts": texts,
+            "channel": EVENTS_CHANNEL,
+        }
 
-        await self._call(job, write=True)
+        def job(conn: psycopg.Connection[Any]) -> None:
+            row = conn.execute(_APPEND_SQL, params).fetchone()
+            if row is not None and row[0]:
+                return
+            found = conn.execute(
+                "SELECT last_seq, fencing_token FROM trioflow_runs WHERE run_id = %s", (run_id,)
+            ).fetchone()
+            if found is None:
+                return
+            if fence is not None and found[1] != fence:
+                raise LeaseLostError(
+                    f"run {run_id}: this process's lease was lost; another process "
+                    "continues the run"
+                )
+            raise ValueError(f"run {run_id}: event seq {seqs[0]} does not follow {found[0]}")
+
+        try:
+            await self._call(job, write=False)
+        except LeaseLostError:
+            if fence is not None and self._fences.get(run_id) == fence:
+                del self._fences[run_id]
+                self._lost[run_id] = fence
+            raise
 
     async def read_events(
         self, run_id: str, *, from_seq: int = 1, limit: int | None = None
@@ -957,6 +947,56 @@ class PostgresStorage:
             finally:
                 if conn is not None:
                     conn.close()
+
+
+_SAVE_SQL: Final = """
+WITH upd AS (
+    UPDATE trioflow_runs SET
+        status = %(status)s,
+        updated_at = %(updated)s,
+        snapshot = %(data)s,
+        last_seq = last_seq + %(nseq)s,
+        queued = queued AND NOT (%(claim)s OR %(release)s),
+        lease_owner = CASE WHEN %(claim)s THEN %(me)s
+                           WHEN %(release)s THEN NULL ELSE lease_owner END,
+        lease_expires_at = CASE WHEN %(claim)s THEN now() + make_interval(secs => %(ttl)s)
+                                WHEN %(release)s THEN NULL ELSE lease_expires_at END,
+        fencing_token = fencing_token + CASE WHEN %(claim)s THEN 1 ELSE 0 END
+    WHERE run_id = %(run)s
+      AND (%(allowed)s::text[] IS NULL OR status = ANY(%(allowed)s::text[]))
+      AND (%(fence)s::bigint IS NULL OR fencing_token = %(fence)s::bigint)
+      AND (%(nseq)s = 0 OR last_seq = %(first)s - 1)
+      AND (NOT %(claim)s OR lease_owner IS NULL OR lease_owner = %(me)s
+           OR lease_expires_at < now())
+    RETURNING fencing_token
+), ins AS (
+    INSERT INTO trioflow_events (run_id, seq, chunk)
+    SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
+    WHERE EXISTS (SELECT 1 FROM upd)
+), notified AS (
+    SELECT pg_notify(%(events_channel)s, %(run)s) FROM upd WHERE %(nseq)s > 0
+    UNION ALL
+    SELECT pg_notify(%(cancel_channel)s, %(run)s) FROM upd WHERE %(notify_cancel)s
+)
+SELECT (SELECT count(*) FROM upd) > 0, (SELECT fencing_token FROM upd),
+       (SELECT count(*) FROM notified)
+"""
+
+_APPEND_SQL: Final = """
+WITH upd AS (
+    UPDATE trioflow_runs SET last_seq = %(last)s
+    WHERE run_id = %(run)s AND last_seq = %(first)s - 1
+      AND (%(fence)s::bigint IS NULL OR fencing_token = %(fence)s::bigint)
+    RETURNING 1
+), ins AS (
+    INSERT INTO trioflow_events (run_id, seq, chunk)
+    SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
+    WHERE EXISTS (SELECT 1 FROM upd)
+), notified AS (
+    SELECT pg_notify(%(channel)s, %(run)s) FROM upd
+)
+SELECT (SELECT count(*) FROM upd) > 0, (SELECT count(*) FROM notified)
+"""
 
 
 def _check_consecutive(run_id: str, seqs: list[int]) -> None:
