@@ -500,3 +500,45 @@ async def test_a_lost_lease_found_at_renewal_stops_the_blocked_step(postgres_db:
             await out.result()
         assert stopped == ["wait"]
         assert storage.held_leases == frozenset()
+
+
+async def test_concurrent_resumes_from_five_processes_claim_exactly_once(
+    postgres_db: str,
+) -> None:
+    executed: list[str] = []
+
+    async def approve(ctx: Any) -> str:
+        if ctx.resume_data is None:
+            return str(await ctx.suspend({"ask": True}))
+        executed.append(str(ctx.resume_data))
+        return str(ctx.resume_data)
+
+    wf = tf.create_workflow(id="approve").then(tf.create_step(id="approve", execute=approve))
+    wf = wf.commit()
+    async with pg(postgres_db) as first, tf.open_runtime(storage=first) as _:
+        run = await wf.create_run()
+        assert (await run.start(input_data=None)).status == "suspended"
+    outcomes: dict[str, str] = {}
+
+    async def resumer(name: str) -> None:
+        async with pg(postgres_db) as storage, tf.open_runtime(storage=storage) as rt:
+            mine = await rt.create_run(wf, run_id=run.run_id)
+            try:
+                result = await mine.resume(resume_data=name)
+            except (tf.ResumeAlreadyClaimedError, tf.NotSuspendedError) as exc:
+                outcomes[name] = type(exc).__name__
+            else:
+                outcomes[name] = f"{result.status}:{result.result}"
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(resumer, f"p{i}")
+    winners = [name for name, outcome in outcomes.items() if outcome.startswith("success")]
+    assert len(winners) == 1, outcomes
+    assert executed == winners
+    assert outcomes[winners[0]] == f"success:{winners[0]}"
+    async with pg(postgres_db) as storage:
+        log = await storage.read_events(run.run_id)
+    assert [c.seq for c in log] == list(range(1, len(log) + 1))
+    assert [c.type for c in log].count("workflow-finish") == 2  # suspended, then success
