@@ -8,6 +8,10 @@ list on stdout. Progress and the scripts' own stderr go to stderr. `--quick` shr
 and repeats so the whole run takes a few seconds (a smoke test; the figures mean nothing
 then). `NAME`s pick scripts by name (`chain` or `bench_chain`); default: all of them.
 
+The PostgreSQL scripts (`bench_postgres_*.py`) start a throwaway private server, or use
+`$TRIOFLOW_BENCH_POSTGRES_DSN` (creating and dropping their own databases there); without
+either they print `skipped` rows, and fail under `TRIOFLOW_REQUIRE_POSTGRES=1`.
+
 A script that fails (non-zero exit, or no JSON on stdout) is reported as
 `{"scenario": "<script>", "error": ...}` and makes the exit status 1.
 """

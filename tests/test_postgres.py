@@ -542,3 +542,33 @@ async def test_concurrent_resumes_from_five_processes_claim_exactly_once(
         log = await storage.read_events(run.run_id)
     assert [c.seq for c in log] == list(range(1, len(log) + 1))
     assert [c.type for c in log].count("workflow-finish") == 2  # suspended, then success
+
+
+async def test_a_queued_run_taken_over_mid_way_is_restarted_not_begun_again(
+    postgres_db: str,
+) -> None:
+    gate = Gate()
+    wf = gated_workflow(gate)
+    async with pg(postgres_db) as producer_storage, pg(postgres_db, lease_ttl=30) as a:
+        async with tf.open_runtime(storage=producer_storage, workflows=[wf]) as producer:
+            run_id = await producer.enqueue(wf, input_data=1)
+        async with tf.open_runtime(storage=a, workflows=[wf], worker=True) as first:
+            with trio.fail_after(TIMEOUT):
+                await gate.entered.wait()
+            assert first.worker is not None
+            assert first.worker.statistics().started == 1
+        # The first worker closed mid-step and handed the run back.
+        gate.opened.set()
+        async with (
+            pg(postgres_db) as b,
+            tf.open_runtime(storage=b, workflows=[wf], worker=True, worker_poll_interval=30) as rt,
+        ):
+
+            async def done() -> bool:
+                return (await rt.get_run_state(run_id)).status == "success"
+
+            await wait_until(done, "taken over")
+            assert rt.worker is not None
+            stats = rt.worker.statistics()
+            assert (stats.started, stats.restarted, stats.failed_to_begin) == (0, 1, 0)
+        assert gate.calls == ["first", "wait", "wait"]

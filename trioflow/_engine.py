@@ -75,6 +75,7 @@ from ._core._model import (
 from ._core._resume import ResumeTarget, full_suspended_paths, nested_header
 from ._core._status import RunStatus, StepStatus, combine_branch_statuses
 from ._errors import (
+    LeaseLostError,
     NonRetryableError,
     RuntimeClosedError,
     StepTimeoutError,
@@ -1983,7 +1984,11 @@ class Execution:
             # can be restarted) and whoever waits for it gets the exception, not the
             # helper nursery's group around it.
             error = _sole_error(exc)
-            logger.error("run %s: execution stopped by %r", self.run_id, error, exc_info=error)
+            if isinstance(error, LeaseLostError):
+                # Expected after this process stalled past its lease: not a bug.
+                logger.warning("run %s: execution stopped: %s", self.run_id, error)
+            else:
+                logger.error("run %s: execution stopped by %r", self.run_id, error, exc_info=error)
             if self.result is None:
                 self.failure = error
         except BaseException as exc:

@@ -136,3 +136,9 @@ class TripwireError(TrioflowError):
 
 class StorageError(TrioflowError):
     """The storage backend cannot be used (corrupt or foreign file, unsupported schema)."""
+
+
+class LeaseLostError(StorageError):
+    """This process no longer holds the run's lease: another process claimed the run
+    (after this one's lease expired). Nothing was written; the other process continues
+    the run (PostgreSQL storage)."""

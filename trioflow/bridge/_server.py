@@ -392,7 +392,18 @@ class _StoredChunks:
                 self._batch.extend(page)
                 delay = POLL_MIN
                 continue
-            await trio.sleep(delay)
+            watch = getattr(self._storage, "watch_events", None)
+            if watch is None:
+                await trio.sleep(delay)
+            else:
+                # PostgreSQL: a NOTIFY about this run's log ends the wait early.
+                woken = trio.Event()
+                unwatch = watch(self._run_id, woken)
+                try:
+                    with trio.move_on_after(delay):
+                        await woken.wait()
+                finally:
+                    unwatch()
             delay = min(POLL_MAX, delay * 2)
 
 

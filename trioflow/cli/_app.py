@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import sys
 from collections.abc import (
     AsyncIterable,
@@ -110,6 +111,15 @@ class Session:
         self.out.print(text, markup=markup, highlight=False, soft_wrap=True)
 
     @property
+    def db_display(self) -> str:
+        """The database for messages: a PostgreSQL URI without its password."""
+        if not self.is_postgres:
+            return self.db
+        from ..storage.postgres import redacted_dsn
+
+        return redacted_dsn(self.db)
+
+    @property
     def is_postgres(self) -> bool:
         """``--db`` names a PostgreSQL database (a ``postgresql://`` URI)."""
         return self.db.startswith(("postgresql://", "postgres://"))
@@ -148,7 +158,7 @@ class Session:
 async def _load_snapshot(session: Session, storage: Storage, run_id: str) -> RunSnapshot:
     snapshot = await storage.load_snapshot(run_id)
     if snapshot is None:
-        raise CliError(f"no run {run_id} in {session.db}")
+        raise CliError(f"no run {run_id} in {session.db_display}")
     return snapshot
 
 
@@ -417,9 +427,9 @@ async def cmd_demo(session: Session, args: argparse.Namespace) -> int:
     if not session.json:
         session.say(
             "[bold]trioflow demo[/]: parallel steps, a foreach with progress, custom output, "
-            f"a suspension for approval [dim](database {_escape(session.db)})[/]"
+            f"a suspension for approval [dim](database {_escape(session.db_display)})[/]"
             if session.fancy
-            else f"trioflow demo (database: {session.db})",
+            else f"trioflow demo (database: {session.db_display})",
             markup=session.fancy,
         )
     return await _start_and_show(session, workflow, ref, DEMO_INPUT, {}, resume_data=DEMO_APPROVAL)
@@ -497,7 +507,8 @@ async def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
         session.emit_json({"runId": args.run_id, "status": status.value})
     else:
         session.say(f"run {args.run_id}: {status.value}", markup=False)
-        if before in (RunStatus.RUNNING, RunStatus.WAITING):
+        if before in (RunStatus.RUNNING, RunStatus.WAITING) and not session.is_postgres:
+            # PostgreSQL notifies the executing process, which stops at once.
             session.say(
                 "note: it is stored canceled; a process still executing it is not "
                 "interrupted and stops at its next stored step",
@@ -564,7 +575,7 @@ async def cmd_runs(session: Session, args: argparse.Namespace) -> int:
         )
         return EXIT_SUCCESS
     if not infos:
-        session.say(f"no runs in {session.db}", markup=False)
+        session.say(f"no runs in {session.db_display}", markup=False)
         return EXIT_SUCCESS
     rows = [
         [i.run_id, i.workflow_id, i.status.value, _when(i.created_at), _when(i.updated_at)]
@@ -572,7 +583,7 @@ async def cmd_runs(session: Session, args: argparse.Namespace) -> int:
     ]
     _table(
         session,
-        f"runs in {session.db}",
+        f"runs in {session.db_display}",
         ["RUN ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED"],
         rows,
     )
@@ -737,7 +748,8 @@ async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
                     )
                 else:
                     session.say(
-                        f"serving {', '.join(ids)} on {url} (database {session.db})", markup=False
+                        f"serving {', '.join(ids)} on {url} (database {session.db_display})",
+                        markup=False,
                     )
                     if generated is not None:
                         session.say(f"control token: {generated}", markup=False)
@@ -767,8 +779,15 @@ async def cmd_worker(session: Session, args: argparse.Namespace) -> int:
                     markup=False,
                 )
                 session.out.file.flush()
-            await trio.sleep_forever()
-    raise AssertionError("unreachable: sleep_forever returned")  # pragma: no cover
+            # SIGTERM (systemd, docker stop, Kubernetes) stops the worker cleanly: leaving
+            # the runtime gives its runs' leases back, so other workers continue them at
+            # once instead of after lease_ttl. Ctrl-C does the same (exit status 130).
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+    if not session.json:
+        session.say("worker stopped (SIGTERM); its runs were handed back", markup=False)
+    return EXIT_SUCCESS
 
 
 async def cmd_watch(session: Session, args: argparse.Namespace) -> int:

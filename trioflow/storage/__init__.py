@@ -1,7 +1,7 @@
 """Storage backends and the protocol they implement."""
 
+from .._errors import LeaseLostError as LeaseLostError
 from ._protocol import Storage as Storage
 from .memory import MemoryStorage as MemoryStorage
-from .postgres import LeaseLostError as LeaseLostError
 from .postgres import PostgresStorage as PostgresStorage
 from .sqlite import SqliteStorage as SqliteStorage

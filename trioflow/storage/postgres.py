@@ -4,10 +4,11 @@ Design
 ------
 psycopg 3 has no trio support, so database work runs on worker threads: a small pool of
 synchronous connections (``pool_size``), each call borrowing one for one job through
-``trio.to_thread.run_sync``. Measured against the alternative (psycopg's non-blocking core
-driven by trio waits, which means reimplementing psycopg's private generator plumbing),
-a thread hop costs ~25 µs next to a round trip of ~40-80 µs on a local socket and keeps to
-psycopg's public API; ``benchmarks/bench_postgres.py`` prints the figures.
+``trio.to_thread.run_sync``. The alternative, psycopg's non-blocking core driven by trio
+waits, means re-implementing psycopg's private generator plumbing; a thread hop measured
+~50 µs beside ~60-150 µs for one of our statements on a local socket (and ~70 µs of
+(de)serialisation), so threads cost little and keep to psycopg's public API. Every write
+is one SQL statement (its own transaction), so a write is one round trip.
 
 The one trio-native part is the LISTEN connection: :meth:`PostgresStorage.serve` waits
 for its socket with ``trio.lowlevel.wait_readable`` and reads notifications with psycopg's
@@ -67,7 +68,7 @@ import trio
 from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
-from .._errors import StorageError
+from .._errors import LeaseLostError, StorageError
 from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
 
 if TYPE_CHECKING:
@@ -84,12 +85,6 @@ EXECUTING: Final = frozenset({RunStatus.RUNNING.value, RunStatus.WAITING.value})
 EVENTS_CHANNEL: Final = "trioflow_events"
 CANCEL_CHANNEL: Final = "trioflow_cancel"
 QUEUE_CHANNEL: Final = "trioflow_queue"
-
-
-class LeaseLostError(StorageError):
-    """This process no longer holds the run's lease: another process claimed the run
-    (after this one's lease expired). Nothing was written; the other process continues
-    the run."""
 
 
 @attrs.frozen(kw_only=True)
@@ -222,7 +217,7 @@ def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> list[str] | No
     return [RunStatus(s).value for s in expected]
 
 
-def _redacted(dsn: str) -> str:
+def redacted_dsn(dsn: str) -> str:
     """The DSN without its password, for messages."""
     try:
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -267,7 +262,7 @@ class PostgresStorage:
         if not isinstance(lease_ttl, (int, float)) or not 0.1 <= lease_ttl <= 86_400:
             raise ValueError(f"lease_ttl must be seconds between 0.1 and 86400, got {lease_ttl!r}")
         self._dsn = dsn
-        self._where = f"PostgreSQL {_redacted(dsn)}"
+        self._where = f"PostgreSQL {redacted_dsn(dsn)}"
         self._pool_size = pool_size
         self.lease_ttl = float(lease_ttl)
         self._connect_timeout = connect_timeout
@@ -289,7 +284,7 @@ class PostgresStorage:
         self._cancel_handlers: list[Callable[[str, str], None]] = []
 
     def __repr__(self) -> str:
-        return f"PostgresStorage({_redacted(self._dsn)!r})"
+        return f"PostgresStorage({redacted_dsn(self._dsn)!r})"
 
     @property
     def held_leases(self) -> frozenset[str]:
@@ -775,6 +770,8 @@ class PostgresStorage:
                 "queued = queued AND NOT %s WHERE run_id = %s AND fencing_token = %s",
                 (unqueue, run_id, fence),
             )
+            # Idle workers take the run over now rather than at their next poll.
+            conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, run_id))
 
         await self._call(job, write=True)
 
@@ -794,6 +791,7 @@ class PostgresStorage:
                 "WHERE r.run_id = h.run_id AND r.fencing_token = h.token",
                 (list(held), list(held.values())),
             )
+            conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
 
         await self._call(job, write=True)
 
@@ -956,7 +954,7 @@ WITH upd AS (
         updated_at = %(updated)s,
         snapshot = %(data)s,
         last_seq = last_seq + %(nseq)s,
-        queued = queued AND NOT (%(claim)s OR %(release)s),
+        queued = queued AND %(status)s = 'pending',
         lease_owner = CASE WHEN %(claim)s THEN %(me)s
                            WHEN %(release)s THEN NULL ELSE lease_owner END,
         lease_expires_at = CASE WHEN %(claim)s THEN now() + make_interval(secs => %(ttl)s)
