@@ -718,7 +718,8 @@ class PostgresStorage:
                         SELECT run_id FROM trioflow_runs
                         WHERE workflow_id = ANY(%s)
                           AND status IN ('pending', 'running', 'waiting')
-                          AND ((status = 'pending' AND queued AND lease_owner IS NULL)
+                          AND ((status = 'pending' AND queued
+                                AND (lease_owner IS NULL OR lease_expires_at < now()))
                                OR (status <> 'pending' AND (lease_expires_at IS NULL
                                                             OR lease_expires_at < now())))
                         ORDER BY updated_at
