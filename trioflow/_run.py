@@ -179,6 +179,23 @@ class Run:
 
     # --- start ------------------------------------------------------------------------------
 
+    def _startable(self, input_data: Any, initial_state: Any) -> tuple[Any, Any]:
+        """The validated input and initial state of a start; RunAlreadyStartedError when
+        this run was started (or queued) already, ValidationError for bad values."""
+        wf = self._workflow
+        if self._claimed or self._hub.execution is not None:
+            raise RunAlreadyStartedError(f"run {self.run_id} already started")
+        if wf.validate_inputs and wf.input_schema is not None:
+            input_value = validate(input_data, wf.input_schema, "Invalid input data:")
+        else:
+            input_value = input_data
+        state = _initial_state(wf, initial_state)
+        try:
+            to_jsonable(input_value)
+        except TypeError as exc:
+            raise ValidationError("Invalid input data:", [("", str(exc))]) from None
+        return input_value, state
+
     async def _begin_start(
         self,
         *,
@@ -189,19 +206,9 @@ class Run:
         per_step: bool,
     ) -> Execution:
         wf = self._workflow
-        if self._claimed or self._hub.execution is not None:
-            raise RunAlreadyStartedError(f"run {self.run_id} already started")
-        if wf.validate_inputs and wf.input_schema is not None:
-            input_value = validate(input_data, wf.input_schema, "Invalid input data:")
-        else:
-            input_value = input_data
-        state = _initial_state(wf, initial_state)
+        input_value, state = self._startable(input_data, initial_state)
         context = coerce_request_context(request_context)
         tracing = coerce_tracing_options(tracing_options)
-        try:
-            to_jsonable(input_value)
-        except TypeError as exc:
-            raise ValidationError("Invalid input data:", [("", str(exc))]) from None
         self._claimed = True
         try:
             if wf.on_start is not None:
@@ -299,24 +306,12 @@ class Run:
                 f"{type(self._runtime.storage).__name__} has no run queue: start_async() "
                 "needs a storage that workers share, such as PostgresStorage"
             )
-        wf = self._workflow
-        if self._claimed or self._hub.execution is not None:
-            raise RunAlreadyStartedError(f"run {self.run_id} already started")
-        if wf.validate_inputs and wf.input_schema is not None:
-            input_value = validate(input_data, wf.input_schema, "Invalid input data:")
-        else:
-            input_value = input_data
-        state = _initial_state(wf, initial_state)
+        input_value, state = self._startable(input_data, initial_state)
         context = coerce_request_context(request_context)
-        try:
-            input_json = to_jsonable(input_value)
-            state_json = to_jsonable(state)
-        except TypeError as exc:
-            raise ValidationError("Invalid input data:", [("", str(exc))]) from None
         queued = attrs.evolve(
             self._snapshot,
-            input=input_json,
-            state=state_json,
+            input=to_jsonable(input_value),
+            state=to_jsonable(state),
             request_context=context.to_dict(),
             updated_at=now_ms(),
         )

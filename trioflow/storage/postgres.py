@@ -70,6 +70,7 @@ from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import LeaseLostError, StorageError
 from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
+from ._sql import list_runs_query
 
 if TYPE_CHECKING:
     import psycopg
@@ -626,24 +627,15 @@ class PostgresStorage:
     ) -> list[RunInfo]:
         """Runs matching every given filter, newest first (by ``created_at``, then by
         insertion order)."""
-        where: list[str] = []
-        params: list[object] = []
-        if workflow_id is not None:
-            where.append("workflow_id = %s")
-            params.append(workflow_id)
-        if status is not None:
-            where.append("status = %s")
-            params.append(RunStatus(status).value)
-        if resource_id is not None:
-            where.append("resource_id = %s")
-            params.append(resource_id)
-        sql = (
-            "SELECT run_id, workflow_id, resource_id, status, created_at, updated_at "
-            "FROM trioflow_runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY created_at DESC, ord DESC LIMIT %s OFFSET %s"
+        sql, params = list_runs_query(
+            "trioflow_runs",
+            "%s",
+            workflow_id=workflow_id,
+            status=status,
+            resource_id=resource_id,
+            limit=limit,
+            offset=offset,
         )
-        params += [max(limit, 0), max(offset, 0)]
 
         def job(conn: psycopg.Connection[Any]) -> list[RunInfo]:
             return [

@@ -66,6 +66,7 @@ from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import StorageError
 from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
+from ._sql import list_runs_query
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
@@ -737,23 +738,15 @@ class SqliteStorage:
     ) -> list[RunInfo]:
         """Runs matching every given filter, newest first (by ``created_at``, then by
         insertion order)."""
-        where: list[str] = []
-        params: list[object] = []
-        if workflow_id is not None:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        if status is not None:
-            where.append("status = ?")
-            params.append(RunStatus(status).value)
-        if resource_id is not None:
-            where.append("resource_id = ?")
-            params.append(resource_id)
-        sql = (
-            "SELECT run_id, workflow_id, resource_id, status, created_at, updated_at FROM runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY created_at DESC, ord DESC LIMIT ? OFFSET ?"
+        sql, params = list_runs_query(
+            "runs",
+            "?",
+            workflow_id=workflow_id,
+            status=status,
+            resource_id=resource_id,
+            limit=limit,
+            offset=offset,
         )
-        params += [max(limit, 0), max(offset, 0)]
 
         def job(conn: sqlite3.Connection) -> list[RunInfo]:
             return [
