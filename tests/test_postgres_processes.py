@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -39,10 +35,20 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from _children import (
+    Child,
+    assert_contiguous,
+    count_types,
+    finish_statuses,
+    kill,
+    spawn_child,
+    step_results,
+    until,
+    wait_until_exists,
+)
 
 import trioflow as tf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Generous guard for one phase of a test (a child needs ~0.5 s to import its modules).
 TIMEOUT = 30.0
 #: Lease of the children that may be killed: their runs are taken over this long after.
@@ -274,30 +280,6 @@ CHILD_PY = textwrap.dedent(
 # --- harness ----------------------------------------------------------------------------------
 
 
-@attrs.define
-class Child:
-    """A child process started by :func:`spawn`; ``done`` is set once it exited."""
-
-    name: str
-    process: trio.Process
-    done: trio.Event
-    completed: subprocess.CompletedProcess[bytes] | None = None
-
-    def stderr(self) -> str:
-        return "" if self.completed is None else self.completed.stderr.decode(errors="replace")
-
-    def output(self) -> dict[str, Any]:
-        """The JSON object the child printed; fails with its stderr if it did not exit 0."""
-        assert self.completed is not None, f"{self.name} has not exited"
-        assert self.completed.returncode == 0, (
-            f"{self.name} exited {self.completed.returncode}:\n{self.stderr()}"
-        )
-        lines = self.completed.stdout.decode().strip().splitlines()
-        assert lines, f"{self.name} printed nothing:\n{self.stderr()}"
-        out: dict[str, Any] = json.loads(lines[-1])
-        return out
-
-
 @attrs.frozen
 class Env:
     """The test's directory (child.py, workflows.py, trace files) and database."""
@@ -326,40 +308,8 @@ def env(tmp_path: Path, postgres_db: str) -> Env:
 async def spawn(
     nursery: trio.Nursery, env: Env, name: str, args: Sequence[str], *, barrier: bool = False
 ) -> Child:
-    """Start ``child.py DSN *args`` as process ``name``. Cancelling ``nursery`` kills it
-    (trio.run_process kills its process when cancelled)."""
-    child_env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-        ),
-        "TF_CHILD": name,
-    }
-    if barrier:
-        child_env["TF_BARRIER"] = "1"
-    done = trio.Event()
-    holder: list[Child] = []
-
-    # task_status goes to run_process, which reports the started Process.
-    async def runner(*, task_status: trio.TaskStatus[trio.Process]) -> None:  # noqa: ASYNC114,ASYNC128
-        try:
-            completed = await trio.run_process(
-                [sys.executable, str(env.dir / "child.py"), env.dsn, *args],
-                cwd=str(env.dir),
-                env=child_env,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                task_status=task_status,
-            )
-            holder[0].completed = completed
-        finally:
-            done.set()
-
-    process: trio.Process = await nursery.start(runner)
-    child = Child(name, process, done)
-    holder.append(child)
-    return child
+    """Start ``child.py DATABASE *args`` as process ``name``. Cancelling ``nursery`` kills it."""
+    return await spawn_child(nursery, env.dir, env.dsn, name, args, barrier=barrier)
 
 
 @asynccontextmanager
@@ -379,29 +329,12 @@ async def run_child(env: Env, name: str, *args: str) -> dict[str, Any]:
     return child.output()
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (files written by other processes: nothing to wait on)."""
-    while not condition():  # noqa: ASYNC110
-        await trio.sleep(0.01)
-
-
-async def wait_until_exists(env: Env, *names: str) -> None:
-    await until(lambda: all(env.exists(name) for name in names))
-
-
 async def stop_and_collect(env: Env, running: Sequence[Child]) -> dict[str, dict[str, Any]]:
     """Tell the children to stop (the file ``stop``), wait, return what each printed."""
     env.touch("stop")
     for child in running:
         await child.done.wait()
     return {child.name: child.output() for child in running}
-
-
-async def kill(child: Child) -> None:
-    os.kill(child.process.pid, signal.SIGKILL)
-    await child.done.wait()
-    assert child.completed is not None
-    assert child.completed.returncode == -signal.SIGKILL, child.stderr()
 
 
 @asynccontextmanager
@@ -447,27 +380,6 @@ async def wait_for_statuses(
         f"after {seconds} s, {len(late)} of {len(wanted)} runs are not {status}: "
         f"{dict(sorted(late.items())[:10])}"
     )
-
-
-def assert_contiguous(events: Sequence[tf.Chunk]) -> None:
-    seqs = [chunk.seq for chunk in events]
-    assert seqs == list(range(1, len(events) + 1)), seqs
-
-
-def count_types(events: Sequence[tf.Chunk], type_: str) -> int:
-    return sum(1 for chunk in events if chunk.type == type_)
-
-
-def finish_statuses(events: Sequence[tf.Chunk]) -> list[str]:
-    return [
-        str(chunk.payload.workflow_status)
-        for chunk in events
-        if isinstance(chunk, tf.WorkflowFinish)
-    ]
-
-
-def step_results(events: Sequence[tf.Chunk]) -> Counter[str]:
-    return Counter(chunk.payload.id for chunk in events if isinstance(chunk, tf.WorkflowStepResult))
 
 
 def expected_output(run_input: int, step: int) -> int:
@@ -518,7 +430,7 @@ async def test_three_workers_two_hundred_runs_one_killed_every_run_completes_exa
                 name: await spawn(nursery, env, name, ["worker", "16", str(LEASE_TTL)])
                 for name in names
             }
-            await wait_until_exists(env, *(f"ready-{name}" for name in names))
+            await wait_until_exists(env.dir, *(f"ready-{name}" for name in names))
             async with trio.open_nursery() as enqueuers:
                 for run_id, n in run_inputs.items():
                     enqueuers.start_soon(
@@ -648,7 +560,7 @@ async def test_queued_runs_claimed_by_a_worker_killed_before_starting_them_still
                 await rt.enqueue(workflows.ten, run_id=run_id, input_data=n)
             # A worker claims them (takes their leases) and dies before starting any.
             claimer = await spawn(nursery, env, "C", ["claim", "ten"])
-            await wait_until_exists(env, "claimed-C")
+            await wait_until_exists(env.dir, "claimed-C")
             assert sorted(json.loads((env.dir / "claimed-C").read_text())) == sorted(run_inputs)
             await kill(claimer)
             worker = await spawn(nursery, env, "W", ["worker", "16", str(LEASE_TTL)])
@@ -688,7 +600,7 @@ async def test_two_processes_resuming_the_same_suspension_exactly_one_wins(env: 
                 for name in ("B1", "B2")
             ]
             # Both are ready to resume before either may.
-            await wait_until_exists(env, "ready-B1", "ready-B2")
+            await wait_until_exists(env.dir, "ready-B1", "ready-B2")
             env.touch("go")
 
             # The winner blocks inside the resumed step until "release": the loser must
@@ -740,7 +652,7 @@ async def test_the_bridge_in_one_process_tails_a_run_executed_by_a_worker_proces
     async with local_runtime(env) as (rt, workflows), children() as nursery:
         with trio.fail_after(TIMEOUT):
             server = await spawn(nursery, env, "bridge", ["bridge", TOKEN])
-            await wait_until_exists(env, "bridge-port")
+            await wait_until_exists(env.dir, "bridge-port")
             port = int((env.dir / "bridge-port").read_text())
             run_id = await rt.enqueue(workflows.chatty, run_id="r1", input_data=None)
             async with bridge.connect(f"ws://127.0.0.1:{port}", token=TOKEN) as client:
@@ -784,7 +696,7 @@ async def test_a_cancel_requested_in_one_process_stops_the_run_in_a_worker_proce
             # Leases last a minute (renewed every 20 s): only NOTIFY can stop it promptly.
             worker = await spawn(nursery, env, "W", ["worker", "4", "60"])
             run_id = await rt.enqueue(workflows.sleepy, run_id="r1", input_data=None)
-            await wait_until_exists(env, "napping")
+            await wait_until_exists(env.dir, "napping")
         run = await rt.create_run(workflows.sleepy, run_id=run_id)
         with trio.fail_after(5):
             await run.cancel()

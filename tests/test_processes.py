@@ -19,13 +19,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,10 +29,20 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from _children import (
+    Child,
+    assert_contiguous,
+    count_types,
+    finish_statuses,
+    kill,
+    spawn_child,
+    step_results,
+    until,
+    wait_until_exists,
+)
 
 import trioflow as tf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Generous: a child process needs ~0.3 s to import trio and trioflow.
 TIMEOUT = 30.0
 
@@ -294,30 +300,6 @@ CHILD_PY = textwrap.dedent(
 )
 
 
-@attrs.define
-class Child:
-    """A child process started by :func:`spawn`; ``done`` is set once it exited."""
-
-    name: str
-    process: trio.Process
-    done: trio.Event
-    completed: subprocess.CompletedProcess[bytes] | None = None
-
-    def stderr(self) -> str:
-        return "" if self.completed is None else self.completed.stderr.decode(errors="replace")
-
-    def output(self) -> dict[str, Any]:
-        """The JSON object the child printed; fails with its stderr if it did not exit 0."""
-        assert self.completed is not None, f"{self.name} has not exited"
-        assert self.completed.returncode == 0, (
-            f"{self.name} exited {self.completed.returncode}:\n{self.stderr()}"
-        )
-        lines = self.completed.stdout.decode().strip().splitlines()
-        assert lines, f"{self.name} printed nothing:\n{self.stderr()}"
-        out: dict[str, Any] = json.loads(lines[-1])
-        return out
-
-
 @attrs.frozen
 class Env:
     """The test's directory (child.py, workflows.py, the step trace files) and database."""
@@ -344,46 +326,10 @@ def env(tmp_path: Path) -> Env:
 
 
 async def spawn(
-    nursery: trio.Nursery,
-    env: Env,
-    name: str,
-    args: Sequence[str],
-    *,
-    barrier: bool = False,
+    nursery: trio.Nursery, env: Env, name: str, args: Sequence[str], *, barrier: bool = False
 ) -> Child:
-    """Start ``child.py DB *args`` as process ``name``. Cancelling ``nursery`` kills it."""
-    child_env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-        ),
-        "TF_CHILD": name,
-    }
-    if barrier:
-        child_env["TF_BARRIER"] = "1"
-    done = trio.Event()
-    holder: list[Child] = []
-
-    # task_status goes to run_process, which reports the started Process.
-    async def runner(*, task_status: trio.TaskStatus[trio.Process]) -> None:  # noqa: ASYNC114,ASYNC128
-        try:
-            completed = await trio.run_process(
-                [sys.executable, str(env.dir / "child.py"), str(env.db), *args],
-                cwd=str(env.dir),
-                env=child_env,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                task_status=task_status,
-            )
-            holder[0].completed = completed
-        finally:
-            done.set()
-
-    process: trio.Process = await nursery.start(runner)
-    child = Child(name, process, done)
-    holder.append(child)
-    return child
+    """Start ``child.py DATABASE *args`` as process ``name``. Cancelling ``nursery`` kills it."""
+    return await spawn_child(nursery, env.dir, str(env.db), name, args, barrier=barrier)
 
 
 async def run_child(env: Env, name: str, *args: str) -> dict[str, Any]:
@@ -393,47 +339,9 @@ async def run_child(env: Env, name: str, *args: str) -> dict[str, Any]:
     return child.output()
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (files written by other processes: nothing to wait on)."""
-    while not condition():  # noqa: ASYNC110
-        await trio.sleep(0.01)
-
-
-async def wait_until_exists(env: Env, *names: str) -> None:
-    await until(lambda: all(env.exists(name) for name in names))
-
-
-async def kill(child: Child) -> None:
-    os.kill(child.process.pid, signal.SIGKILL)
-    await child.done.wait()
-    assert child.completed is not None
-    assert child.completed.returncode == -signal.SIGKILL, child.stderr()
-
-
 async def stored_events(env: Env, run_id: str) -> list[tf.Chunk]:
     async with tf.SqliteStorage(env.db) as storage:
         return list(await storage.read_events(run_id))
-
-
-def assert_contiguous(events: Sequence[tf.Chunk]) -> None:
-    seqs = [chunk.seq for chunk in events]
-    assert seqs == list(range(1, len(events) + 1)), seqs
-
-
-def count_types(events: Sequence[tf.Chunk], type_: str) -> int:
-    return sum(1 for chunk in events if chunk.type == type_)
-
-
-def finish_statuses(events: Sequence[tf.Chunk]) -> list[str]:
-    return [
-        str(chunk.payload.workflow_status)
-        for chunk in events
-        if isinstance(chunk, tf.WorkflowFinish)
-    ]
-
-
-def step_results(events: Sequence[tf.Chunk]) -> Counter[str]:
-    return Counter(chunk.payload.id for chunk in events if isinstance(chunk, tf.WorkflowStepResult))
 
 
 @contextlib.asynccontextmanager
@@ -534,7 +442,7 @@ async def test_two_processes_resuming_the_same_suspension_exactly_one_wins(env: 
                 for name in ("B1", "B2")
             ]
             # Both are ready to resume before either may.
-            await wait_until_exists(env, "ready-B1", "ready-B2")
+            await wait_until_exists(env.dir, "ready-B1", "ready-B2")
             env.touch("go")
 
             # The winner blocks inside the resumed step until "release": the loser must
@@ -574,7 +482,7 @@ async def kill_chain_in_its_third_step(env: Env) -> None:
     env.touch("hang")
     async with trio.open_nursery() as nursery:
         a = await spawn(nursery, env, "A", start_args("chain4", "r1", input_data=0))
-        await wait_until_exists(env, "s3-entered")
+        await wait_until_exists(env.dir, "s3-entered")
         assert a.process.returncode is None, a.stderr()
         await kill(a)
     (env.dir / "hang").unlink()
@@ -624,7 +532,7 @@ async def test_foreach_killed_mid_way_restarts_only_the_items_not_recorded_as_fi
                 nursery, env, "A", start_args("items", "r1", input_data=list(range(20)))
             )
             # Items 0-9 are quick; 10-13 (one per worker of concurrency=4) hang.
-            await wait_until_exists(env, *(f"entered-{i}" for i in range(10, 14)))
+            await wait_until_exists(env.dir, *(f"entered-{i}" for i in range(10, 14)))
             await kill(a)
         (env.dir / "hang").unlink()
 
@@ -673,7 +581,7 @@ async def test_observe_stream_follows_a_run_executing_in_another_process_live(en
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             a = await spawn(nursery, env, "A", start_args("chatty", "r1", input_data=None))
-            await wait_until_exists(env, "talking")
+            await wait_until_exists(env.dir, "talking")
             async with sqlite_runtime(env) as rt:
                 run = await rt.create_run(workflows.chatty, run_id="r1")
                 assert a.process.returncode is None  # A is still running

@@ -159,22 +159,13 @@ class EventLog:
         ``POLL_MIN`` seconds at first, backing off to ``POLL_MAX`` while nothing new comes.
         """
         interval = POLL_MIN
-        # A storage that notifies (PostgreSQL's LISTEN/NOTIFY) wakes us as soon as the
-        # run's log grows elsewhere; polling stays as the fallback for lost notifications.
-        watch = getattr(self.storage, "watch_events", None)
         while self.next_seq <= seq:
             if self._wakeup is None or self._wakeup.is_set():
                 self._wakeup = trio.Event()
             if not self._may_poll():
                 await self._wakeup.wait()
                 continue
-            unwatch = watch(self.run_id, self._wakeup) if watch is not None else None
-            try:
-                with trio.move_on_after(interval):
-                    await self._wakeup.wait()
-            finally:
-                if unwatch is not None:
-                    unwatch()
+            await wait_stored_growth(self.storage, self.run_id, self._wakeup, interval)
             if self.next_seq <= seq and self._may_poll():
                 found = await self.mirror_stored()
                 interval = POLL_MIN if found else min(POLL_MAX, interval * 2)
@@ -243,6 +234,22 @@ class EventLog:
             subscriptions=self._subscriptions,
             storage_reads=self._storage_reads,
         )
+
+
+async def wait_stored_growth(
+    storage: Storage, run_id: str, event: trio.Event, poll_interval: float
+) -> None:
+    """Wait until ``event`` is set, at most ``poll_interval`` seconds (then the caller
+    polls storage). A storage that notifies (PostgreSQL's LISTEN/NOTIFY, ``watch_events``)
+    sets it as soon as the run's stored log grows in another process."""
+    watch = getattr(storage, "watch_events", None)
+    unwatch = watch(run_id, event) if watch is not None else None
+    try:
+        with trio.move_on_after(poll_interval):
+            await event.wait()
+    finally:
+        if unwatch is not None:
+            unwatch()
 
 
 def ends_at_terminal_finish(chunk: Chunk) -> bool:

@@ -49,7 +49,7 @@ from trio_websocket import (
 )
 
 from .. import _errors as errors
-from .._broadcast import ends_at_terminal_finish
+from .._broadcast import ends_at_terminal_finish, wait_stored_growth
 from .._core._chunks import Chunk
 from .._core._status import TERMINAL
 from .._run import Run
@@ -392,18 +392,7 @@ class _StoredChunks:
                 self._batch.extend(page)
                 delay = POLL_MIN
                 continue
-            watch = getattr(self._storage, "watch_events", None)
-            if watch is None:
-                await trio.sleep(delay)
-            else:
-                # PostgreSQL: a NOTIFY about this run's log ends the wait early.
-                woken = trio.Event()
-                unwatch = watch(self._run_id, woken)
-                try:
-                    with trio.move_on_after(delay):
-                        await woken.wait()
-                finally:
-                    unwatch()
+            await wait_stored_growth(self._storage, self._run_id, trio.Event(), delay)
             delay = min(POLL_MAX, delay * 2)
 
 

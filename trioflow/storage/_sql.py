@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+from .._core._model import RunInfo
 from .._core._status import RunStatus
 
 
@@ -33,3 +37,18 @@ def list_runs_query(
         + f" ORDER BY created_at DESC, ord DESC LIMIT {placeholder} OFFSET {placeholder}"
     )
     return sql, [*params, max(limit, 0), max(offset, 0)]
+
+
+def run_infos(rows: Iterable[Any]) -> list[RunInfo]:
+    """The rows of :func:`list_runs_query` as RunInfo values."""
+    return [
+        RunInfo(
+            run_id=run,
+            workflow_id=wf,
+            resource_id=resource,
+            status=RunStatus(stat),
+            created_at=int(created),
+            updated_at=int(updated),
+        )
+        for run, wf, resource, stat, created, updated in rows
+    ]

@@ -70,7 +70,7 @@ from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import LeaseLostError, StorageError
 from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
-from ._sql import list_runs_query
+from ._sql import list_runs_query, run_infos
 
 if TYPE_CHECKING:
     import psycopg
@@ -318,23 +318,16 @@ class PostgresStorage:
         try:
             if write:
                 with conn.transaction():
-                    value = fn(conn)
-            else:
-                value = fn(conn)
+                    return fn(conn)
+            return fn(conn)
         except psycopg.Error as exc:
-            if conn.closed or conn.broken:
-                conn.close()
-            else:
-                self._idle.append(conn)
             raise StorageError(f"{self._where}: {exc}") from exc
-        except BaseException:
+        finally:
+            # A connection that failed stays out of the pool; the next job opens another.
             if conn.closed or conn.broken:
                 conn.close()
             else:
                 self._idle.append(conn)
-            raise
-        self._idle.append(conn)
-        return value
 
     async def _call(self, fn: Callable[[psycopg.Connection[Any]], T], *, write: bool) -> T:
         self._check_open()
@@ -529,9 +522,8 @@ class PostgresStorage:
         try:
             written, new_token = await self._call(job, write=False)
         except LeaseLostError:
-            if fence is not None and self._fences.get(run_id) == fence:
-                del self._fences[run_id]
-                self._lost[run_id] = fence
+            if fence is not None:
+                self._mark_lost(run_id, fence)
             raise
         if written:
             if new_token is not None:
@@ -583,9 +575,8 @@ class PostgresStorage:
         try:
             await self._call(job, write=False)
         except LeaseLostError:
-            if fence is not None and self._fences.get(run_id) == fence:
-                del self._fences[run_id]
-                self._lost[run_id] = fence
+            if fence is not None:
+                self._mark_lost(run_id, fence)
             raise
 
     async def read_events(
@@ -638,19 +629,7 @@ class PostgresStorage:
         )
 
         def job(conn: psycopg.Connection[Any]) -> list[RunInfo]:
-            return [
-                RunInfo(
-                    run_id=run,
-                    workflow_id=wf,
-                    resource_id=resource,
-                    status=RunStatus(stat),
-                    created_at=int(created),
-                    updated_at=int(updated),
-                )
-                for run, wf, resource, stat, created, updated in conn.execute(
-                    sql, params
-                ).fetchall()
-            ]
+            return run_infos(conn.execute(sql, params).fetchall())
 
         return await self._call(job, write=False)
 
@@ -738,6 +717,13 @@ class PostgresStorage:
             claimed.append(ClaimedRun(snapshot=snapshot, queued=queued, fencing_token=token))
         return claimed
 
+    def _mark_lost(self, run_id: str, token: int) -> None:
+        """The lease with ``token`` on the run is gone: refuse every later write for it
+        (unless a newer claim replaced that lease meanwhile)."""
+        if self._fences.get(run_id) == token:
+            del self._fences[run_id]
+            self._lost[run_id] = token
+
     def _check_not_lost(self, run_id: str) -> None:
         if run_id in self._lost:
             raise LeaseLostError(
@@ -813,9 +799,7 @@ class PostgresStorage:
         lost: dict[str, str] = {}
         for run_id, token in held.items():
             if run_id not in kept:
-                if self._fences.get(run_id) == token:
-                    del self._fences[run_id]
-                    self._lost[run_id] = token
+                self._mark_lost(run_id, token)
                 lost[run_id] = "lease-lost"
             elif kept[run_id] == RunStatus.CANCELED.value:
                 lost[run_id] = "canceled"
@@ -996,13 +980,3 @@ def _check_consecutive(run_id: str, seqs: list[int]) -> None:
             raise ValueError(
                 f"run {run_id}: event seq {seq} does not follow {seqs[0] + offset - 1}"
             )
-
-
-def _insert_events(
-    cur: psycopg.Cursor[Any], run_id: str, seqs: list[int], texts: list[str]
-) -> None:
-    cur.execute(
-        "INSERT INTO trioflow_events (run_id, seq, chunk) "
-        "SELECT %s, s, c FROM unnest(%s::bigint[], %s::text[]) AS t(s, c)",
-        (run_id, seqs, texts),
-    )

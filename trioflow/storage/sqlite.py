@@ -66,7 +66,7 @@ from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import StorageError
 from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
-from ._sql import list_runs_query
+from ._sql import list_runs_query, run_infos
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
@@ -749,19 +749,7 @@ class SqliteStorage:
         )
 
         def job(conn: sqlite3.Connection) -> list[RunInfo]:
-            return [
-                RunInfo(
-                    run_id=run,
-                    workflow_id=wf,
-                    resource_id=resource,
-                    status=RunStatus(stat),
-                    created_at=created,
-                    updated_at=updated,
-                )
-                for run, wf, resource, stat, created, updated in conn.execute(
-                    sql, params
-                ).fetchall()
-            ]
+            return run_infos(conn.execute(sql, params).fetchall())
 
         return await self._read(job)
 
