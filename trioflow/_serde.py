@@ -26,6 +26,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
+from ._core._json import MAX_JSON_DEPTH, JsonValueError, check_strict_json
 from ._errors import ValidationError
 
 __all__ = ["converter", "structure", "to_jsonable", "validate"]
@@ -265,6 +266,48 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, types.SimpleNamespace):
         return to_jsonable(vars(value))
     raise TypeError(f"value of type {type(value).__name__} cannot be stored as JSON")
+
+
+def _locate_unconvertible(value: Any) -> JsonValueError:
+    """Where :func:`to_jsonable` fails on ``value`` (a type it cannot convert, a cycle, or
+    nesting past the limit), as a :class:`JsonValueError` naming the path."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    on_path: list[int] = []
+    while stack:
+        item, path, depth = stack.pop()
+        del on_path[depth - 1 :]
+        if depth > MAX_JSON_DEPTH:
+            return JsonValueError(path, f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if id(item) in on_path:
+            return JsonValueError(path, "the value contains itself (a cycle)")
+        if attrs.has(type(item)):
+            item = converter.unstructure(item)
+        if isinstance(item, dict):
+            on_path.append(id(item))
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in item.items())
+        elif isinstance(item, list | tuple | set | frozenset):
+            on_path.append(id(item))
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+        else:
+            try:
+                to_jsonable(item)
+            except TypeError:
+                return JsonValueError(path, f"a value of type {type(item).__name__} is not JSON")
+    return JsonValueError("", "cannot be converted to JSON")
+
+
+def to_strict_jsonable(value: Any) -> Any:
+    """:func:`to_jsonable`, then the strict JSON policy (:mod:`trioflow._core._json`).
+
+    Raises:
+        JsonValueError: ``value`` is not strict JSON; its ``path`` says where.
+    """
+    try:
+        out = to_jsonable(value)
+    except (TypeError, RecursionError):
+        raise _locate_unconvertible(value) from None
+    check_strict_json(out)
+    return out
 
 
 _ERROR_SKIP = frozenset({"args", "with_traceback", "add_note"})

@@ -1,0 +1,114 @@
+"""Strict JSON (RFC 8259): the one policy every stored or sent value obeys.
+
+Whatever trioflow stores (snapshots, the event log) or sends (the websocket bridge) is
+strict JSON, the same on every backend:
+
+- no ``NaN``, ``Infinity`` or ``-Infinity`` (Python's ``json`` writes them; PostgreSQL and
+  most JSON parsers refuse them);
+- no lone surrogates in strings or keys (``"\\ud800"`` cannot be encoded as UTF-8);
+- object keys are strings;
+- at most :data:`MAX_JSON_DEPTH` nested containers (a deeper value would overflow the
+  recursion of the encoders and decoders on the way);
+- nothing but ``dict``, ``list``, ``str``, ``int``, ``float``, ``bool`` and ``None``
+  (``tuple`` is accepted as a list).
+
+Pure: no trio, no storage. The walk is iterative, so a value nested deeper than Python's
+recursion limit is refused with a path rather than crashing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: The deepest nesting of containers (objects and arrays) a stored or sent value may have.
+MAX_JSON_DEPTH = 100
+
+
+class JsonValueError(ValueError):
+    """A value that is not strict JSON; ``path`` says where (``a.b[2]``; ``""`` = the root)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path or '(root)'}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+def _key_path(path: str, key: str) -> str:
+    if key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _scalar_problem(value: Any) -> str | None:
+    kind = type(value)
+    if kind is str:
+        return "string with a lone surrogate is not valid JSON" if _has_lone_surrogate(value) else None
+    if kind is float:
+        return None if math.isfinite(value) else f"{value!r} is not valid JSON (only finite numbers)"
+    if value is None or kind is bool or kind is int:
+        return None
+    return f"a value of type {kind.__name__} is not JSON"
+
+
+_EXIT = object()
+
+
+def check_strict_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise :class:`JsonValueError` naming the first path where ``value`` is not strict
+    JSON (see the module docstring); return ``None`` when it is.
+
+    A value shared twice (not a cycle) is fine; a container inside itself is refused.
+    """
+    kind = type(value)
+    if kind is not dict and kind is not list and kind is not tuple:
+        problem = _scalar_problem(value)
+        if problem is not None:
+            raise JsonValueError("", problem)
+        return
+    # Depth-first; ``(_EXIT, id)`` marks where a container's subtree ends, so ``open_ids``
+    # holds exactly the containers on the path from the root to the current one.
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    open_ids: set[int] = set()
+    while stack:
+        container, path, depth = stack.pop()
+        if container is _EXIT:
+            open_ids.discard(depth)
+            continue
+        if depth > max_depth:
+            raise JsonValueError(path, f"nested deeper than {max_depth} levels")
+        if id(container) in open_ids:
+            raise JsonValueError(path, "the value contains itself (a cycle)")
+        open_ids.add(id(container))
+        stack.append((_EXIT, "", id(container)))
+        if type(container) is dict:
+            pairs: list[tuple[str, Any]] = []
+            for key, item in container.items():
+                if type(key) is not str:
+                    raise JsonValueError(path, f"key {key!r} is not a string")
+                if _has_lone_surrogate(key):
+                    raise JsonValueError(path, "key with a lone surrogate is not valid JSON")
+                pairs.append((_key_path(path, key), item))
+        else:
+            pairs = [(f"{path}[{i}]", item) for i, item in enumerate(container)]
+        for item_path, item in reversed(pairs):
+            item_kind = type(item)
+            if item_kind is dict or item_kind is list or item_kind is tuple:
+                stack.append((item, item_path, depth + 1))
+            else:
+                problem = _scalar_problem(item)
+                if problem is not None:
+                    raise JsonValueError(item_path, problem)
