@@ -4,6 +4,9 @@
 private server (``trioflow.testing._pgserver``). Without one the tests that use it skip,
 unless ``TRIOFLOW_REQUIRE_POSTGRES=1`` (CI), which turns the skip into a failure.
 ``postgres_db`` gives each test a fresh empty database on that server.
+
+Skips are easy to miss in pytest's quiet output (their reasons show only under ``-rs``), so
+the end of every session says what did not run and why, one line per reason.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import NoReturn
 import pytest
 
 from trioflow.testing._pgserver import start_local_postgres
+
+pytest_plugins = ["pytester"]
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -71,3 +76,17 @@ def postgres_db(postgres_dsn: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per distinct skip reason, in the default output (not only under ``-rs``)."""
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        counts[reason] = counts.get(reason, 0) + 1
+    if counts:
+        terminalreporter.section("what did not run", sep="-")
+        for reason, count in sorted(counts.items()):
+            terminalreporter.write_line(f"{count} skipped: {reason}")
