@@ -82,6 +82,7 @@ from ._errors import (
     TripwireError,
     ValidationError,
 )
+from ._groups import sole_exception
 from ._serde import dump_error, load_error, serialize_error, to_jsonable, validate
 from ._workflow import Step, Workflow
 from .tracing import TracingOptions
@@ -1983,7 +1984,7 @@ class Execution:
             # It ends this execution only; the stored run keeps its last snapshot (so it
             # can be restarted) and whoever waits for it gets the exception, not the
             # helper nursery's group around it.
-            error = _sole_error(exc)
+            error = sole_exception(exc)
             if isinstance(error, LeaseLostError):
                 # Expected after this process stalled past its lease: not a bug.
                 logger.warning("run %s: execution stopped: %s", self.run_id, error)
@@ -2097,13 +2098,6 @@ class Execution:
             root.suspended_paths.clear()
         self._ending = ending
         return await self.persist(status, extra=ending, expected=expected, **final)
-
-
-def _sole_error(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member groups, else ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _run_status(outcome: Outcome) -> RunStatus:

@@ -23,6 +23,7 @@ from ._errors import (
     RunNotActiveError,
     SnapshotNotFoundError,
 )
+from ._groups import unwrap_groups
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
 
@@ -402,30 +403,36 @@ async def open_runtime(
             f"not {type(store).__name__}"
         )
     try:
-        async with trio.open_nursery() as nursery:
-            runtime = Runtime(store, tracer, nursery)
-            for workflow in workflows:
-                runtime.register(workflow)
-            token = _current_runtime.set(runtime)
-            try:
-                if serve is not None:
-                    await nursery.start(serve, runtime._stop_execution)
-                if restart_active_runs:
-                    await runtime.restart_active_runs()
-                if worker:
-                    from ._worker import Worker
+        # The user sees the exception their block raised, not the nursery's group.
+        with unwrap_groups() as guard:
+            async with trio.open_nursery() as nursery:
+                runtime = Runtime(store, tracer, nursery)
+                for workflow in workflows:
+                    runtime.register(workflow)
+                token = _current_runtime.set(runtime)
+                try:
+                    if serve is not None:
+                        await nursery.start(serve, runtime._stop_execution)
+                    if restart_active_runs:
+                        await runtime.restart_active_runs()
+                    if worker:
+                        from ._worker import Worker
 
-                    runtime.worker = Worker(
-                        runtime,
-                        store,  # type: ignore[arg-type]
-                        capacity=worker_capacity,
-                        poll_interval=worker_poll_interval,
-                    )
-                    await nursery.start(runtime.worker.run)
-                yield runtime
-            finally:
-                _current_runtime.reset(token)
-                nursery.cancel_scope.cancel(reason="trioflow runtime closed")
+                        runtime.worker = Worker(
+                            runtime,
+                            store,  # type: ignore[arg-type]
+                            capacity=worker_capacity,
+                            poll_interval=worker_poll_interval,
+                        )
+                        await nursery.start(runtime.worker.run)
+                    try:
+                        yield runtime
+                    except BaseException as exc:
+                        guard.user_error = exc
+                        raise
+                finally:
+                    _current_runtime.reset(token)
+                    nursery.cancel_scope.cancel(reason="trioflow runtime closed")
     finally:
         release = getattr(store, "release_leases", None)
         if release is not None:
