@@ -39,7 +39,7 @@ from ._errors import (
     StepNotSuspendedError,
     ValidationError,
 )
-from ._serde import structure, to_jsonable, validate
+from ._serde import structure, to_jsonable, to_stored_json, validate
 from ._workflow import Step, Workflow
 from .tracing import TracingOptions, coerce_tracing_options
 
@@ -143,6 +143,18 @@ def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
     return validate(raw, schema, "Invalid initial state:")
 
 
+@attrs.frozen(kw_only=True)
+class _Admitted:
+    """The values of a start that passed validation, and what is stored for each."""
+
+    input: Any
+    input_json: Any
+    state: Any
+    state_json: Any
+    context: RequestContext
+    context_json: dict[str, Any]
+
+
 class Run:
     """One run of a workflow: start it, stream it, resume it, cancel it, restart it.
 
@@ -179,22 +191,30 @@ class Run:
 
     # --- start ------------------------------------------------------------------------------
 
-    def _startable(self, input_data: Any, initial_state: Any) -> tuple[Any, Any]:
-        """The validated input and initial state of a start; RunAlreadyStartedError when
-        this run was started (or queued) already, ValidationError for bad values."""
+    def _startable(
+        self, input_data: Any, initial_state: Any, request_context: Any
+    ) -> _Admitted:
+        """The validated input, initial state and request context of a start, with what
+        is stored for each; RunAlreadyStartedError when this run was started (or queued)
+        already, ValidationError for bad values (not strict JSON included)."""
         wf = self._workflow
         if self._claimed or self._hub.execution is not None:
             raise RunAlreadyStartedError(f"run {self.run_id} already started")
+        wf.check_runnable()  # the graph (or a nested one) may have changed since create_run
         if wf.validate_inputs and wf.input_schema is not None:
             input_value = validate(input_data, wf.input_schema, "Invalid input data:")
         else:
             input_value = input_data
         state = _initial_state(wf, initial_state)
-        try:
-            to_jsonable(input_value)
-        except TypeError as exc:
-            raise ValidationError("Invalid input data:", [("", str(exc))]) from None
-        return input_value, state
+        context = coerce_request_context(request_context)
+        return _Admitted(
+            input=input_value,
+            input_json=to_stored_json(input_value, "Invalid input data:"),
+            state=state,
+            state_json=to_stored_json(state, "Invalid initial state:"),
+            context=context,
+            context_json=to_stored_json(dict(context), "Invalid request context:"),
+        )
 
     async def _begin_start(
         self,
@@ -206,8 +226,8 @@ class Run:
         per_step: bool,
     ) -> Execution:
         wf = self._workflow
-        input_value, state = self._startable(input_data, initial_state)
-        context = coerce_request_context(request_context)
+        admitted = self._startable(input_data, initial_state, request_context)
+        input_value, state, context = admitted.input, admitted.state, admitted.context
         tracing = coerce_tracing_options(tracing_options)
         self._claimed = True
         try:
@@ -228,12 +248,13 @@ class Run:
             claimed = attrs.evolve(
                 snapshot,
                 status=RunStatus.RUNNING,
-                input=to_jsonable(input_value),
-                state=to_jsonable(state),
-                request_context=context.to_dict(),
+                input=admitted.input_json,
+                state=admitted.state_json,
+                # on_start may have changed the context: store what it holds now.
+                request_context=to_stored_json(dict(context), "Invalid request context:"),
                 trace_id=trace_id,
                 active_entry=0,
-                active_input=to_jsonable(input_value),
+                active_input=admitted.input_json,
                 updated_at=now_ms(),
             )
             if not await self._runtime.storage.save_snapshot(
@@ -306,13 +327,12 @@ class Run:
                 f"{type(self._runtime.storage).__name__} has no run queue: start_async() "
                 "needs a storage that workers share, such as PostgresStorage"
             )
-        input_value, state = self._startable(input_data, initial_state)
-        context = coerce_request_context(request_context)
+        admitted = self._startable(input_data, initial_state, request_context)
         queued = attrs.evolve(
             self._snapshot,
-            input=to_jsonable(input_value),
-            state=to_jsonable(state),
-            request_context=context.to_dict(),
+            input=admitted.input_json,
+            state=admitted.state_json,
+            request_context=admitted.context_json,
             updated_at=now_ms(),
         )
         if not await enqueue(queued):
@@ -422,11 +442,9 @@ class Run:
         schema = getattr(node, "resume_schema", None)
         if schema is not None and wf.validate_inputs:
             data = validate(resume_data, schema, "Invalid resume data:")
-        try:
-            to_jsonable(data)
-        except TypeError as exc:
-            raise ValidationError("Invalid resume data:", [("", str(exc))]) from None
+        data_json = to_stored_json(data, "Invalid resume data:")
         context = RequestContext({**snapshot.request_context, **caller_context})
+        to_stored_json(dict(context), "Invalid request context:")
         trace_id = tracing.trace_id or snapshot.trace_id or new_trace_id()
         claimed = attrs.evolve(
             snapshot,
@@ -435,7 +453,7 @@ class Run:
             trace_id=trace_id,
             resume={
                 "path": list(target.path),
-                "data": to_jsonable(data),
+                "data": data_json,
                 "foreach_index": target.foreach_index,
             },
             updated_at=now_ms(),

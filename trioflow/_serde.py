@@ -26,10 +26,10 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from ._core._json import MAX_JSON_DEPTH, JsonValueError, check_strict_json
+from ._core._json import MAX_JSON_DEPTH, JsonValueError, check_strict_json, key_path
 from ._errors import ValidationError
 
-__all__ = ["converter", "structure", "to_jsonable", "validate"]
+__all__ = ["converter", "structure", "to_jsonable", "to_stored_json", "validate"]
 
 converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
 
@@ -224,6 +224,10 @@ def validate(value: Any, schema: Any, prefix: str) -> Any:
         raise
     except (ClassValidationError, IterableValidationError, TypeError, ValueError, KeyError) as exc:
         raise ValidationError(prefix, errors_of(exc)) from None
+    except RecursionError:
+        # A recursive schema given a value nested past the interpreter's stack.
+        problem = _locate_unconvertible(value)
+        raise ValidationError(prefix, [(problem.path, problem.reason)]) from None
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))
@@ -281,10 +285,11 @@ def _locate_unconvertible(value: Any) -> JsonValueError:
         if id(item) in on_path:
             return JsonValueError(path, "the value contains itself (a cycle)")
         if attrs.has(type(item)):
-            item = converter.unstructure(item)
+            # One level at a time: unstructuring all of it may be what overflowed.
+            item = attrs.asdict(item, recurse=False)
         if isinstance(item, dict):
             on_path.append(id(item))
-            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in item.items())
+            stack.extend((v, key_path(path, str(k)), depth + 1) for k, v in item.items())
         elif isinstance(item, list | tuple | set | frozenset):
             on_path.append(id(item))
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
@@ -308,6 +313,17 @@ def to_strict_jsonable(value: Any) -> Any:
         raise _locate_unconvertible(value) from None
     check_strict_json(out)
     return out
+
+
+def to_stored_json(value: Any, prefix: str) -> Any:
+    """What is stored for ``value`` (:func:`to_strict_jsonable`), or a
+    :class:`ValidationError` under ``prefix`` (``"Invalid input data:"``) naming the path
+    where it is not strict JSON: input, state, resume data and request context are refused
+    before anything is stored (SPEC §0)."""
+    try:
+        return to_strict_jsonable(value)
+    except JsonValueError as exc:
+        raise ValidationError(prefix, [(exc.path, exc.reason)]) from None
 
 
 _ERROR_SKIP = frozenset({"args", "with_traceback", "add_note"})

@@ -37,7 +37,8 @@ class JsonValueError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
-def _key_path(path: str, key: str) -> str:
+def key_path(path: str, key: str) -> str:
+    """``path`` extended by the object key ``key`` (``a.b``, or ``a['x y']``)."""
     if key.isidentifier():
         return f"{path}.{key}" if path else key
     return f"{path}[{key!r}]"
@@ -101,7 +102,7 @@ def check_strict_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
                     raise JsonValueError(path, f"key {key!r} is not a string")
                 if _has_lone_surrogate(key):
                     raise JsonValueError(path, "key with a lone surrogate is not valid JSON")
-                pairs.append((_key_path(path, key), item))
+                pairs.append((key_path(path, key), item))
         else:
             pairs = [(f"{path}[{i}]", item) for i, item in enumerate(container)]
         for item_path, item in reversed(pairs):

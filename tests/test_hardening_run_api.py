@@ -1,0 +1,220 @@
+"""Issue 12, run API: refused requests store nothing and say what happened.
+
+- Input data, initial state, resume data and request context that are not strict JSON
+  (SPEC §0: NaN/Infinity, lone surrogates, nesting past ``MAX_JSON_DEPTH``, values that
+  are not JSON at all) are a ``ValidationError`` naming the path, raised before anything is
+  stored, on every backend.
+- A resume that arrives while another process's resume of the same suspension is still
+  executing is ``ResumeAlreadyClaimedError`` (SPEC §2), not ``NotSuspendedError``.
+- ``for_each_index`` naming no suspended iteration of a nested foreach is refused before
+  anything runs, as on a top-level foreach.
+- A workflow that contains itself (directly or through others) or nests workflows deeper
+  than ``MAX_NESTING_DEPTH`` is refused at ``commit()`` and, if it changed after that, at
+  ``create_run()``/``start()``, before anything is stored.
+- What the engine stores is strict JSON: an error attribute that is NaN or a message with a
+  lone surrogate does not reach storage as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+import trioflow as tf
+from trioflow._core._json import MAX_JSON_DEPTH
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def rt(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    storage: Any = (
+        tf.MemoryStorage() if request.param == "memory" else tf.SqliteStorage(tmp_path / "r.db")
+    )
+    async with tf.open_runtime(storage=storage) as runtime:
+        yield runtime
+
+
+async def echo(ctx: tf.StepContext) -> Any:
+    return ctx.input_data
+
+
+async def gate_execute(ctx: tf.StepContext) -> Any:
+    if ctx.resume_data is None:
+        return await ctx.suspend({"ask": True})
+    return ctx.resume_data
+
+
+def plain_workflow(wf_id: str = "plain", **kwargs: Any) -> tf.Workflow:
+    return tf.create_workflow(id=wf_id, **kwargs).then(
+        tf.create_step(id="echo", execute=echo)
+    ).commit()
+
+
+def gate_workflow(resume_schema: Any = None) -> tf.Workflow:
+    gate = tf.create_step(id="gate", execute=gate_execute, resume_schema=resume_schema)
+    return tf.create_workflow(id="gated").then(gate).commit()
+
+
+def nested(depth: int) -> Any:
+    """``depth`` levels of nested lists around 1."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def assert_pending_and_empty(rt: Any, run: Any) -> None:
+    state = await rt.get_run_state(run.run_id)
+    assert state.status == "pending"
+    assert state.input is None
+    assert run.status == "pending"
+    assert [c async for c in run.observe_stream(follow=False)] == []
+
+
+@attrs.frozen
+class Box:
+    value: Any
+
+
+@attrs.frozen
+class Measure:
+    amount: float
+
+
+# --------------------------------------------------------------------------- item 1: values
+
+
+BAD_VALUES: list[tuple[str, Callable[[], Any], str, str]] = [
+    ("nan", lambda: {"x": float("nan")}, "x", "nan"),
+    ("infinity", lambda: {"x": [1, float("inf")]}, "x[1]", "inf"),
+    ("surrogate", lambda: {"name": "a\ud800b"}, "name", "surrogate"),
+    ("surrogate-key", lambda: {"k\udfff": 1}, "", "surrogate"),
+    ("not-json", lambda: {"when": object()}, "when", "object"),
+    ("bytes", lambda: {"raw": b"\x00"}, "raw", "bytes"),
+    ("too-deep", lambda: {"deep": nested(MAX_JSON_DEPTH + 5)}, "deep", "deeper than"),
+]
+
+
+@pytest.mark.parametrize(("value", "path", "words"), [b[1:] for b in BAD_VALUES], ids=[
+    b[0] for b in BAD_VALUES
+])
+async def test_input_data_that_is_not_strict_json_is_refused_before_storing(
+    rt: Any, value: Callable[[], Any], path: str, words: str
+) -> None:
+    run = await plain_workflow().create_run()
+    with pytest.raises(tf.ValidationError) as info:
+        await run.start(input_data=value())
+    assert str(info.value).startswith("Invalid input data:\n- ")
+    ((error_path, message),) = info.value.errors
+    assert error_path.startswith(path)
+    assert words in message.lower()
+    await assert_pending_and_empty(rt, run)
+
+
+@pytest.mark.parametrize("depth", [500, 980])
+async def test_input_nested_hundreds_deep_is_a_validation_error_not_internal(
+    rt: Any, depth: int
+) -> None:
+    run = await plain_workflow().create_run()
+    with pytest.raises(tf.ValidationError) as info:
+        await run.start(input_data={"a": nested(depth)})
+    assert str(info.value).startswith("Invalid input data:")
+    ((error_path, message),) = info.value.errors
+    assert error_path == "a" + "[0]" * (MAX_JSON_DEPTH - 1)
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels" in message
+    await assert_pending_and_empty(rt, run)
+    # Nothing was claimed: the same run still starts with good input.
+    assert (await run.start(input_data={"a": nested(MAX_JSON_DEPTH - 1)})).status == "success"
+
+
+async def test_structured_input_is_checked_as_stored(rt: Any) -> None:
+    # The attrs schema accepts the value; what is stored (its unstructured form) is not
+    # strict JSON.
+    wf = tf.create_workflow(id="boxed", input_schema=Box).then(
+        tf.create_step(id="echo", execute=echo)
+    ).commit()
+    run = await wf.create_run()
+    with pytest.raises(tf.ValidationError) as info:
+        await run.start(input_data=Box(value={"n": float("-inf")}))
+    assert info.value.errors[0][0] == "value.n"
+    await assert_pending_and_empty(rt, run)
+
+    wf2 = tf.create_workflow(id="measured", input_schema=Measure).then(
+        tf.create_step(id="echo", execute=echo)
+    ).commit()
+    run2 = await wf2.create_run()
+    with pytest.raises(tf.ValidationError) as info2:
+        await run2.start(input_data={"amount": float("nan")})
+    assert info2.value.errors[0][0] == "amount"
+    await assert_pending_and_empty(rt, run2)
+
+
+async def test_initial_state_that_is_not_strict_json_is_refused(rt: Any) -> None:
+    run = await plain_workflow().create_run()
+    with pytest.raises(tf.ValidationError) as info:
+        await run.start(input_data=1, initial_state={"s": {"t": float("inf")}})
+    assert str(info.value).startswith("Invalid initial state:\n- s.t: ")
+    await assert_pending_and_empty(rt, run)
+
+    run2 = await plain_workflow().create_run()
+    with pytest.raises(tf.ValidationError) as info2:
+        await run2.start(input_data=1, initial_state={"s": nested(600)})
+    assert str(info2.value).startswith("Invalid initial state:")
+    await assert_pending_and_empty(rt, run2)
+
+
+async def test_request_context_that_is_not_strict_json_is_refused(rt: Any) -> None:
+    run = await plain_workflow().create_run()
+    with pytest.raises(tf.ValidationError) as info:
+        await run.start(input_data=1, request_context={"user": {"score": float("nan")}})
+    assert str(info.value).startswith("Invalid request context:\n- user.score: ")
+    await assert_pending_and_empty(rt, run)
+
+    with pytest.raises(tf.ValidationError):
+        await run.start(input_data=1, request_context={"user": nested(700)})
+    await assert_pending_and_empty(rt, run)
+
+
+async def test_resume_data_that_is_not_strict_json_is_refused(rt: Any) -> None:
+    for schema in (None, Box):
+        run = await gate_workflow(resume_schema=schema).create_run()
+        assert (await run.start(input_data=1)).status == "suspended"
+        stored_before = await rt.get_run_state(run.run_id)
+        events_before = [c async for c in run.observe_stream(follow=False)]
+        bad: list[Any] = [
+            {"value": float("nan")},
+            {"value": "\udc00"},
+            {"value": nested(900)},
+        ]
+        if schema is None:
+            bad.append({"value": object()})
+        for data in bad:
+            with pytest.raises(tf.ValidationError) as info:
+                await run.resume(resume_data=data)
+            assert str(info.value).startswith("Invalid resume data:\n- value")
+        with pytest.raises(tf.ValidationError) as info:
+            await run.resume(resume_data={"value": 1}, request_context={"x": float("inf")})
+        assert str(info.value).startswith("Invalid request context:\n- x: ")
+        after = await rt.get_run_state(run.run_id)
+        assert after.status == "suspended"
+        assert after.updated_at == stored_before.updated_at
+        assert [c async for c in run.observe_stream(follow=False)] == events_before
+        # The suspension is still there to resume.
+        assert (await run.resume(resume_data={"value": 2})).status == "success"
+
+
+async def test_ordinary_values_are_stored_unchanged(rt: Any) -> None:
+    value = {"text": "héllo ☃ \U0001f600", "n": [1, 2.5, -0.0, None, True], "m": {"k": "v"}}
+    run = await plain_workflow().create_run()
+    result = await run.start(
+        input_data=value, initial_state={"s": 1}, request_context={"user": "u"}
+    )
+    assert result.status == "success"
+    assert result.result == value
+    state = await rt.get_run_state(run.run_id)
+    assert state.input == value
