@@ -117,3 +117,150 @@ async def test_open_runtime_raises_the_users_own_exception_while_runs_execute() 
 
     with pytest.raises(KeyError, match="body"):
         await body()
+
+
+# --------------------------------------------------------------------------- BaseException
+
+
+class Boom(BaseException):
+    """Not an Exception: what a careless library might raise."""
+
+
+BASE_ERRORS = [Boom("boom"), SystemExit(3), GeneratorExit()]
+
+
+def _raising(error: BaseException) -> Any:
+    async def execute(ctx: tf.StepContext) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise error
+
+    return execute
+
+
+async def _slow_ok(ctx: tf.StepContext) -> str:
+    await trio.sleep(5)
+    return "ok"
+
+
+async def _raise_boom(ctx: tf.StepContext) -> Any:
+    await trio.lowlevel.checkpoint()
+    raise Boom("from user code")
+
+
+async def _identity(ctx: tf.StepContext) -> Any:
+    await trio.lowlevel.checkpoint()
+    return ctx.input_data
+
+
+async def _truthy(ctx: tf.StepContext) -> bool:
+    await trio.lowlevel.checkpoint()
+    return True
+
+
+async def _block(ctx: tf.StepContext) -> None:
+    await trio.sleep_forever()
+
+
+def _step(step_id: str) -> tf.Step:
+    return tf.create_step(id=step_id, execute=_identity)
+
+
+@pytest.mark.parametrize("error", BASE_ERRORS, ids=lambda e: type(e).__name__)
+async def test_a_step_raising_a_base_exception_fails_only_its_own_run(
+    error: BaseException, autojump_clock: trio.testing.MockClock
+) -> None:
+    bad = tf.create_workflow(id="bad").then(tf.create_step(id="s", execute=_raising(error)))
+    good = tf.create_workflow(id="good").then(tf.create_step(id="slow", execute=_slow_ok))
+    async with tf.open_runtime(workflows=[bad, good]) as runtime:
+        other = await runtime.create_run(good)
+        out = await other.stream()
+        run = await runtime.create_run(bad)
+        result = await run.start()
+        assert result.status == "failed"
+        assert isinstance(result.error, type(error))
+        assert result.steps["s"].status == "failed"
+        chunks = [c.type for c in await runtime.storage.read_events(run.run_id)]
+        assert chunks[-1] == "workflow-finish"
+        stored = await runtime.get_run_state(run.run_id)
+        assert stored.status == "failed"
+        assert stored.error is not None
+        assert stored.error.name == type(error).__name__
+        # The unrelated run was not touched.
+        assert (await out.result()).status == "success"
+
+
+async def test_a_base_exception_is_not_retried() -> None:
+    calls = 0
+
+    async def execute(ctx: tf.StepContext) -> None:
+        nonlocal calls
+        calls += 1
+        await trio.lowlevel.checkpoint()
+        raise Boom("once")
+
+    wf = tf.create_workflow(id="once").then(tf.create_step(id="s", execute=execute, retries=3))
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf)
+        assert (await run.start()).status == "failed"
+    assert calls == 1
+
+
+@pytest.mark.parametrize("where", ["map", "sleep", "dountil", "on_finish"])
+async def test_user_functions_raising_a_base_exception_fail_their_run(where: str) -> None:
+    wf = tf.create_workflow(id=f"user-{where}")
+    if where == "map":
+        wf = wf.map(_raise_boom)
+    elif where == "sleep":
+        wf = wf.sleep(_raise_boom)
+    elif where == "dountil":
+        wf = wf.dountil(_step("a"), _raise_boom)
+    else:
+        wf = tf.create_workflow(id=f"user-{where}", on_finish=_raise_boom).then(_step("a"))
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf)
+        result = await run.start(input_data=1)
+        if where == "on_finish":
+            # A lifecycle callback's error is logged; the run's outcome stands.
+            assert result.status == "success"
+        else:
+            assert result.status == "failed"
+            assert isinstance(result.error, Boom)
+        # The runtime still works.
+        after = tf.create_workflow(id="after").then(_step("b")).commit()
+        again = await runtime.create_run(after)
+        assert (await again.start(input_data=2)).status == "success"
+
+
+async def test_a_branch_condition_raising_a_base_exception_counts_as_false() -> None:
+    wf = tf.create_workflow(id="cond").branch([(_raise_boom, _step("a")), (_truthy, _step("b"))])
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf)
+        result = await run.start(input_data=1)
+    assert result.status == "success"
+    assert "a" not in result.steps
+    assert result.steps["b"].status == "success"
+
+
+async def test_restart_active_runs_survives_a_step_raising_a_base_exception() -> None:
+    storage = tf.MemoryStorage()
+    blocked = tf.create_workflow(id="boot").then(tf.create_step(id="s", execute=_block))
+    async with tf.open_runtime(storage=storage, workflows=[blocked]) as runtime:
+        run = await runtime.create_run(blocked)
+        await run.stream()
+        await trio.testing.wait_all_tasks_blocked()
+    before = await storage.load_snapshot(run.run_id)
+    assert before is not None
+    assert before.status == "running"
+    # The next boot: the same workflow id now raises a BaseException. Twice: the failed
+    # run is not restarted again, and neither boot crashes.
+    for _ in range(2):
+        crashing = tf.create_workflow(id="boot").then(
+            tf.create_step(id="s", execute=_raising(Boom("boot")))
+        )
+        async with tf.open_runtime(
+            storage=storage, workflows=[crashing], restart_active_runs=True
+        ):
+            await trio.testing.wait_all_tasks_blocked()
+        snapshot = await storage.load_snapshot(run.run_id)
+        assert snapshot is not None
+        assert snapshot.status == "failed"

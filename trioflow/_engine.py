@@ -6,9 +6,10 @@ writes a snapshot after every top-level entry, so the stored run is at most one 
 behind. A :class:`Level` executes one workflow graph: the top-level workflow, or a nested
 workflow used as a step.
 
-Step errors never escape into a nursery: every step runs under ``except Exception``, and
-the original exception object is recorded. ``trio.Cancelled`` (and KeyboardInterrupt,
-SystemExit) always propagate.
+Step errors never escape into a nursery: whatever a step (or a condition, a map or sleep
+function) raises is that step's failure, and the original exception object is recorded,
+also for ``SystemExit``, ``GeneratorExit`` or any other ``BaseException`` subclass. Only
+``trio.Cancelled`` and ``KeyboardInterrupt`` propagate (:func:`trioflow._groups.is_fatal`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ from ._errors import (
     TripwireError,
     ValidationError,
 )
-from ._groups import sole_exception
+from ._groups import is_cancellation, is_fatal, sole_exception
 from ._serde import dump_error, load_error, serialize_error, to_jsonable, validate
 from ._workflow import Step, Workflow
 from .tracing import TracingOptions
@@ -724,6 +725,11 @@ class Level:
             result = StepResult(status=_S.FAILED, error=error, ended_at=now_ms(), **base)
             return settle(result, StepRun(result=result, tripwire=tripwire))
 
+        def canceled() -> None:
+            if emit:
+                result = StepResult(status=_S.CANCELED, ended_at=now_ms(), **base)
+                self.emit_settled(chunk_id, result, call_id)
+
         step_input = value
         if node.input_schema is not None and self.workflow.validate_inputs:
             try:
@@ -756,9 +762,7 @@ class Level:
             try:
                 output = await _call_with_timeout(node, ctx)
             except trio.Cancelled:
-                result = StepResult(status=_S.CANCELED, ended_at=now_ms(), **base)
-                if emit:
-                    self.emit_settled(chunk_id, result, call_id)
+                canceled()
                 raise
             except TripwireError as exc:
                 info = TripwireInfo(
@@ -773,6 +777,15 @@ class Level:
                     if delay > 0:
                         await trio.sleep(delay)
                     continue
+                return failed(exc)
+            except BaseException as exc:
+                if is_fatal(exc):
+                    if is_cancellation(exc):
+                        # The step's own nursery was cancelled: a group of Cancelled.
+                        canceled()
+                    raise
+                # SystemExit, GeneratorExit, any BaseException subclass: this step's
+                # failure (not retried), never the runtime's end.
                 return failed(exc)
             break
 
@@ -1095,7 +1108,11 @@ class Level:
             )
             try:
                 truth[b] = bool(await call_maybe_async(entry.conditions[b], ctx))
-            except Exception:
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                if is_fatal(exc):
+                    raise
                 logger.warning(
                     "branch condition for %r raised; treated as false",
                     nodes[b].id,
@@ -1165,7 +1182,11 @@ class Level:
             )
             try:
                 verdict = bool(await call_maybe_async(entry.condition, ctx))
-            except Exception as exc:
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                if is_fatal(exc):
+                    raise
                 return Outcome(_S.FAILED, error=exc)
             again = verdict if entry.kind == "dowhile" else not verdict
             if not again:
@@ -1525,14 +1546,13 @@ class Level:
                 await trio.lowlevel.checkpoint()
                 output = {k: self.resolve_source(s) for k, s in (entry.mapping or {}).items()}
         except trio.Cancelled:
-            canceled = StepResult(
-                status=_S.CANCELED, payload=value, started_at=started_at, ended_at=now_ms()
-            )
-            if emit:
-                self.emit_settled(chunk_id, canceled, None)
-            self.settle(entry.id, StepRun(result=canceled), [idx])
+            self._settle_canceled(idx, entry.id, chunk_id, value, started_at)
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if is_fatal(exc):
+                if is_cancellation(exc):
+                    self._settle_canceled(idx, entry.id, chunk_id, value, started_at)
+                raise
             result = StepResult(
                 status=_S.FAILED, payload=value, error=exc, started_at=started_at, ended_at=now_ms()
             )
@@ -1550,13 +1570,28 @@ class Level:
         self.settle(entry.id, run, [idx])
         return outcome_of(run)
 
+    def _settle_canceled(
+        self, idx: int, entry_id: str, chunk_id: str, value: Any, started_at: int
+    ) -> None:
+        """A map or sleep entry interrupted by cancellation: its ``canceled`` result."""
+        canceled = StepResult(
+            status=_S.CANCELED, payload=value, started_at=started_at, ended_at=now_ms()
+        )
+        if self.emits:
+            self.emit_settled(chunk_id, canceled, None)
+        self.settle(entry_id, StepRun(result=canceled), [idx])
+
     async def run_sleep(self, idx: int, entry: SleepEntry, value: Any) -> Outcome:
         chunk_id = self.chunk_id(entry.id)
         emit = self.emits
         started_at = now_ms()
         try:
             seconds = await self.sleep_seconds(entry, value, chunk_id)
-        except Exception as exc:
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
             result = StepResult(
                 status=_S.FAILED, payload=value, error=exc, started_at=started_at, ended_at=now_ms()
             )
@@ -1574,12 +1609,7 @@ class Level:
         try:
             await trio.sleep(seconds)
         except trio.Cancelled:
-            result = StepResult(
-                status=_S.CANCELED, payload=value, started_at=started_at, ended_at=now_ms()
-            )
-            if emit:
-                self.emit_settled(chunk_id, result, None)
-            self.settle(entry.id, StepRun(result=result), [idx])
+            self._settle_canceled(idx, entry.id, chunk_id, value, started_at)
             raise
         result = StepResult(
             status=_S.SUCCESS, payload=value, output=value, started_at=started_at, ended_at=now_ms()
@@ -1980,28 +2010,34 @@ class Execution:
                 )
             raise
         except Exception as exc:
-            # Not a step's error (those are results): storage failing, or an engine bug.
-            # It ends this execution only; the stored run keeps its last snapshot (so it
-            # can be restarted) and whoever waits for it gets the exception, not the
-            # helper nursery's group around it.
-            error = sole_exception(exc)
-            if isinstance(error, LeaseLostError):
-                # Expected after this process stalled past its lease: not a bug.
-                logger.warning("run %s: execution stopped: %s", self.run_id, error)
-            else:
-                logger.error("run %s: execution stopped by %r", self.run_id, error, exc_info=error)
-            if self.result is None:
-                self.failure = error
+            self._died(exc)
         except BaseException as exc:
-            # KeyboardInterrupt/SystemExit: never leave waiters hanging, never swallow.
-            if self.result is None:
-                self.failure = exc
-            raise
+            if is_fatal(exc):
+                # KeyboardInterrupt: never leave waiters hanging, never swallow.
+                if self.result is None:
+                    self.failure = exc
+                raise
+            # Any other BaseException ends this execution only, never the runtime.
+            self._died(exc)
         finally:
             if self.tracer is not None:
                 self._end_root_span(self.result.status if self.result else RunStatus.RUNNING)
             self.hub.execution_ended(self)
             self.done.set()
+
+    def _died(self, exc: BaseException) -> None:
+        """Not a step's error (those are results): storage failing, or an engine bug. It
+        ends this execution only; the stored run keeps its last snapshot (so it can be
+        restarted) and whoever waits for it gets the exception, not the helper nursery's
+        group around it."""
+        error = sole_exception(exc)
+        if isinstance(error, LeaseLostError):
+            # Expected after this process stalled past its lease: not a bug.
+            logger.warning("run %s: execution stopped: %s", self.run_id, error)
+        else:
+            logger.error("run %s: execution stopped by %r", self.run_id, error, exc_info=error)
+        if self.result is None:
+            self.failure = error
 
     async def _run(self) -> None:
         root = self.root

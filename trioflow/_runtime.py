@@ -23,7 +23,7 @@ from ._errors import (
     RunNotActiveError,
     SnapshotNotFoundError,
 )
-from ._groups import unwrap_groups
+from ._groups import is_fatal, unwrap_groups
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
 
@@ -336,8 +336,14 @@ class Runtime:
                 continue
             try:
                 await call_maybe_async(callback, result)
-            except Exception:
-                logger.exception("workflow %r: lifecycle callback raised", workflow.id)
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                if is_fatal(exc):
+                    raise
+                logger.error(
+                    "workflow %r: lifecycle callback raised", workflow.id, exc_info=exc
+                )
 
     async def restart_active_runs(self) -> list[str]:
         """Restart every stored ``running``/``waiting`` run of a registered workflow

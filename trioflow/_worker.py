@@ -19,6 +19,7 @@ import trio
 from ._core._model import RunSnapshot
 from ._engine import Execution
 from ._errors import TrioflowError
+from ._groups import is_fatal
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -140,10 +141,14 @@ class Worker:
             began = await run.begin_restart()
             self._restarted += 1
             return began if isinstance(began, Execution) else None
-        except Exception as exc:
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise
             # The run cannot begin here (its input no longer validates, on_start raised,
-            # another process took it): give it back; a queued run leaves the queue so it
-            # is not claimed forever.
+            # even a BaseException subclass, another process took it): give it back; a
+            # queued run leaves the queue so it is not claimed forever.
             self._failed += 1
             logger.error("worker could not begin run %s: %r", snapshot.run_id, exc, exc_info=exc)
             with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
