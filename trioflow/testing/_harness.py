@@ -29,7 +29,7 @@ import trio.testing
 
 import trioflow as tf
 
-from ._faults import FaultyStorage, SimulatedCrash
+from ._faults import Acknowledged, FaultyStorage, SimulatedCrash, durability_problems
 from ._invariants import check_stream_invariants
 from ._reference import ResumeRequest, jsonish
 
@@ -412,10 +412,12 @@ def _multiset_diff(name: str, expected: Counter[Any], got: Counter[Any]) -> list
 
 @attrs.frozen(kw_only=True)
 class CrashState:
-    """What storage held when the process died: the event log and the snapshot."""
+    """What storage held when the process died: the event log and the snapshot, and what
+    it had acknowledged before (None: not known)."""
 
     events: list[Any] = attrs.field(factory=list)
     snapshot: Any = None
+    acknowledged: Acknowledged | None = None
 
 
 def _loop_bodies(workflow: tf.Workflow, prefix: str = "") -> set[str]:
@@ -468,8 +470,10 @@ def compare_recovered(
     settled chunk of the reference (step result, suspension, foreach iteration) is in the
     recovered log, and a settled chunk appears more often only for a step that ran again
     (``strict_log=True``: never); start/waiting chunks repeat only for what ran again or was
-    open when the process died; writer output repeats only for steps that ran again; and a
-    step the stored snapshot recorded as finished (``at_crash``) does not run again.
+    open when the process died; writer output repeats only for steps that ran again; a
+    step the stored (or the acknowledged) snapshot recorded as finished (``at_crash``) does
+    not run again; and what storage returned after the crash is what it had acknowledged
+    before it (the last acknowledged snapshot, every acknowledged chunk).
 
     ``allowed_errors``: when concurrent branches fail, which error the run (or a foreach)
     reports is up to trio's scheduling; give the set of acceptable messages and any of them
@@ -536,7 +540,12 @@ def compare_recovered(
     strays = {name for name, _ in extra_outputs if name not in reran}
     if strays:
         problems.append(f"writer output repeated by steps that did not re-run: {sorted(strays)}")
-    again = sorted(k for k in _recorded_finished(at_crash.snapshot, workflow) if reran.get(k))
+    finished = _recorded_finished(at_crash.snapshot, workflow)
+    if at_crash.acknowledged is not None:
+        promised = at_crash.acknowledged
+        problems += durability_problems(promised, at_crash.snapshot, at_crash.events)
+        finished |= _recorded_finished(promised.snapshot, workflow)
+    again = sorted(k for k in finished if reran.get(k))
     if again:
         problems.append(f"steps the snapshot recorded as finished ran again: {again}")
     return problems, reran
@@ -652,6 +661,7 @@ async def crash_and_recover(
             at_crash = CrashState(
                 events=list(await inner.read_events(run_id)),
                 snapshot=await inner.load_snapshot(run_id),
+                acknowledged=faulty.acknowledged(run_id),
             )
             faulty.disarm()
             record = await drive_run(workflow, **drive)
@@ -683,8 +693,11 @@ async def check_crash_points(
     runtime on that storage continues the run with :func:`drive_run`. Each recovered run
     must satisfy :func:`compare_recovered`: the same status, result, error, state and step
     results as the reference, a log with the same settled chunks and workflow-finish
-    statuses (repeats only by steps that ran again; none at all with ``strict_log``), and
-    no re-run of a step the stored snapshot had recorded as finished.
+    statuses (repeats only by steps that ran again; none at all with ``strict_log``), no
+    re-run of a step the stored snapshot had recorded as finished, and no acknowledged
+    write lost: after the crash, storage returns the last snapshot and every chunk it
+    acknowledged before it (a storage that acknowledges a write it has not made durable
+    is reported here even when the run recovers).
 
     Returns the :class:`CrashPointReport`; with ``raise_on_mismatch`` (default) a
     :class:`CrashPointMismatch` listing every mismatching crash point is raised instead.
