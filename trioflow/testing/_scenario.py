@@ -386,9 +386,11 @@ async def _resume(run: tf.Run, request: ResumeRequest, copies: int) -> tf.Workfl
     lost: list[BaseException] = []
 
     async def one() -> None:
+        # Every error is a loss to report (a storage's raw error too): escaping, it would
+        # leave the harness as an exception group instead of "exactly one must win".
         try:
             won.append(await run.resume(**request.kwargs()))
-        except tf.TrioflowError as exc:
+        except Exception as exc:
             lost.append(exc)
             await trio.lowlevel.checkpoint()
 
