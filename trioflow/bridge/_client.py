@@ -46,6 +46,9 @@ logger = logging.getLogger("trioflow.bridge")
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_BUFFER_SIZE: Final = 1024
 DEFAULT_RECONNECT_ATTEMPTS: Final = 10
+#: Re-subscriptions from one ``seq`` that the server answers with a later one (the chunk
+#: at that seq never arrives readable: e.g. not JSON) before the subscription fails.
+MAX_GAP_RETRIES: Final = 3
 CLOSE_GRACE: Final = 1.0
 #: A consumer reading buffered chunks gets a schedule point at least this often.
 _SCHEDULE_EVERY: Final = 64
@@ -197,6 +200,8 @@ class BridgeSubscription:
         self._paused = False
         self._finished = False  # end, failure or aclose: nothing more arrives
         self._reads = 0
+        self._gap_seq = 0  # the seq the last re-subscription after a gap asked for
+        self._gap_retries = 0  # re-subscriptions in a row from _gap_seq
 
     def __repr__(self) -> str:
         return f"<BridgeSubscription {self.run_id} next_seq={self.next_seq}>"
@@ -296,13 +301,7 @@ class BridgeSubscription:
             if isinstance(seq, bool) or not isinstance(seq, int) or seq < self._expected:
                 return  # a duplicate (or garbage): never delivered twice
             if seq > self._expected:
-                logger.warning(
-                    "trioflow bridge client: run %s: got seq %d, expected %d; re-subscribing",
-                    self.run_id,
-                    seq,
-                    self._expected,
-                )
-                self._resubscribe()
+                self._on_gap(seq)
                 return
             if self._buffered >= self._buffer_size:
                 self._pause()
@@ -313,11 +312,16 @@ class BridgeSubscription:
                 self._fail(BridgeError("bad-request", f"undecodable chunk {seq}: {exc}"))
                 return
             self._expected = seq + 1
+            self._gap_retries = 0
             self._buffered += 1
             self._push(chunk)
         elif message_type == "caught-up":
             self._push(_CAUGHT_UP)
         elif message_type == "end":
+            end_seq = message.get("seq")
+            if isinstance(end_seq, int) and end_seq >= self._expected:
+                self._on_gap(end_seq)  # the end came, some chunks before it did not
+                return
             self._active = False
             self._finished = True
             self._client._remove(self, unsubscribe=False)
@@ -330,6 +334,35 @@ class BridgeSubscription:
                     str(message.get("code")), str(message.get("message")), run_id=self.run_id
                 )
             )
+
+    def _on_gap(self, seq: int) -> None:
+        """A message after ``seq`` came before chunk ``_expected``: re-subscribe from
+        there, a bounded number of times in a row for the same seq (a chunk the server
+        sends unreadable every time must not make the client loop forever)."""
+        missing = self._expected
+        if missing == self._gap_seq:
+            self._gap_retries += 1
+        else:
+            self._gap_seq, self._gap_retries = missing, 1
+        if self._gap_retries > MAX_GAP_RETRIES:
+            garbled = getattr(self._client, "last_malformed", None)
+            detail = f"; the server sent a malformed message ({garbled})" if garbled else ""
+            self._fail(
+                BridgeError(
+                    "bad-request",
+                    f"run {self.run_id}: chunk seq {missing} never arrived readable after "
+                    f"{MAX_GAP_RETRIES} re-subscriptions{detail}",
+                    run_id=self.run_id,
+                )
+            )
+            return
+        logger.warning(
+            "trioflow bridge client: run %s: got seq %d, expected %d; re-subscribing",
+            self.run_id,
+            seq,
+            missing,
+        )
+        self._resubscribe()
 
     def _resubscribe(self) -> None:
         self._active = False
@@ -388,6 +421,8 @@ class BridgeClient:
         self._connection_done: trio.Event | None = None
         #: How many connections were opened (1 + the reconnections).
         self.connections = 0
+        #: Why the last server message that could not be read was refused (None: none).
+        self.last_malformed: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -585,6 +620,9 @@ class BridgeClient:
         try:
             message = p.parse_server_message(frame)
         except p.ProtocolError as exc:
+            # Its subscription (if any) sees a gap in its seqs and re-subscribes, a bounded
+            # number of times (BridgeSubscription._on_gap).
+            self.last_malformed = exc.message
             logger.warning("trioflow bridge client: ignoring a message: %s", exc.message)
             return
         message_type: str = message["type"]

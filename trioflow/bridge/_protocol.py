@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, NoReturn
 
 import attrs
 
+from .._core._json import JsonValueError, check_strict_json
 from .._core._status import RunStatus
 
 #: The websocket subprotocol the server accepts when a client proposes it (optional).
@@ -62,6 +63,10 @@ RequestId = str | int | None
 
 #: Largest ``limit`` a ``list`` request may ask for.
 MAX_LIST_LIMIT: Final = 1000
+#: Largest integer any request field may hold (``offset``, ``fromSeq``, ``forEachIndex``):
+#: 2**53 - 1, the largest integer every JSON parser reads exactly, and far inside what
+#: every storage backend's 64-bit integers take.
+MAX_WIRE_INT: Final = 2**53 - 1
 
 _STATUSES: Final[frozenset[str]] = frozenset(status.value for status in RunStatus)
 
@@ -143,12 +148,47 @@ def loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def dumps(message: Mapping[str, Any]) -> str:
-    """The text of one message (compact JSON, UTF-8 kept as is)."""
+    """The text of one message (compact JSON, UTF-8 kept as is); ValueError for NaN or
+    Infinity. (A lone surrogate passes here: :func:`encode` refuses it.)"""
     return _ENCODER.encode(message)
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """The UTF-8 bytes of one message as strict JSON (RFC 8259, the project's policy in
+    ``trioflow._core._json``); ValueError naming the first offending path otherwise (NaN,
+    Infinity, a lone surrogate, a value that is not JSON, nesting too deep)."""
+    try:
+        return dumps(message).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        # The slow path, only for a refused message: say where.
+        try:
+            check_strict_json(message)
+        except JsonValueError as problem:
+            raise ValueError(f"not strict JSON: {problem}") from None
+        raise ValueError(f"not strict JSON: {exc}") from None
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (it cannot be UTF-8, so not JSON text)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (for messages that quote what
+    a client sent)."""
+    if not has_lone_surrogate(text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
 
 
 def _type_name(value: Any) -> str:
@@ -188,6 +228,8 @@ class _Fields:
             self._fail(f'"{key}" must be a string, got {_type_name(value)}')
         if not value:
             self._fail(f'"{key}" must not be empty')
+        if has_lone_surrogate(value):
+            self._fail(_SURROGATE.format(key=key))
         return value
 
     def required_text(self, key: str) -> str:
@@ -195,7 +237,7 @@ class _Fields:
         assert value is not None
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int = MAX_WIRE_INT) -> int:
         value = self._message.get(key)
         if value is None:
             return default
@@ -204,9 +246,9 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int):
             self._fail(f'"{key}" must be an integer, got {_type_name(value)}')
         if value < minimum:
-            self._fail(f'"{key}" must be >= {minimum}, got {value}')
-        if maximum is not None and value > maximum:
-            self._fail(f'"{key}" must be <= {maximum}, got {value}')
+            self._fail(f'"{key}" must be >= {minimum}, got {_short(value)}')
+        if value > maximum:
+            self._fail(f'"{key}" must be <= {maximum}, got {_short(value)}')
         return value
 
     def optional_integer(self, key: str, *, minimum: int) -> int | None:
@@ -229,22 +271,31 @@ class _Fields:
         value = self._message.get(key)
         if value is None:
             return None
-        if isinstance(value, str) and value:
-            return value
-        if (
-            isinstance(value, list)
-            and value
-            and all(isinstance(part, str) and part for part in value)
-        ):
-            return list(value)
+        parts = [value] if isinstance(value, str) else value
+        if isinstance(parts, list) and parts and all(isinstance(x, str) and x for x in parts):
+            if any(has_lone_surrogate(part) for part in parts):
+                self._fail(_SURROGATE.format(key=key))
+            return value if isinstance(value, str) else list(value)
         self._fail(
             f'"{key}" must be a step id ("a" or "outer.inner") or a non-empty array of '
             f"step ids, got {_type_name(value)}"
         )
 
 
+_SURROGATE: Final = (
+    '"{key}" must be valid Unicode text: it holds a lone surrogate (e.g. an unpaired \\ud800)'
+)
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}...({len(text)} digits)"
+
+
 def _request_id(message: dict[str, Any]) -> RequestId:
     value = message.get("id")
+    if isinstance(value, str) and has_lone_surrogate(value):
+        raise ProtocolError("bad-request", _SURROGATE.format(key="id"))
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -368,7 +419,12 @@ def reply(request_id: RequestId, **fields: Any) -> dict[str, Any]:
 def error(
     request_id: RequestId, code: ErrorCode, message: str, *, run_id: str | None = None
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
+    out: dict[str, Any] = {
+        "type": "error",
+        "id": request_id,
+        "code": code,
+        "message": printable(message),
+    }
     if run_id is not None:
         out["runId"] = run_id
     return out
@@ -400,10 +456,11 @@ def run_info(info: Any) -> dict[str, Any]:
     return row
 
 
-def text_frame(text: str) -> bytes:
+def text_frame(text: str | bytes) -> bytes:
     """One unfragmented, unmasked websocket text frame (RFC 6455 §5.2), as a server
-    sends it: the bridge frames its hot path itself (no extensions are negotiated)."""
-    payload = text.encode("utf-8")
+    sends it: the bridge frames its hot path itself (no extensions are negotiated).
+    ``text`` is the message's text or its UTF-8 bytes (from :func:`encode`)."""
+    payload = text.encode("utf-8") if isinstance(text, str) else text
     size = len(payload)
     if size < 126:
         return b"\x81" + bytes((size,)) + payload

@@ -51,11 +51,12 @@ from trio_websocket import (
 from .. import _errors as errors
 from .._broadcast import ends_at_terminal_finish, wait_stored_growth
 from .._core._chunks import Chunk
-from .._core._status import TERMINAL
+from .._core._status import TERMINAL, RunStatus
 from .._run import Run
 from .._runtime import Runtime
 from .._serde import to_wire
 from . import _protocol as p
+from ._checks import check_start, describe
 
 logger = logging.getLogger("trioflow.bridge")
 
@@ -259,6 +260,11 @@ class _Stopped(Exception):
     """The subscription was replaced or unsubscribed while its pump waited."""
 
 
+class _Unsendable(Exception):
+    """A chunk of the log cannot be sent as strict JSON (e.g. NaN stored by an older
+    trioflow): re-subscribing would meet it again, so the subscription ends."""
+
+
 class _Lagged(Exception):
     """The connection's send queue stayed full for ``lag_timeout`` seconds."""
 
@@ -303,7 +309,7 @@ class _FrameCache:
         hit = self._entries.get(key)
         if hit is not None and hit[0] is chunk:
             return hit[1]
-        data = p.text_frame(p.dumps(to_wire(chunk)))
+        data = p.text_frame(p.encode(to_wire(chunk)))  # ValueError: not strict JSON
         if hit is not None:
             self._bytes -= len(hit[1])
         self._entries[key] = (chunk, data)
@@ -431,7 +437,9 @@ def _error_for(exc: Exception, request_id: p.RequestId) -> dict[str, Any]:
         return p.error(request_id, "conflict", str(exc))
     if isinstance(exc, ValueError | TypeError | errors.TrioflowError):
         return p.error(request_id, "bad-request", str(exc))
-    logger.error("trioflow bridge: request %r failed", request_id, exc_info=exc)
+    logger.error(
+        "trioflow bridge: request %r failed: %s", request_id, describe(exc), exc_info=exc
+    )
     return p.error(request_id, "internal", f"internal error ({type(exc).__name__})")
 
 
@@ -517,11 +525,13 @@ class BridgeServer:
         except BaseExceptionGroup as group:
             fatal, rest = group.split((trio.Cancelled, KeyboardInterrupt, SystemExit))
             if rest is not None:
-                logger.error("trioflow bridge: connection failed", exc_info=rest)
+                logger.error(
+                    "trioflow bridge: connection failed: %s", describe(rest), exc_info=rest
+                )
             if fatal is not None:
                 raise fatal from None
-        except Exception:
-            logger.exception("trioflow bridge: connection failed")
+        except Exception as exc:
+            logger.error("trioflow bridge: connection failed: %s", describe(exc), exc_info=exc)
 
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         corked = CorkedStream(stream, high_water=self.max_send_buffer)
@@ -631,8 +641,10 @@ class _Connection:
             await task()
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except Exception:
-            logger.exception("trioflow bridge: connection task failed")
+        except Exception as exc:
+            logger.error(
+                "trioflow bridge: connection task failed: %s", describe(exc), exc_info=exc
+            )
             self.close_code = (1011, "internal error")
         finally:
             assert self._nursery is not None
@@ -665,14 +677,14 @@ class _Connection:
         """Send a reply or error (waits while the send buffer is full: back-pressure on
         the client's own requests)."""
         await self.out.wait_not_full()
-        self._append(p.text_frame(p.dumps(message)))
+        self._append(_frame_of(message))
 
     def _notice(self, message: dict[str, Any]) -> None:
         """Send a small notice past the buffer's bound (one per ended subscription)."""
         with contextlib.suppress(
             ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
         ):
-            self._append(p.text_frame(p.dumps(message)))
+            self._append(_frame_of(message))
 
     # --- requests ------------------------------------------------------------------------
 
@@ -750,6 +762,7 @@ class _Connection:
             raise p.ProtocolError(
                 "not-found", f"no workflow registered with id {request.workflow_id!r}", request.id
             ) from None
+        existing = None
         if request.run_id is not None:
             existing = await server.storage.load_snapshot(request.run_id)
             if existing is not None and existing.workflow_id != workflow.id:
@@ -758,14 +771,25 @@ class _Connection:
                     f"run {request.run_id!r} belongs to workflow {existing.workflow_id!r}",
                     request.id,
                 )
+        # A refused start stores nothing (SPEC §5): check its values before create_run
+        # stores a pending run.
+        check_start(workflow, request)
         run = await server.runtime.create_run(
             workflow, run_id=request.run_id, resource_id=request.resource_id
         )
-        output = await run.stream(
-            input_data=request.input_data,
-            initial_state=request.initial_state,
-            request_context=request.request_context,
-        )
+        try:
+            output = await run.stream(
+                input_data=request.input_data,
+                initial_state=request.initial_state,
+                request_context=request.request_context,
+            )
+        except Exception:
+            if existing is None:
+                # Refused for a reason the checks above do not know (on_start raised, a
+                # newer rule of the run API): nothing ran, leave no pending run behind.
+                with trio.CancelScope(shield=True):
+                    await _forget_pending(server.runtime, run.run_id)
+            raise
         await output.aclose()
         return p.reply(request.id, runId=run.run_id)
 
@@ -827,8 +851,20 @@ class _Connection:
             if sub.active:
                 self._end(sub)
                 self._notice(p.lagged(sub.run_id, sub.delivered))
+        except _Unsendable as exc:
+            logger.error("trioflow bridge: subscription to %s failed: %s", sub.run_id, exc)
+            if sub.active:
+                self._end(sub)
+                self._notice(
+                    p.error(None, "internal", f"{exc}; the subscription ends", run_id=sub.run_id)
+                )
         except Exception as exc:
-            logger.error("trioflow bridge: subscription to %s failed", sub.run_id, exc_info=exc)
+            logger.error(
+                "trioflow bridge: subscription to %s failed: %s",
+                sub.run_id,
+                describe(exc),
+                exc_info=exc,
+            )
             if sub.active:
                 self._end(sub)
                 self._notice(
@@ -851,11 +887,11 @@ class _Connection:
         end_seq = source.end_seq
         caught_up = False
         if end_seq < sub.from_seq:
-            await self._put(sub, p.text_frame(p.dumps(p.caught_up(run_id, end_seq))))
+            await self._put(sub, _frame_of(p.caught_up(run_id, end_seq)))
             caught_up = True
         chunks = source.chunks
         if chunks is None:  # a finished run, nothing after from_seq
-            await self._put(sub, p.text_frame(p.dumps(p.end(run_id, end_seq))))
+            await self._put(sub, _frame_of(p.end(run_id, end_seq)))
             self._end(sub)
             return
         frames = self.server.frames
@@ -865,17 +901,20 @@ class _Connection:
             seq = chunk.seq
             if source.gate and seq > sub.stored:
                 sub.stored = await marks.wait(run_id, seq)
-            frame = frames.frame(chunk)
+            try:
+                frame = frames.frame(chunk)
+            except ValueError as exc:
+                raise _Unsendable(f"chunk seq {seq} of run {run_id} is {exc}") from None
             if out.full() or not sub.active:
                 await self._put(sub, frame)
             else:
                 self._append(frame)
             sub.delivered = seq
             if not caught_up and seq >= end_seq:
-                await self._put(sub, p.text_frame(p.dumps(p.caught_up(run_id, seq))))
+                await self._put(sub, _frame_of(p.caught_up(run_id, seq)))
                 caught_up = True
             if ends_at_terminal_finish(chunk):
-                await self._put(sub, p.text_frame(p.dumps(p.end(run_id, seq))))
+                await self._put(sub, _frame_of(p.end(run_id, seq)))
                 self._end(sub)
                 return
         raise RuntimeError("the run's log ended before its terminal workflow-finish")
@@ -894,6 +933,39 @@ class _Connection:
         if not sub.active:
             raise _Stopped
         self._append(frame)
+
+
+async def _forget_pending(runtime: Runtime, run_id: str) -> None:
+    """Delete a run this request created and could not start (only while it is still
+    pending: another request may have started it meanwhile)."""
+    snapshot = await runtime.storage.load_snapshot(run_id)
+    if snapshot is not None and snapshot.status is RunStatus.PENDING:
+        try:
+            await runtime.delete_run(run_id)
+        except (RuntimeError, errors.StorageError) as exc:
+            logger.warning("trioflow bridge: cannot delete refused run %s: %s", run_id, exc)
+
+
+def _frame_of(message: dict[str, Any]) -> bytes:
+    """The frame of a server message: strict JSON always. A message that is not (a stored
+    value an older trioflow let through) becomes an ``internal`` error for its request."""
+    try:
+        return p.text_frame(p.encode(message))
+    except ValueError as exc:
+        kind = message.get("type")
+        logger.error("trioflow bridge: cannot send a %s message: %s", kind, exc)
+        request_id = message.get("id")
+        run_id = message.get("runId")
+        fallback = p.error(
+            request_id if isinstance(request_id, int | str) else None,
+            "internal",
+            f"the server cannot send its {kind} message: {exc}",
+            run_id=run_id if isinstance(run_id, str) else None,
+        )
+        try:
+            return p.text_frame(p.encode(fallback))
+        except ValueError:  # pragma: no cover - ids and run ids are checked when parsed
+            return p.text_frame(p.encode(p.error(None, "internal", "unsendable message")))
 
 
 def _close_chunks(source: _Source) -> None:
