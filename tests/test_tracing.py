@@ -177,7 +177,7 @@ async def test_dict_tracing_options_with_bad_trace_id_fail_before_the_run_starts
     assert ran == ["a"]
 
 
-@pytest.mark.parametrize("key", ["traceId", "parentSpanId", "bogus", "root_span_name"])
+@pytest.mark.parametrize("key", ["bogus", "root_span_name", "rootSpanName", "TraceId"])
 async def test_dict_tracing_options_with_unknown_key_are_rejected(rt: tf.Runtime, key: str) -> None:
     wf = tf.create_workflow(id="w").then(inc("a")).commit()
     run = await wf.create_run()

@@ -39,7 +39,7 @@ from ._errors import (
     StepNotSuspendedError,
     ValidationError,
 )
-from ._serde import structure, to_jsonable, to_stored_json, validate
+from ._serde import structure, to_stored_json, to_wire, validate
 from ._workflow import Step, Workflow
 from .tracing import TracingOptions, coerce_tracing_options
 
@@ -850,16 +850,22 @@ def _ends_unless_suspended(chunk: Chunk) -> bool:
 
 @attrs.frozen
 class LegacyEvent:
-    """An event of the v0 stream format: ``type`` and a ``payload`` dict."""
+    """An event of the v0 stream format: ``type`` and a ``payload`` dict.
+
+    Keys are Mastra's camelCase (``stepCallId``, ``startedAt``, ...) and there is no
+    ``stepName`` (Mastra 1.71 ``streamLegacy``: tests/fixtures/mastra_1_71/legacy.json).
+    """
 
     type: str
     payload: dict[str, Any]
 
 
+# Mastra agent chunks (see _agent.AgentChunks) that the legacy stream reports as tool-call
+# events; the end of a call's input carries no args, the tool-call chunk after it does.
 _TOOL_TYPES = {
-    "tool-call-start": "tool-call-streaming-start",
-    "tool-call-delta": "tool-call-delta",
-    "tool-call-finish": "tool-call-streaming-finish",
+    "tool-call-input-streaming-start": ("tool-call-streaming-start",),
+    "tool-call-delta": ("tool-call-delta",),
+    "tool-call": ("tool-call-streaming-finish", "tool-call"),
 }
 
 
@@ -870,35 +876,48 @@ def legacy_events(chunk: Chunk, run_id: str) -> list[LegacyEvent]:
     if isinstance(chunk, WorkflowFinish):
         return [LegacyEvent("finish", {"runId": run_id})]
     if isinstance(chunk, WorkflowStepStart):
-        return [LegacyEvent("step-start", _payload_dict(chunk.payload))]
+        return [LegacyEvent("step-start", _payload_dict(chunk))]
     if isinstance(chunk, WorkflowStepResult):
+        finish: dict[str, Any] = {"id": chunk.payload.id}
+        if chunk.payload.step_call_id is not None:
+            finish["stepCallId"] = chunk.payload.step_call_id
+        finish["metadata"] = {}
         return [
-            LegacyEvent("step-result", _payload_dict(chunk.payload)),
-            LegacyEvent("step-finish", {"id": chunk.payload.id, "metadata": {}}),
+            LegacyEvent("step-result", _payload_dict(chunk)),
+            LegacyEvent("step-finish", finish),
         ]
     if isinstance(chunk, WorkflowStepSuspended):
-        return [LegacyEvent("step-suspended", _payload_dict(chunk.payload))]
+        return [LegacyEvent("step-suspended", _payload_dict(chunk))]
     if isinstance(chunk, WorkflowStepWaiting):
-        return [LegacyEvent("step-waiting", _payload_dict(chunk.payload))]
+        return [LegacyEvent("step-waiting", _payload_dict(chunk))]
     if isinstance(chunk, WorkflowStepOutput):
-        output = chunk.payload.output
-        if isinstance(output, dict) and output.get("type") in _TOOL_TYPES:
-            body = {
-                "name": output.get("tool_name"),
-                "args": output.get("args"),
-                "toolCallId": output.get("tool_call_id"),
-            }
-            if output.get("type") == "tool-call-delta":
-                body["argsTextDelta"] = output.get("args_text_delta")
-            events = [LegacyEvent(_TOOL_TYPES[output["type"]], body)]
-            if output.get("type") == "tool-call-finish":
-                events.append(LegacyEvent("tool-call", body))
-            return events
+        return _legacy_tool_events(chunk.payload.output)
     return []
 
 
-def _payload_dict(payload: Any) -> dict[str, Any]:
-    return {k: v for k, v in to_jsonable(payload).items() if v is not None}
+def _legacy_tool_events(output: Any) -> list[LegacyEvent]:
+    if not isinstance(output, dict) or output.get("from") != "AGENT":
+        return []
+    types = _TOOL_TYPES.get(str(output.get("type")))
+    payload = output.get("payload")
+    if types is None or not isinstance(payload, dict):
+        return []
+    body = {
+        "name": payload.get("toolName"),
+        "args": payload.get("args"),
+        "toolCallId": payload.get("toolCallId"),
+        "argsTextDelta": payload.get("argsTextDelta"),
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    return [LegacyEvent(t, dict(body)) for t in types]
+
+
+def _payload_dict(chunk: Chunk) -> dict[str, Any]:
+    # The wire payload (camelCase field names, None fields left out, user data untouched)
+    # minus the stepName copy that only the v1 stream adds.
+    payload = dict(to_wire(chunk).get("payload", {}))
+    payload.pop("stepName", None)
+    return payload
 
 
 class _LegacyEvents:

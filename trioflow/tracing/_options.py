@@ -46,7 +46,8 @@ class TracingOptions:
     ``trace_id`` (1-32 hex chars) joins an existing trace; ``parent_span_id`` (1-16 hex
     chars) makes the root span a child of an external span; ``request_context_keys`` copies
     request-context values (dotted paths reach nested values) into the root span's
-    metadata; ``metadata`` and ``tags`` go on the root span.
+    metadata; ``metadata`` and ``tags`` go on the root span. As a dict, the keys may also
+    be spelled as Mastra does (``traceId``, ``parentSpanId``, ``requestContextKeys``).
     """
 
     metadata: dict[str, Any] | None = None
@@ -56,17 +57,48 @@ class TracingOptions:
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
 
 
-_FIELDS = {"metadata", "request_context_keys", "trace_id", "parent_span_id", "tags"}
+_FIELDS = ("metadata", "request_context_keys", "trace_id", "parent_span_id", "tags")
+
+# Mastra's own spelling of each option (its TracingOptions is camelCase), so options written
+# for a Mastra client can be passed as they are.
+_CAMEL = {
+    "metadata": "metadata",
+    "requestContextKeys": "request_context_keys",
+    "traceId": "trace_id",
+    "parentSpanId": "parent_span_id",
+    "tags": "tags",
+}
+
+
+def _snake_keys(value: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    unknown: list[str] = []
+    for key, item in value.items():
+        name = key if key in _FIELDS else _CAMEL.get(key)
+        if name is None:
+            unknown.append(repr(key))
+            continue
+        if name in out:
+            raise ValueError(f"tracing option {name} given twice: as {given_as[name]} and as {key}")
+        out[name] = item
+        given_as[name] = key
+    if unknown:
+        accepted = ", ".join(f"{k} ({c})" for c, k in _CAMEL.items() if c != k)
+        raise ValueError(
+            f"unknown tracing option(s): {', '.join(sorted(unknown))}; accepted: "
+            f"metadata, tags, {accepted}"
+        )
+    return out
 
 
 def coerce_tracing_options(value: TracingOptions | Mapping[str, Any] | None) -> TracingOptions:
+    """A TracingOptions from one, from a dict with snake_case or Mastra's camelCase keys
+    (``traceId``, ``parentSpanId``, ``requestContextKeys``), or from None."""
     if value is None:
         return TracingOptions()
     if isinstance(value, TracingOptions):
         return value
     if isinstance(value, Mapping):
-        unknown = set(value) - _FIELDS
-        if unknown:
-            raise ValueError(f"unknown tracing option(s): {', '.join(sorted(unknown))}")
-        return TracingOptions(**dict(value))
+        return TracingOptions(**_snake_keys(value))
     raise TypeError(f"tracing_options must be a TracingOptions or a dict, got {value!r}")
