@@ -181,10 +181,8 @@ def viewer_origins(host: str, port: int) -> frozenset[str]:
         shown = f"[{bare}]" if ":" in bare else bare
         origins.add(normalize_origin(f"http://{shown}:{port}"))
     if not origins or _is_loopback(bare):
-        origins.add(f"http://localhost:{port}")
-        origins.add(f"http://127.0.0.1:{port}")
-        if bare == "::1":
-            origins.add(f"http://[::1]:{port}")
+        twins = ["localhost", "127.0.0.1", *(["[::1]"] if bare == "::1" else [])]
+        origins.update(normalize_origin(f"http://{twin}:{port}") for twin in twins)
     return frozenset(origins)
 
 

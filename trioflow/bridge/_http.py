@@ -166,9 +166,12 @@ async def _read_head(stream: trio.abc.Stream, buffer: bytearray) -> bytes | None
     buffer), None when the client closed first."""
     while True:
         end = buffer.find(b"\r\n\r\n")
+        if end + 4 > MAX_HEAD:
+            raise _HeadError(431, "request head too large")
         if end >= 0:
             head = bytes(buffer[: end + 4])
             del buffer[: end + 4]
+            await trio.lowlevel.checkpoint()  # a pipelined head may be buffered already
             return head
         if len(buffer) > MAX_HEAD:
             raise _HeadError(431, "request head too large")
@@ -212,7 +215,13 @@ def _error_response(status: int, reason: str) -> bytes:
     ).encode() + body
 
 
-_REASONS: Final = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+}
 
 
 async def _respond(
@@ -230,7 +239,8 @@ async def _respond(
         (b"Content-Length", str(len(body)).encode()),
         *extra,
     ]
-    data = conn.send(h11.Response(status_code=status, headers=headers))
+    reason = _REASONS.get(status, "").encode()
+    data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
     if not head_only and body:
         data += conn.send(h11.Data(data=body))
     data += conn.send(h11.EndOfMessage())
@@ -323,7 +333,7 @@ async def serve(
     listeners = listeners[:1]
     bound: int = listeners[0].socket.getsockname()[1]
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: trio.SocketStream) -> None:  # noqa: ASYNC910
         try:
             await serve_connection(stream, site, on_upgrade, head_timeout=head_timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
