@@ -218,3 +218,140 @@ async def test_ordinary_values_are_stored_unchanged(rt: Any) -> None:
     assert result.result == value
     state = await rt.get_run_state(run.run_id)
     assert state.input == value
+
+
+# --------------------------------------------------------------------------- item 4: graphs
+
+
+def leaf_step() -> Any:
+    return tf.create_step(id="leaf", execute=echo)
+
+
+def wrap(depth: int, step: Any = None) -> tf.Workflow:
+    """``depth`` levels of workflows nested in one another around a plain step (the
+    outermost is level 0, so ``depth`` is the number of nested levels)."""
+    wf = tf.create_workflow(id="w0").then(step or leaf_step()).commit()
+    for level in range(1, depth + 1):
+        wf = tf.create_workflow(id=f"w{level}").then(wf).commit()
+    return wf
+
+
+async def stored_run_ids(rt: Any) -> list[str]:
+    return [info.run_id for info in await rt.list_runs()]
+
+
+def test_a_workflow_containing_itself_is_refused_at_commit() -> None:
+    from trioflow._workflow import WorkflowGraphError
+
+    a = tf.create_workflow(id="a").then(leaf_step())
+    a.then(a)
+    with pytest.raises(WorkflowGraphError, match=r"workflow 'a' contains itself: a -> a$"):
+        a.commit()
+    assert not a.committed
+    assert isinstance(WorkflowGraphError("x"), ValueError)
+    assert issubclass(WorkflowGraphError, tf.TrioflowError)
+
+
+def test_a_cycle_through_other_workflows_is_refused_at_commit() -> None:
+    from trioflow._workflow import WorkflowGraphError
+
+    a = tf.create_workflow(id="a").then(leaf_step())
+    b = tf.create_workflow(id="b")
+    c = tf.create_workflow(id="c")
+    a.parallel([leaf_step(), b])
+    b.then(c)
+    c.foreach(a)
+    with pytest.raises(WorkflowGraphError, match=r"contains itself: a -> b -> c -> a$"):
+        a.commit()
+    with pytest.raises(WorkflowGraphError, match=r"contains itself: b -> c -> a -> b$"):
+        b.commit()
+    # A↔B directly, in a loop and a branch.
+    x = tf.create_workflow(id="x").then(leaf_step())
+    y = tf.create_workflow(id="y").dowhile(x, lambda ctx: False)
+    x.branch([(lambda ctx: True, y)])
+    with pytest.raises(WorkflowGraphError, match=r"x -> y -> x$"):
+        x.commit()
+
+
+async def test_a_cycle_made_after_commit_is_refused_before_anything_is_stored(rt: Any) -> None:
+    from trioflow._workflow import WorkflowGraphError
+
+    inner = tf.create_workflow(id="inner").then(leaf_step()).commit()
+    outer = tf.create_workflow(id="outer").then(inner).commit()
+    inner.then(outer)  # outer is still committed, and now contains itself
+    with pytest.raises(WorkflowGraphError, match=r"outer -> inner -> outer"):
+        await outer.create_run()
+    assert await stored_run_ids(rt) == []
+
+    # Changed between create_run() and start(): start refuses, the run stays pending.
+    inner2 = tf.create_workflow(id="inner2").then(leaf_step()).commit()
+    outer2 = tf.create_workflow(id="outer2").then(inner2).commit()
+    run = await outer2.create_run()
+    inner2.then(outer2)
+    with pytest.raises(WorkflowGraphError, match=r"outer2 -> inner2 -> outer2"):
+        await run.start(input_data=1)
+    await assert_pending_and_empty(rt, run)
+
+
+def test_a_shared_nested_workflow_is_not_a_cycle() -> None:
+    shared = tf.create_workflow(id="shared").then(leaf_step()).commit()
+    mid = tf.create_workflow(id="mid").then(shared).then(shared).commit()
+    top = tf.create_workflow(id="top").parallel([shared, mid]).then(mid).commit()
+    assert top.committed
+
+
+async def test_nesting_up_to_the_limit_runs(rt: Any) -> None:
+    from trioflow._workflow import MAX_NESTING_DEPTH
+
+    assert MAX_NESTING_DEPTH >= 50
+    wf = wrap(MAX_NESTING_DEPTH, tf.create_step(id="gate", execute=gate_execute))
+    run = await wf.create_run()
+    first = await run.start(input_data={"v": 1})
+    assert first.status == "suspended"
+    assert len(first.suspended[0]) == MAX_NESTING_DEPTH + 1
+    result = await run.resume(resume_data={"v": 2})
+    assert result.status == "success"
+    assert result.result == {"v": 2}
+
+
+@pytest.mark.parametrize("extra", [1, 150])
+async def test_nesting_deeper_than_the_limit_is_refused(rt: Any, extra: int) -> None:
+    from trioflow._workflow import MAX_NESTING_DEPTH, WorkflowGraphError
+
+    # Built bottom-up, each level committed: the last commit is the one that goes too deep.
+    with pytest.raises(WorkflowGraphError, match=f"more than {MAX_NESTING_DEPTH} levels deep"):
+        wrap(MAX_NESTING_DEPTH + extra)
+    # Deepened after commit: create_run refuses before storing anything.
+    top = wrap(MAX_NESTING_DEPTH)
+    bottom = top
+    while True:
+        (entry,) = bottom.entries
+        node = entry.node  # type: ignore[union-attr]
+        if not isinstance(node, tf.Workflow):
+            break
+        bottom = node
+    bottom.then(tf.create_workflow(id="one-more").then(leaf_step()).commit())
+    with pytest.raises(WorkflowGraphError, match=f"more than {MAX_NESTING_DEPTH} levels deep"):
+        await top.create_run()
+    assert await stored_run_ids(rt) == []
+
+
+async def test_a_cycle_made_while_suspended_is_refused_by_resume_and_restart(rt: Any) -> None:
+    from trioflow._workflow import WorkflowGraphError
+
+    inner = (
+        tf.create_workflow(id="inner")
+        .then(tf.create_step(id="gate", execute=gate_execute))
+        .commit()
+    )
+    outer = tf.create_workflow(id="outer").then(inner).commit()
+    run = await outer.create_run()
+    assert (await run.start(input_data=1)).status == "suspended"
+    before = await rt.get_run_state(run.run_id)
+    inner.then(outer)
+    with pytest.raises(WorkflowGraphError, match=r"outer -> inner -> outer"):
+        await run.resume(resume_data=2)
+    with pytest.raises(WorkflowGraphError):
+        await run.restart()
+    after = await rt.get_run_state(run.run_id)
+    assert (after.status, after.updated_at) == ("suspended", before.updated_at)

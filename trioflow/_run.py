@@ -400,6 +400,7 @@ class Run:
         tracing_options: TracingOptions | Mapping[str, Any] | None,
     ) -> Execution:
         wf = self._workflow
+        wf.check_graph()
         storage = self._runtime.storage
         path = _normalize_step(step)
         if for_each_index is not None and (
@@ -647,6 +648,7 @@ class Run:
     async def begin_restart(self) -> Execution | WorkflowResult:
         from ._runtime import result_from_snapshot
 
+        self._workflow.check_graph()
         storage = self._runtime.storage
         snapshot = await storage.load_snapshot(self.run_id)
         if snapshot is None:

@@ -20,8 +20,9 @@ from ._core._graph import (
     SleepEntry,
     StepEntry,
     check_id,
+    entry_nodes,
 )
-from ._errors import EmptyWorkflowError, WorkflowNotCommittedError
+from ._errors import EmptyWorkflowError, TrioflowError, WorkflowNotCommittedError
 
 if TYPE_CHECKING:
     from ._context import StepContext
@@ -29,6 +30,22 @@ if TYPE_CHECKING:
 
 Execute = Callable[["StepContext"], Awaitable[Any]]
 Condition = Callable[["StepContext"], Any]
+
+#: The deepest chain of workflows nested in one another (the top-level workflow is level 0,
+#: a workflow used as its step level 1, …). Each level costs the engine a few frames of the
+#: Python stack, so a much deeper chain would overflow it mid-run.
+MAX_NESTING_DEPTH = 50
+
+# Bumped by every change to any workflow's graph: a Workflow remembers the value at which
+# its whole graph (nested workflows included) was last checked.
+_graph_epoch = 0
+
+
+class WorkflowGraphError(TrioflowError, ValueError):
+    """A workflow graph that cannot run: it contains itself (directly or through other
+    workflows), or nests workflows deeper than :data:`MAX_NESTING_DEPTH` levels. Raised by
+    ``commit()``, and by ``create_run()``/``start()`` when a nested workflow changed after
+    that, before anything is stored."""
 
 
 @attrs.frozen(kw_only=True)
@@ -180,13 +197,16 @@ class Workflow:
     suspend_schema: Any = None
     retries: int | None = None
     timeout: float | None = None
+    _graph_checked_at: int = attrs.field(default=-1, init=False, repr=False)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id!r} ({len(self.entries)} entries)>"
 
     def _add(self: _W, entry: Entry) -> _W:
+        global _graph_epoch
         self.entries.append(entry)
         self.committed = False
+        _graph_epoch += 1
         return self
 
     def then(self: _W, node: Step | Workflow) -> _W:
@@ -297,9 +317,22 @@ class Workflow:
         return self._add(SleepEntry(entry_id, until=when))
 
     def commit(self: _W) -> _W:
-        """Freeze the graph: a run can only be created from a committed workflow."""
+        """Freeze the graph: a run can only be created from a committed workflow.
+
+        Raises :class:`WorkflowGraphError` (a ValueError) when the workflow contains itself
+        (``a -> b -> a``) or nests workflows deeper than :data:`MAX_NESTING_DEPTH`.
+        """
+        self.check_graph()
         self.committed = True
         return self
+
+    def check_graph(self) -> None:
+        """Raise :class:`WorkflowGraphError` when the graph, nested workflows included,
+        contains a cycle or nests too deep. Cheap when nothing changed since the last
+        check."""
+        if self._graph_checked_at != _graph_epoch:
+            _check_graph(self)
+            self._graph_checked_at = _graph_epoch
 
     def check_runnable(self) -> None:
         if not self.entries:
@@ -311,6 +344,7 @@ class Workflow:
             raise WorkflowNotCommittedError(
                 "Uncommitted step flow changes detected. Call .commit() to register the steps."
             )
+        self.check_graph()  # a nested workflow may have changed since this one's commit()
 
     async def create_run(self, *, run_id: str | None = None, resource_id: str | None = None) -> Run:
         """A :class:`Run` of this workflow in the innermost open runtime.
@@ -330,6 +364,52 @@ class Workflow:
             "create_run_async() is deprecated; use create_run()", DeprecationWarning, stacklevel=2
         )
         return await self.create_run(run_id=run_id, resource_id=resource_id)
+
+
+def _nested_workflows(workflow: Workflow) -> list[Workflow]:
+    return [node for node in entry_nodes(workflow.entries) if isinstance(node, Workflow)]
+
+
+def _chain(workflows: Sequence[Workflow]) -> str:
+    ids = [w.id for w in workflows]
+    if len(ids) > 8:
+        ids = [*ids[:3], f"... ({len(ids) - 5} more)", *ids[-2:]]
+    return " -> ".join(ids)
+
+
+def _check_graph(root: Workflow) -> None:
+    """Depth-first over the nested workflows (by identity, iteratively: the graph may be
+    deeper than the Python stack): a workflow met again on the current path is a cycle;
+    ``heights`` remembers how many levels nest below each finished one."""
+    heights: dict[int, int] = {}
+    path: list[Workflow] = [root]
+    children: list[list[Workflow]] = [_nested_workflows(root)]
+    positions: list[int] = [0]
+    while path:
+        if positions[-1] == len(children[-1]):
+            done = path.pop()
+            below = children.pop()
+            positions.pop()
+            heights[id(done)] = max((heights[id(c)] + 1 for c in below), default=0)
+            continue
+        child = children[-1][positions[-1]]
+        positions[-1] += 1
+        if any(w is child for w in path):
+            start = next(i for i, w in enumerate(path) if w is child)
+            raise WorkflowGraphError(
+                f"workflow {child.id!r} contains itself: {_chain([*path[start:], child])}"
+            )
+        deepest = len(path) + heights.get(id(child), 0)
+        if deepest > MAX_NESTING_DEPTH:
+            raise WorkflowGraphError(
+                f"workflow {root.id!r} nests workflows more than {MAX_NESTING_DEPTH} levels "
+                f"deep ({_chain([*path, child])}{' -> ...' if id(child) in heights else ''}); "
+                f"at most {MAX_NESTING_DEPTH} levels are supported"
+            )
+        if id(child) not in heights:
+            path.append(child)
+            children.append(_nested_workflows(child))
+            positions.append(0)
 
 
 def create_workflow(

@@ -196,3 +196,14 @@ def find_node(entries: list[Entry], node_id: str) -> Any | None:
                 if node.id == node_id:
                     return node
     return None
+
+
+def entry_nodes(entries: list[Entry]) -> list[Any]:
+    """Every node (Step or nested Workflow) the entries run, in graph order."""
+    nodes: list[Any] = []
+    for entry in entries:
+        if isinstance(entry, StepEntry | LoopEntry | ForeachEntry):
+            nodes.append(entry.node)
+        elif isinstance(entry, ParallelEntry | BranchEntry):
+            nodes.extend(entry.nodes)
+    return nodes
