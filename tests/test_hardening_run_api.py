@@ -355,3 +355,69 @@ async def test_a_cycle_made_while_suspended_is_refused_by_resume_and_restart(rt:
         await run.restart()
     after = await rt.get_run_state(run.run_id)
     assert (after.status, after.updated_at) == ("suspended", before.updated_at)
+
+
+# --------------------------------------------------------------------------- item 3: foreach
+
+
+async def _suspended_foreach(rt: Any, outer: tf.Workflow) -> tuple[Any, Any, list[Any]]:
+    run = await outer.create_run()
+    assert (await run.start(input_data=[1, 2, 3])).status == "suspended"
+    before = await rt.get_run_state(run.run_id)
+    events = [c async for c in run.observe_stream(follow=False)]
+    return run, before, events
+
+
+async def _unchanged(rt: Any, run: Any, before: Any, events: list[Any]) -> None:
+    after = await rt.get_run_state(run.run_id)
+    assert (after.status, after.updated_at) == ("suspended", before.updated_at)
+    assert [c async for c in run.observe_stream(follow=False)] == events
+
+
+async def test_for_each_index_of_a_nested_foreach_names_a_suspended_iteration(rt: Any) -> None:
+    leaf = tf.create_step(id="leaf", execute=gate_execute)
+    nest = tf.create_workflow(id="nest").foreach(leaf).commit()
+    outer = tf.create_workflow(id="outer").then(nest).commit()
+    run, before, events = await _suspended_foreach(rt, outer)
+
+    with pytest.raises(tf.StepNotSuspendedError) as info:
+        await run.resume(step="nest.leaf", for_each_index=7, resume_data=5)
+    assert "nest.leaf[7]" in str(info.value)
+    assert "nest.leaf[0]" in str(info.value)
+    await _unchanged(rt, run, before, events)
+
+    # Iteration 0 suspended (concurrency 1 stops the foreach there): it resumes.
+    result = await run.resume(step="nest.leaf", for_each_index=0, resume_data=5)
+    assert result.status == "suspended"
+    assert result.steps["nest"].status == "suspended"
+
+
+async def test_for_each_index_of_a_foreach_over_a_nested_workflow(rt: Any) -> None:
+    inner = (
+        tf.create_workflow(id="inner")
+        .then(tf.create_step(id="g", execute=gate_execute))
+        .commit()
+    )
+    outer = tf.create_workflow(id="outer").foreach(inner, concurrency=3).commit()
+    run, before, events = await _suspended_foreach(rt, outer)
+    with pytest.raises(tf.StepNotSuspendedError):
+        await run.resume(step="inner", for_each_index=3, resume_data=5)
+    await _unchanged(rt, run, before, events)
+    result = await run.resume(step="inner", for_each_index=2, resume_data=9)
+    assert result.status == "suspended"
+
+
+async def test_for_each_index_on_a_path_without_a_foreach_is_refused(rt: Any) -> None:
+    inner = (
+        tf.create_workflow(id="inner")
+        .then(tf.create_step(id="g", execute=gate_execute))
+        .commit()
+    )
+    outer = tf.create_workflow(id="outer").then(inner).commit()
+    run = await outer.create_run()
+    assert (await run.start(input_data=1)).status == "suspended"
+    before = await rt.get_run_state(run.run_id)
+    with pytest.raises(ValueError, match=r"'inner.g' is not a foreach step"):
+        await run.resume(step="inner.g", for_each_index=0, resume_data=5)
+    after = await rt.get_run_state(run.run_id)
+    assert (after.status, after.updated_at) == ("suspended", before.updated_at)

@@ -26,7 +26,7 @@ from ._core._chunks import (
 )
 from ._core._graph import find_node
 from ._core._model import RunSnapshot, Usage, WorkflowResult
-from ._core._resume import ResumeTarget, resolve_target
+from ._core._resume import ResumeTarget, check_foreach_index, resolve_target
 from ._core._status import TERMINAL, RunStatus
 from ._engine import Execution, call_maybe_async, current_execution, new_trace_id, now_ms
 from ._errors import (
@@ -36,7 +36,6 @@ from ._errors import (
     RunNotActiveError,
     RuntimeClosedError,
     SnapshotNotFoundError,
-    StepNotSuspendedError,
     ValidationError,
 )
 from ._serde import structure, to_stored_json, to_wire, validate
@@ -105,25 +104,6 @@ def _node_at(workflow: Workflow, path: list[str]) -> Any:
             return None
         current = node
     return node
-
-
-def _check_foreach_index(snapshot: RunSnapshot, target: ResumeTarget) -> None:
-    """A ``for_each_index`` must name a suspended iteration of the targeted foreach."""
-    index = target.foreach_index
-    if index is None or len(target.path) != 1:
-        return
-    stored = snapshot.steps.get(target.path[0]) or {}
-    foreach = (stored.get("metadata") or {}).get("foreach")
-    outcomes = foreach.get("outcomes") if isinstance(foreach, dict) else None
-    if outcomes is None:
-        raise ValueError(f"for_each_index given, but {target.path[0]!r} is not a foreach step")
-    suspended = [
-        i for i, outcome in enumerate(outcomes) if outcome and outcome.get("status") == "suspended"
-    ]
-    if index not in suspended:
-        raise StepNotSuspendedError(
-            f"{target.path[0]}[{index}]", [[f"{target.path[0]}[{i}]"] for i in suspended]
-        )
 
 
 def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
@@ -437,7 +417,7 @@ class Run:
             steps=snapshot.steps,
             resume_labels=snapshot.resume_labels,
         )
-        _check_foreach_index(snapshot, target)
+        check_foreach_index(target, snapshot.steps)
         node = _node_at(wf, target.path)
         data = resume_data
         schema = getattr(node, "resume_schema", None)

@@ -85,3 +85,39 @@ def resolve_target(
     if len(matches) > 1:
         raise MultipleSuspendedStepsError(matches)
     return ResumeTarget(path=matches[0], foreach_index=for_each_index)
+
+
+def _foreach_outcomes(stored: Mapping[str, Any] | None) -> list[Any] | None:
+    foreach = ((stored or {}).get("metadata") or {}).get("foreach")
+    outcomes = foreach.get("outcomes") if isinstance(foreach, dict) else None
+    return outcomes if isinstance(outcomes, list) else None
+
+
+def check_foreach_index(target: ResumeTarget, steps: Mapping[str, Mapping[str, Any]]) -> None:
+    """A ``for_each_index`` must name a suspended iteration of the foreach it applies to:
+    the first foreach on the target's path (``["nest", "leaf"]`` looks at ``nest``, then
+    at ``nest.leaf``), as the engine hands the index down.
+
+    Raises ValueError (no foreach on the path) or StepNotSuspendedError (listing the
+    suspended iterations).
+    """
+    index = target.foreach_index
+    if index is None:
+        return
+    for depth in range(1, len(target.path) + 1):
+        key = ".".join(target.path[:depth])
+        outcomes = _foreach_outcomes(steps.get(key))
+        if outcomes is None:
+            continue
+        suspended = [
+            i
+            for i, outcome in enumerate(outcomes)
+            if isinstance(outcome, Mapping) and outcome.get("status") == "suspended"
+        ]
+        if index not in suspended:
+            raise StepNotSuspendedError(f"{key}[{index}]", [[f"{key}[{i}]"] for i in suspended])
+        return
+    raise ValueError(
+        f"for_each_index given, but {'.'.join(target.path)!r} is not a foreach step "
+        "(nor inside one)"
+    )
