@@ -12,7 +12,6 @@ Captured from Mastra 1.71: tests/fixtures/mastra_1_71/agent_usage.json, agent_to
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, Protocol
@@ -22,7 +21,7 @@ import trio
 
 from ._context import StepContext
 from ._core._model import Usage
-from ._engine import call_maybe_async
+from ._engine import call_maybe_async, now_ms
 from ._workflow import Step, create_step
 
 ModelChunkType = Literal[
@@ -109,7 +108,7 @@ class AgentChunks:
                 "request": {},
                 "warnings": [],
                 "messageId": self._message_id,
-                "startedAt": int(time.time() * 1000),
+                "startedAt": now_ms(),
             }
             out.append(self._chunk("step-start", payload))
         return out
