@@ -257,10 +257,141 @@ async def test_restart_active_runs_survives_a_step_raising_a_base_exception() ->
         crashing = tf.create_workflow(id="boot").then(
             tf.create_step(id="s", execute=_raising(Boom("boot")))
         )
-        async with tf.open_runtime(
-            storage=storage, workflows=[crashing], restart_active_runs=True
-        ):
+        async with tf.open_runtime(storage=storage, workflows=[crashing], restart_active_runs=True):
             await trio.testing.wait_all_tasks_blocked()
         snapshot = await storage.load_snapshot(run.run_id)
         assert snapshot is not None
         assert snapshot.status == "failed"
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+
+def _cycle() -> list[Any]:
+    value: list[Any] = [1]
+    value.append(value)
+    return value
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+NOT_JSON: list[tuple[str, Any, str, str]] = [
+    # (id, output, path, words of the reason)
+    ("object", lambda: {"a": object()}, "a", "type object"),
+    ("bytes", lambda: {"items": [1, 2, b"x"]}, "items[2]", "type bytes"),
+    ("cycle", _cycle, "[1]", "contains itself"),
+    ("nan", lambda: {"x": float("nan")}, "x", "nan"),
+    ("infinity", lambda: [float("inf")], "[0]", "inf"),
+    ("deep", lambda: _deep(150), "[0]" * 100, "deeper than 100"),
+    ("surrogate", lambda: {"s": "\ud800"}, "s", "surrogate"),
+]
+
+
+def _returning(make: Any) -> Any:
+    async def execute(ctx: tf.StepContext) -> Any:
+        await trio.lowlevel.checkpoint()
+        return make()
+
+    return execute
+
+
+@pytest.mark.parametrize(
+    ("make", "path", "words"), [c[1:] for c in NOT_JSON], ids=[c[0] for c in NOT_JSON]
+)
+async def test_a_step_output_that_is_not_strict_json_fails_the_step(
+    make: Any, path: str, words: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    wf = tf.create_workflow(id="odd").then(tf.create_step(id="s", execute=_returning(make)))
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf)
+        with trio.fail_after(60):
+            out = await run.stream()
+            chunks = [chunk async for chunk in out]
+            result = await out.result()
+        assert result.status == "failed"
+        error = result.error
+        assert isinstance(error, tf.ValidationError)
+        assert str(error).startswith("Step output is not valid JSON: ")
+        assert getattr(error, "path", None) == path
+        assert words in str(error)
+        assert [c.type for c in chunks][-2:] == ["workflow-step-result", "workflow-finish"]
+        assert chunks[-1].payload.workflow_status == "failed"
+        stored = await runtime.get_run_state(run.run_id)
+        assert stored.status == "failed"
+        assert stored.steps["s"].status == "failed"
+
+
+async def test_the_error_names_the_path_in_one_line() -> None:
+    wf = tf.create_workflow(id="odd-path").then(
+        tf.create_step(id="s", execute=_returning(lambda: {"items": [1, 2, b"x"]}))
+    )
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        result = await (await runtime.create_run(wf)).start()
+    assert str(result.error) == (
+        "Step output is not valid JSON: items[2]: a value of type bytes is not JSON"
+    )
+    assert isinstance(result.error, ValueError)
+
+
+@pytest.mark.parametrize("what", ["state", "suspend", "bail", "map"])
+async def test_other_values_a_step_produces_are_checked_too(what: str) -> None:
+    async def execute(ctx: tf.StepContext) -> Any:
+        await trio.lowlevel.checkpoint()
+        if what == "state":
+            ctx.set_state({"n": float("nan")})
+        elif what == "suspend":
+            await ctx.suspend({"blob": b"x"})
+        elif what == "bail":
+            ctx.bail({"x": float("inf")})
+        return 1
+
+    wf = tf.create_workflow(id=f"odd-{what}")
+    if what == "map":
+        wf = wf.map(_returning(lambda: {"m": object()}))
+    else:
+        wf = wf.then(tf.create_step(id="s", execute=execute))
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf)
+        result = await run.start(input_data=1)
+        assert result.status == "failed", result
+        assert isinstance(result.error, tf.ValidationError)
+        prefix = {
+            "state": "State update",
+            "suspend": "Suspend payload",
+            "bail": "Bail value",
+            "map": "Step output",
+        }[what]
+        assert str(result.error).startswith(prefix + " is not valid JSON: ")
+        assert (await runtime.get_run_state(run.run_id)).status == "failed"
+
+
+async def test_restart_of_a_run_whose_step_returns_bytes_fails_it(tmp_path: Any) -> None:
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    await storage.open()
+    try:
+        blocked = tf.create_workflow(id="odd-restart").then(tf.create_step(id="s", execute=_block))
+        async with tf.open_runtime(storage=storage, workflows=[blocked]) as runtime:
+            run = await runtime.create_run(blocked)
+            await run.stream()
+            await trio.testing.wait_all_tasks_blocked()
+        odd = tf.create_workflow(id="odd-restart").then(
+            tf.create_step(id="s", execute=_returning(lambda: b"raw"))
+        )
+        async with tf.open_runtime(storage=storage, workflows=[odd]) as runtime:
+            again = await runtime.create_run(odd, run_id=run.run_id)
+            with trio.fail_after(30):
+                result = await again.restart()
+            assert result.status == "failed"
+            assert "Step output is not valid JSON: (root): a value of type bytes" in str(
+                result.error
+            )
+        snapshot = await storage.load_snapshot(run.run_id)
+        assert snapshot is not None
+        assert snapshot.status == "failed"
+    finally:
+        await storage.aclose()

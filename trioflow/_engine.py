@@ -64,6 +64,7 @@ from ._core._graph import (
     StepEntry,
     get_path,
 )
+from ._core._json import JsonValueError
 from ._core._model import (
     ResumeLabel,
     RunSnapshot,
@@ -78,13 +79,21 @@ from ._core._status import RunStatus, StepStatus, combine_branch_statuses
 from ._errors import (
     LeaseLostError,
     NonRetryableError,
+    NotJsonError,
     RuntimeClosedError,
     StepTimeoutError,
     TripwireError,
     ValidationError,
 )
 from ._groups import is_cancellation, is_fatal, sole_exception
-from ._serde import dump_error, load_error, serialize_error, to_jsonable, validate
+from ._serde import (
+    dump_error,
+    load_error,
+    serialize_error,
+    to_jsonable,
+    to_strict_jsonable,
+    validate,
+)
 from ._workflow import Step, Workflow
 from .tracing import TracingOptions
 from .tracing._spans import Span, current_span
@@ -725,11 +734,6 @@ class Level:
             result = StepResult(status=_S.FAILED, error=error, ended_at=now_ms(), **base)
             return settle(result, StepRun(result=result, tripwire=tripwire))
 
-        def canceled() -> None:
-            if emit:
-                result = StepResult(status=_S.CANCELED, ended_at=now_ms(), **base)
-                self.emit_settled(chunk_id, result, call_id)
-
         step_input = value
         if node.input_schema is not None and self.workflow.validate_inputs:
             try:
@@ -762,7 +766,8 @@ class Level:
             try:
                 output = await _call_with_timeout(node, ctx)
             except trio.Cancelled:
-                canceled()
+                if emit:
+                    self._emit_canceled(chunk_id, call_id, base)
                 raise
             except TripwireError as exc:
                 info = TripwireInfo(
@@ -780,9 +785,9 @@ class Level:
                 return failed(exc)
             except BaseException as exc:
                 if is_fatal(exc):
-                    if is_cancellation(exc):
+                    if is_cancellation(exc) and emit:
                         # The step's own nursery was cancelled: a group of Cancelled.
-                        canceled()
+                        self._emit_canceled(chunk_id, call_id, base)
                     raise
                 # SystemExit, GeneratorExit, any BaseException subclass: this step's
                 # failure (not retried), never the runtime's end.
@@ -790,6 +795,15 @@ class Level:
             break
 
         ended_at = now_ms()
+        if (
+            ctx._new_state is not None
+            or ctx._suspended
+            or ctx._bailed
+            or not _plainly_json(output, 0)
+        ):
+            not_json = _not_json_produced(ctx, output)
+            if not_json is not None:
+                return failed(not_json)
         try:
             if ctx._new_state is not None:
                 self.apply_state(ctx._new_state, node.state_schema)
@@ -812,6 +826,10 @@ class Level:
             return settle(result, StepRun(result=result, bailed=True))
         result = StepResult(status=_S.SUCCESS, output=output, ended_at=ended_at, **base)
         return settle(result)
+
+    def _emit_canceled(self, chunk_id: str, call_id: str | None, base: dict[str, Any]) -> None:
+        result = StepResult(status=_S.CANCELED, ended_at=now_ms(), **base)
+        self.emit_settled(chunk_id, result, call_id)
 
     async def run_nested(
         self,
@@ -1545,6 +1563,9 @@ class Level:
             else:
                 await trio.lowlevel.checkpoint()
                 output = {k: self.resolve_source(s) for k, s in (entry.mapping or {}).items()}
+            not_json = _not_json("Step output", output)
+            if not_json is not None:
+                raise not_json
         except trio.Cancelled:
             self._settle_canceled(idx, entry.id, chunk_id, value, started_at)
             raise
@@ -1664,6 +1685,67 @@ def _entry_span(entry: Entry) -> tuple[str, str]:
     if isinstance(entry, SleepEntry):
         return "workflow_sleep", f"sleep: {entry.id}"
     return "workflow_step", entry.ids[0]
+
+
+def _plainly_json(value: Any, depth: int) -> bool:
+    """True when ``value`` is certainly strict JSON: plain dicts and lists at most
+    :data:`_QUICK_DEPTH` deep of ASCII strings, ints, bools, None and finite floats. The
+    step path's check: no paths are built. False means "walk it properly" (the full
+    check names the path, and finds cycles)."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii()
+    if kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return value - value == 0.0  # NaN and ±Infinity give NaN
+    if depth >= _QUICK_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not _plainly_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        return all(_plainly_json(item, depth + 1) for item in value)
+    return False
+
+
+#: How deep the quick check looks before leaving a value to the full walk.
+_QUICK_DEPTH = 8
+
+
+def _not_json(what: str, value: Any) -> NotJsonError | None:
+    """The error for a value that cannot be stored (not strict JSON), or None."""
+    if _plainly_json(value, 0):
+        return None
+    try:
+        to_strict_jsonable(value)
+    except JsonValueError as exc:
+        return NotJsonError(what, exc.path, exc.reason)
+    return None
+
+
+def _not_json_produced(ctx: StepContext, output: Any) -> NotJsonError | None:
+    """What a step produced that cannot be stored: the step fails with it (SPEC §0)."""
+    if ctx._new_state is None and not ctx._suspended and not ctx._bailed:
+        # The step path: a plain output, checked without building anything.
+        return _not_json("Step output", output)
+    checks: list[tuple[str, Any]] = []
+    if ctx._new_state is not None:
+        checks.append(("State update", ctx._new_state))
+    if ctx._suspended:
+        checks.append(("Suspend payload", ctx._suspend_payload))
+        checks.append(("Step output", output))
+    elif ctx._bailed:
+        checks.append(("Bail value", ctx._bail_value))
+    else:
+        checks.append(("Step output", output))
+    for what, value in checks:
+        problem = _not_json(what, value)
+        if problem is not None:
+            return problem
+    return None
 
 
 def _type_name(value: object) -> str:
@@ -2012,13 +2094,12 @@ class Execution:
         except Exception as exc:
             self._died(exc)
         except BaseException as exc:
-            if is_fatal(exc):
-                # KeyboardInterrupt: never leave waiters hanging, never swallow.
-                if self.result is None:
-                    self.failure = exc
-                raise
-            # Any other BaseException ends this execution only, never the runtime.
-            self._died(exc)
+            # KeyboardInterrupt, or a BaseException from storage (a process crash as
+            # trioflow.testing simulates it): never leave waiters hanging, never swallow.
+            # (User code's BaseExceptions never get here: they are its failures.)
+            if self.result is None:
+                self.failure = exc
+            raise
         finally:
             if self.tracer is not None:
                 self._end_root_span(self.result.status if self.result else RunStatus.RUNNING)

@@ -32,6 +32,29 @@ class ValidationError(TrioflowError, ValueError):
         return (type(self), (self.prefix, self.errors))
 
 
+class NotJsonError(ValidationError):
+    """A value a step produced (its output, suspend payload, bail value or state update)
+    is not strict JSON, so it cannot be stored or sent: the step fails with this error and
+    the run ends ``failed`` (SPEC §0).
+
+    ``what`` names the value (``"Step output"``), ``path`` where it breaks the policy
+    (``items[2]``; ``""`` is the value itself) and ``reason`` how; the message is one line,
+    e.g. ``Step output is not valid JSON: items[2]: a value of type bytes is not JSON``.
+    A :class:`ValidationError` (so also a ``ValueError``), with ``errors`` =
+    ``[(path, reason)]``.
+    """
+
+    def __init__(self, what: str, path: str, reason: str) -> None:
+        self.what = what
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{what} is not valid JSON:", [(path, reason)])
+        self.args = (f"{what} is not valid JSON: {path or '(root)'}: {reason}",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.path, self.reason))
+
+
 class EmptyWorkflowError(TrioflowError):
     """``create_run()`` on a workflow without any entry."""
 
