@@ -9,11 +9,15 @@ sync tests, and :func:`local_postgres`: a throwaway private PostgreSQL server (D
 entry point) adds fixtures: a runtime on trio's MockClock, MemoryStorage/SqliteStorage.
 
 With hypothesis installed, :mod:`trioflow.testing.strategies` has the strategies
-``workflows()``, ``inputs_for()`` and ``fault_plans()``; they are also reachable as
-attributes of this package (imported on first use).
+``workflows()``, ``inputs_for()`` and ``fault_plans()`` (and ``profile_settings()``); they
+are also reachable as attributes of this package (imported on first use, so they are not
+in ``__all__``: ``from trioflow.testing import *`` never needs hypothesis).
+
+Every public name is described in ``docs/testing.md`` (with examples) and
+``docs/api.md``; ``tests/test_testing_docs.py`` checks that none is left out.
 """
 
-from typing import Any
+from typing import Any as _Any
 
 from ._faults import FaultyStorage as FaultyStorage
 from ._faults import SimulatedCrash as SimulatedCrash
@@ -70,10 +74,67 @@ from ._spec import describe as describe
 from ._spec import walk_entries as walk_entries
 from ._spec import walk_steps as walk_steps
 
+__all__ = [
+    "BranchSpec",
+    "ClockGuardStorage",
+    "CrashPoint",
+    "CrashPointMismatch",
+    "CrashPointReport",
+    "EntrySpec",
+    "Expected",
+    "FaultPlan",
+    "FaultyStorage",
+    "ForeachSpec",
+    "GeneratedWorkflow",
+    "LocalPostgres",
+    "LoopSpec",
+    "MapSpec",
+    "ModelError",
+    "ModelMismatch",
+    "NodeSpec",
+    "ParallelSpec",
+    "PostgresNotFound",
+    "ReferenceModel",
+    "ResumeData",
+    "ResumePlan",
+    "ResumeRequest",
+    "Resumer",
+    "RunPlan",
+    "RunRecord",
+    "ScenarioRecord",
+    "ScriptedModel",
+    "ScriptedStepError",
+    "SimulatedCrash",
+    "SleepSpec",
+    "StepCounter",
+    "StepSpec",
+    "ThenSpec",
+    "WorkflowSpec",
+    "build_workflow",
+    "check_against_model",
+    "check_crash_points",
+    "check_stream_invariants",
+    "chunk_signature",
+    "compare_recovered",
+    "crash_and_recover",
+    "describe",
+    "drive_run",
+    "execution_differences",
+    "local_postgres",
+    "outcome_view",
+    "resume_with",
+    "run_on_mock_clock",
+    "settled_view",
+    "start_local_postgres",
+    "walk_entries",
+    "walk_steps",
+    "wire_problems",
+]
+
 _LAZY = ("workflows", "inputs_for", "fault_plans", "profile_settings")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         try:
             from . import strategies
