@@ -62,8 +62,14 @@ export class Bridge extends EventTarget {
     try {
       ws = new WebSocket(this.url, [SUBPROTOCOL, BEARER_PREFIX + this.token]);
     } catch (err) {
-      // e.g. a token with characters a subprotocol cannot carry
-      this._setState("bad-token", { reason: String(err) });
+      if (err.name === "SyntaxError") {
+        // a token with characters a subprotocol cannot carry: it cannot be right
+        this._setState("bad-token", { reason: String(err) });
+        return;
+      }
+      this._setState("down", { reason: String(err), retryMs: this._retryMs });
+      this._retryTimer = setTimeout(() => this._open(), this._retryMs);
+      this._retryMs = Math.min(RETRY_MAX_MS, this._retryMs * 2);
       return;
     }
     this._ws = ws;
