@@ -25,6 +25,7 @@ import trio.testing
 import trioflow as tf
 from trioflow._core import _chunks as ch
 from trioflow._core._model import RunSnapshot
+from trioflow.storage import _sqlite_file as sqlite_file
 from trioflow.storage import sqlite as sqlite_module
 from trioflow.storage.sqlite import SqliteStorage
 
@@ -441,7 +442,7 @@ async def test_migration_to_a_new_version_runs_on_open(
         conn.execute("CREATE TABLE notes (run_id TEXT PRIMARY KEY, note TEXT)")
         conn.execute("INSERT INTO notes SELECT run_id, 'migrated' FROM runs")
 
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, add_notes])
+    monkeypatch.setattr(sqlite_file, "MIGRATIONS", [*sqlite_file.MIGRATIONS, add_notes])
     async with SqliteStorage(db_path) as storage:
         loaded = await storage.load_snapshot("kept")
         assert loaded is not None
@@ -466,7 +467,7 @@ async def test_new_file_runs_every_migration(
     def v2(conn: sqlite3.Connection) -> None:
         applied.append(2)
 
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, v2])
+    monkeypatch.setattr(sqlite_file, "MIGRATIONS", [*sqlite_file.MIGRATIONS, v2])
     async with SqliteStorage(db_path) as storage:
         await storage.create_run(snap("r"))
     assert applied == [2]
@@ -484,7 +485,7 @@ async def test_failed_migration_rolls_back_to_the_old_version(
         conn.execute("DELETE FROM runs")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, broken])
+    monkeypatch.setattr(sqlite_file, "MIGRATIONS", [*sqlite_file.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         await SqliteStorage(db_path).open()
     with raw(db_path) as conn:

@@ -48,12 +48,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import queue
 import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
@@ -65,143 +63,26 @@ from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import StorageError
-from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
+from .._serde import snapshot_to_json, to_wire
+from . import _sqlite_file
+from ._json import chunk_from_row, dumps_strict, snapshot_from_row
 from ._sql import list_runs_query, run_infos
+from ._sqlite_file import (
+    APPLICATION_ID,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    describe,
+    is_corrupt,
+    open_database,
+    retry_busy,
+)
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
 T = TypeVar("T")
 
-#: The value of ``meta.application_id`` that marks a trioflow database.
-APPLICATION_MARKER: Final = "trioflow"
-#: ``PRAGMA application_id`` of a trioflow database (the bytes ``b"tflw"``).
-APPLICATION_ID: Final = 0x74666C77
-_SQLITE_HEADER: Final = b"SQLite format 3\x00"
 #: Write jobs executed in one transaction at most.
 MAX_GROUP: Final = 256
-
-
-# --- schema and migrations ----------------------------------------------------------------
-
-
-def _migrate_to_1(conn: sqlite3.Connection) -> None:
-    """Version 1: the meta, runs and events tables."""
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('application_id', ?)", (APPLICATION_MARKER,)
-    )
-    conn.execute(
-        """
-        CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            workflow_id TEXT NOT NULL,
-            resource_id TEXT,
-            status TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL,
-            ord INTEGER NOT NULL,
-            snapshot TEXT NOT NULL
-        )
-        """
-    )
-    # list_runs orders by (created_at, ord) newest first, optionally filtered.
-    conn.execute("CREATE INDEX runs_by_created ON runs (created_at, ord)")
-    conn.execute("CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at, ord)")
-    conn.execute("CREATE INDEX runs_by_status ON runs (status, created_at, ord)")
-    conn.execute("CREATE INDEX runs_by_resource ON runs (resource_id, created_at, ord)")
-    conn.execute(
-        """
-        CREATE TABLE events (
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            chunk TEXT NOT NULL,
-            PRIMARY KEY (run_id, seq)
-        ) WITHOUT ROWID
-        """
-    )
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-
-
-#: ``MIGRATIONS[k]`` brings a database from schema version ``k`` to ``k + 1`` (version 0
-#: is an empty file). A new schema version is a function appended here; opening a file
-#: applies every missing one, in order, in one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
-#: The schema version this code writes (``len(MIGRATIONS)`` when the module was loaded).
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-
-def _stored_version(conn: sqlite3.Connection, where: str) -> int:
-    """The schema version of the database behind ``conn`` (0 = empty), read without
-    writing anything; StorageError when it is not a trioflow database this code knows."""
-    try:
-        names = [
-            row[0]
-            for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-            ).fetchall()
-        ]
-        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
-    except sqlite3.Error as exc:
-        raise StorageError(f"{where} is not a usable SQLite database: {exc}") from exc
-    if app_id not in (0, APPLICATION_ID):
-        raise StorageError(
-            f"{where} belongs to another application (SQLite application_id {app_id:#x}), "
-            "not trioflow; it was left untouched"
-        )
-    if not names:
-        return 0
-    foreign = (
-        f"{where} is a SQLite database of another application (it has tables but no "
-        "trioflow meta table); it was left untouched"
-    )
-    if "meta" not in names:
-        raise StorageError(foreign)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.Error as exc:
-        raise StorageError(foreign) from exc
-    if meta.get("application_id") != APPLICATION_MARKER:
-        raise StorageError(foreign)
-    try:
-        version = int(meta["schema_version"])
-    except (KeyError, TypeError, ValueError):
-        raise StorageError(
-            f"{where}: the trioflow meta table has no valid schema_version "
-            f"({meta.get('schema_version')!r}); the file was left untouched"
-        ) from None
-    known = len(MIGRATIONS)
-    if version > known:
-        raise StorageError(
-            f"{where} has trioflow schema version {version}, newer than the versions this "
-            f"trioflow knows (up to {known}); upgrade trioflow to open it. The file was "
-            "left untouched"
-        )
-    if version < 1:
-        raise StorageError(f"{where}: invalid trioflow schema version {version}")
-    return version
-
-
-def _migrate(conn: sqlite3.Connection, where: str) -> None:
-    """Bring the database to the current schema version in one write transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Re-read under the write lock: another process may have initialised or
-        # migrated the file since we looked.
-        version = _stored_version(conn, where)
-        target = len(MIGRATIONS)
-        for step in MIGRATIONS[version:]:
-            step(conn)
-        if version < target:
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(target),),
-            )
-            conn.execute(f"PRAGMA user_version = {int(target)}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 # --- the worker threads -------------------------------------------------------------------
@@ -242,6 +123,41 @@ def _deliver(jobs: list[_Job]) -> None:
         trio.lowlevel.reschedule(job.task, job.outcome)
 
 
+class _FileState:
+    """What the two threads of one storage know about its file: why writes are refused
+    (opened read-only, or SQLite reported corruption), and how to word a SQLite error."""
+
+    def __init__(self, where: str, timeout: float) -> None:
+        self.where = where
+        self.timeout = timeout
+        #: Set once (a plain attribute store, atomic under the GIL), never cleared.
+        self.refuse_writes: str | None = None
+
+    def wrap(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        message = f"SQLite storage {self.where}: {describe(exc, self.timeout)}"
+        if is_corrupt(exc):
+            # Writing to a corrupt file can spread the damage: latch, for every later write.
+            if self.refuse_writes is None:
+                self.refuse_writes = f"the database file is corrupt ({exc})"
+            message += (
+                "; this storage refuses every write to the file from now on (restore a "
+                "backup, or salvage the data with the sqlite3 shell's .recover)"
+            )
+        wrapped = StorageError(message)
+        wrapped.__cause__ = exc
+        return wrapped
+
+    def refused(self) -> StorageError | None:
+        """The error for a write while writes are refused, else None."""
+        if self.refuse_writes is None:
+            return None
+        return StorageError(
+            f"SQLite storage {self.where} refuses writes: {self.refuse_writes}; nothing was written"
+        )
+
+
 class _Worker:
     """A thread owning one connection, executing queued jobs in order.
 
@@ -249,9 +165,11 @@ class _Worker:
     its own savepoint (group commit).
     """
 
-    def __init__(self, name: str, where: str, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self, name: str, state: _FileState, connect: Callable[[], sqlite3.Connection]
+    ) -> None:
         self._name = name
-        self._where = where
+        self._state = state
         self._connect = connect
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -340,11 +258,7 @@ class _Worker:
         return False
 
     def _wrap(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, sqlite3.Error):
-            wrapped = StorageError(f"SQLite storage {self._where}: {exc}")
-            wrapped.__cause__ = exc
-            return wrapped
-        return exc
+        return self._state.wrap(exc)
 
     def _ensure_conn(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -360,6 +274,9 @@ class _Worker:
     def _run_writes(self, jobs: list[_Job]) -> None:
         try:
             conn = self._ensure_conn()
+            refused = self._state.refused()
+            if refused is not None:
+                raise refused
             conn.execute("BEGIN IMMEDIATE")
         except Exception as exc:
             for job in jobs:
@@ -402,8 +319,15 @@ class _Worker:
 # --- the storage --------------------------------------------------------------------------
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def _event_rows(run_id: str, events: Sequence[Chunk]) -> list[tuple[str, int, str]]:
+    return [
+        (
+            run_id,
+            chunk.seq,
+            dumps_strict(to_wire(chunk), f"event seq {chunk.seq} of run {run_id!r}"),
+        )
+        for chunk in events
+    ]
 
 
 def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> frozenset[str] | None:
@@ -455,11 +379,13 @@ class SqliteStorage:
         self.durable = not self._memory
         where = repr(self._path)
         self._where = where
-        self._writer = _Worker(f"trioflow-sqlite-writer {where}", where, self._open_writer)
+        self._state = _FileState(where, self._timeout)
+        self._read_target: tuple[str, bool] = (self._path, False)
+        self._writer = _Worker(f"trioflow-sqlite-writer {where}", self._state, self._open_writer)
         self._reader = (
             self._writer
             if self._memory
-            else _Worker(f"trioflow-sqlite-reader {where}", where, self._open_reader)
+            else _Worker(f"trioflow-sqlite-reader {where}", self._state, self._open_reader)
         )
         self._opened = False
         self._open_lock = trio.Lock()
@@ -474,84 +400,40 @@ class SqliteStorage:
 
     # --- opening and closing --------------------------------------------------------------
 
-    def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
         return sqlite3.connect(
             target, timeout=self._timeout, isolation_level=None, uri=uri, cached_statements=64
         )
 
-    def _check_file(self) -> None:
-        """Reject, without writing anything, a file that is not an empty file or a
-        trioflow database this code can open."""
-        try:
-            with open(self._path, "rb") as f:
-                header = f.read(100)
-            before = os.stat(self._path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StorageError(f"cannot open {self._where}: {exc}") from exc
-        if not header:
-            return  # an empty file: initialised below
-        if not header.startswith(_SQLITE_HEADER):
-            raise StorageError(
-                f"{self._where} is not a SQLite database (not trioflow's, or corrupt); "
-                "it was left untouched"
-            )
-        # Look read-only: nothing is written, not even a checkpoint on close. A WAL
-        # database without a -wal file is wholly in the main file: read it as immutable,
-        # which creates no -wal/-shm files beside somebody else's database.
-        wal_mode = len(header) > 19 and header[18] == 2
-        if wal_mode and not os.path.exists(self._path + "-wal"):
-            try:
-                self._probe("immutable=1")
-                return
-            except StorageError:
-                # Rejected, unless the file changed under us (another process wrote
-                # it meanwhile): then look again, the careful way.
-                with contextlib.suppress(OSError):
-                    after = os.stat(self._path)
-                    if (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size):
-                        raise
-        self._probe("mode=ro")
-
-    def _probe(self, options: str) -> None:
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self._path)) + "?" + options
-        try:
-            probe = self._connect(uri, uri=True)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open {self._where}: {exc}") from exc
-        try:
-            _stored_version(probe, self._where)
-        finally:
-            probe.close()
-
     def _open_writer(self) -> sqlite3.Connection:
         # Runs on the writer thread.
-        if not self._memory:
-            self._check_file()
-        try:
-            conn = self._connect(self._path)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open {self._where}: {exc}") from exc
-        try:
-            version = _stored_version(conn, self._where)
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            conn.execute("PRAGMA synchronous = NORMAL")
-            if version < len(MIGRATIONS):
-                _migrate(conn, self._where)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StorageError(f"cannot open {self._where}: {exc}") from exc
-        except Exception:
-            conn.close()
-            raise
-        return conn
+        if self._memory:
+            try:
+                conn = self._connect(self._path)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                _sqlite_file.migrate(conn, self._where)
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open {self._where}: {exc}") from exc
+            return conn
+        opened = open_database(self._path, self._where, self._connect, self._timeout)
+        self._read_target = opened.read_target
+        self._state.refuse_writes = opened.refuse_writes
+        return opened.conn
 
     def _open_reader(self) -> sqlite3.Connection:
         # Runs on the reader thread, after the writer opened (validated) the file.
-        conn = self._connect(self._path)
-        conn.execute("PRAGMA query_only = ON")
-        return conn
+        target, uri = self._read_target
+
+        def connect() -> sqlite3.Connection:
+            conn = self._connect(target, uri)
+            try:
+                conn.execute("PRAGMA query_only = ON")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        return retry_busy(connect, self._timeout)
 
     async def open(self) -> None:
         """Open (and if needed initialise or migrate) the database now, rather than at
@@ -626,7 +508,7 @@ class SqliteStorage:
             RunStatus(snapshot.status).value,
             snapshot.created_at,
             snapshot.updated_at,
-            _dumps(snapshot_to_json(snapshot)),
+            dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {snapshot.run_id!r}"),
         )
 
         def job(conn: sqlite3.Connection) -> bool:
@@ -650,8 +532,7 @@ class SqliteStorage:
             rows = conn.execute("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,)).fetchall()
             if not rows:
                 return None
-            snapshot: RunSnapshot = snapshot_from_json(json.loads(rows[0][0]))
-            return snapshot
+            return snapshot_from_row(rows[0][0], f"SQLite storage {self._where}", run_id)
 
         return await self._read(job)
 
@@ -670,8 +551,8 @@ class SqliteStorage:
         """
         run_id = snapshot.run_id
         allowed = _allowed(expected_status)
-        data = _dumps(snapshot_to_json(snapshot))
-        rows = [(run_id, chunk.seq, _dumps(to_wire(chunk))) for chunk in events]
+        data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {run_id!r}")
+        rows = _event_rows(run_id, events)
         values = (RunStatus(snapshot.status).value, snapshot.updated_at, data, run_id)
 
         def job(conn: sqlite3.Connection) -> bool:
@@ -699,7 +580,7 @@ class SqliteStorage:
             await trio.lowlevel.checkpoint()
             self._check_open()
             return
-        rows = [(run_id, chunk.seq, _dumps(to_wire(chunk))) for chunk in events]
+        rows = _event_rows(run_id, events)
 
         def job(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchall():
@@ -716,10 +597,11 @@ class SqliteStorage:
 
         def job(conn: sqlite3.Connection) -> list[Chunk]:
             rows = conn.execute(
-                "SELECT chunk FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                "SELECT seq, chunk FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
                 (run_id, start, count),
             ).fetchall()
-            return [from_wire(json.loads(text)) for (text,) in rows]
+            where = f"SQLite storage {self._where}"
+            return [chunk_from_row(text, where, run_id, seq) for seq, text in rows]
 
         return await self._read(job)
 
