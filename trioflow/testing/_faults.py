@@ -21,8 +21,9 @@ from ..storage import Storage
 class SimulatedCrash(BaseException):
     """Raised by :class:`FaultyStorage` to stand for the process dying at a write.
 
-    A BaseException, like the real thing: the engine does not record it as a step error,
-    it tears the runtime down.
+    A BaseException, like the real thing: the engine does not record it as a step error;
+    the execution stops where it was and the storage stays as the crash left it (every
+    later write of the dead "process" raises it too, so nothing of it is stored).
     """
 
 

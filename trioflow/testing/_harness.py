@@ -29,6 +29,7 @@ import trio.testing
 
 import trioflow as tf
 
+from .._groups import leaves
 from ._faults import Acknowledged, FaultyStorage, SimulatedCrash, durability_problems
 from ._invariants import check_stream_invariants
 from ._reference import ResumeRequest, jsonish
@@ -599,21 +600,14 @@ class CrashPointReport:
         return "\n".join(lines)
 
 
-def _crash_group(exc: BaseException) -> bool:
-    if isinstance(exc, SimulatedCrash):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        rest = exc.split(SimulatedCrash)[1]
-        return exc.subgroup(SimulatedCrash) is not None and (
-            rest is None or all(isinstance(e, trio.Cancelled) for e in _leaves(rest))
-        )
-    return False
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
+def _is_simulated_crash(exc: BaseException) -> bool:
+    """``exc`` is the simulated process death: a SimulatedCrash, or a group of them (every
+    task of the dying process that wrote got one) with nothing else but the Cancelled of
+    the tasks torn down with it."""
+    found = leaves(exc)
+    return any(isinstance(e, SimulatedCrash) for e in found) and all(
+        isinstance(e, SimulatedCrash | trio.Cancelled) for e in found
+    )
 
 
 StorageFactory = Callable[[], Any]
@@ -650,10 +644,10 @@ async def crash_and_recover(
         crashed = False
         try:
             record = await drive_run(workflow, **drive)
-        except SimulatedCrash:
-            crashed = True
-        except BaseExceptionGroup as group:
-            if not _crash_group(group):
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            if not _is_simulated_crash(exc):
                 raise
             crashed = True
         if crashed:
