@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 
 import trioflow as tf
 from trioflow._core._json import MAX_JSON_DEPTH
@@ -421,3 +422,89 @@ async def test_for_each_index_on_a_path_without_a_foreach_is_refused(rt: Any) ->
         await run.resume(step="inner.g", for_each_index=0, resume_data=5)
     after = await rt.get_run_state(run.run_id)
     assert (after.status, after.updated_at) == ("suspended", before.updated_at)
+
+
+# --------------------------------------------------------------------------- item 2: claims
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def shared_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """Storages two runtimes (standing for two processes) share: one MemoryStorage, or
+    two SqliteStorage handles on one file."""
+    if request.param == "memory":
+        memory = tf.MemoryStorage()
+        return lambda: memory
+    return lambda: tf.SqliteStorage(tmp_path / "shared.db")
+
+
+async def test_a_resume_while_another_process_executes_a_resume_is_already_claimed(
+    shared_storage: Callable[[], Any],
+) -> None:
+    entered = trio.Event()
+    release = trio.Event()
+
+    async def blocker(ctx: tf.StepContext) -> Any:
+        entered.set()
+        await release.wait()
+        return ctx.input_data
+
+    def build() -> tf.Workflow:
+        return (
+            tf.create_workflow(id="claims")
+            .then(tf.create_step(id="gate", execute=gate_execute))
+            .then(tf.create_step(id="after", execute=blocker))
+            .commit()
+        )
+
+    async with tf.open_runtime(storage=shared_storage(), workflows=[build()]) as first:
+        run = await first.create_run("claims")
+        assert (await run.start(input_data=1)).status == "suspended"
+        async with tf.open_runtime(storage=shared_storage(), workflows=[build()]) as second:
+            async with trio.open_nursery() as nursery:
+                outcome: list[Any] = []
+
+                async def resume_here() -> None:
+                    outcome.append(await run.resume(resume_data={"go": 1}))
+
+                nursery.start_soon(resume_here)
+                # The resumed step succeeded; the execution is in the next step.
+                await entered.wait()
+                other = await second.create_run("claims", run_id=run.run_id)
+                with pytest.raises(tf.ResumeAlreadyClaimedError):
+                    await other.resume(resume_data={"go": 2})
+                # In the process executing it, too.
+                with pytest.raises(tf.ResumeAlreadyClaimedError):
+                    await run.resume(resume_data={"go": 3})
+                release.set()
+            assert outcome[0].status == "success"
+            assert outcome[0].result == {"go": 1}
+            # Finished: a late resume is simply not suspended.
+            with pytest.raises(tf.NotSuspendedError):
+                await other.resume(resume_data={"go": 4})
+
+
+async def test_a_resume_while_the_start_executes_elsewhere_is_not_suspended(
+    shared_storage: Callable[[], Any],
+) -> None:
+    entered = trio.Event()
+    release = trio.Event()
+
+    async def blocker(ctx: tf.StepContext) -> Any:
+        entered.set()
+        await release.wait()
+        return ctx.input_data
+
+    def build() -> tf.Workflow:
+        step = tf.create_step(id="slow", execute=blocker)
+        return tf.create_workflow(id="plainrun").then(step).then(leaf_step()).commit()
+
+    async with tf.open_runtime(storage=shared_storage(), workflows=[build()]) as first:
+        run = await first.create_run("plainrun")
+        async with tf.open_runtime(storage=shared_storage(), workflows=[build()]) as second:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run.start)
+                await entered.wait()
+                other = await second.create_run("plainrun", run_id=run.run_id)
+                with pytest.raises(tf.NotSuspendedError):
+                    await other.resume(resume_data=1)
+                release.set()

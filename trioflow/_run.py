@@ -26,7 +26,12 @@ from ._core._chunks import (
 )
 from ._core._graph import find_node
 from ._core._model import RunSnapshot, Usage, WorkflowResult
-from ._core._resume import ResumeTarget, check_foreach_index, resolve_target
+from ._core._resume import (
+    ResumeTarget,
+    check_foreach_index,
+    executing_a_resume,
+    resolve_target,
+)
 from ._core._status import TERMINAL, RunStatus
 from ._engine import Execution, call_maybe_async, current_execution, new_trace_id, now_ms
 from ._errors import (
@@ -404,9 +409,7 @@ class Run:
         if snapshot is None:
             raise SnapshotNotFoundError(wf.id, self.run_id)
         if snapshot.status is not RunStatus.SUSPENDED:
-            if snapshot.status in (RunStatus.RUNNING, RunStatus.WAITING) and (
-                snapshot.suspended_paths
-            ):
+            if executing_a_resume(snapshot):
                 raise ResumeAlreadyClaimedError(self.run_id)
             raise NotSuspendedError()
         target = resolve_target(

@@ -13,7 +13,8 @@ from typing import Any
 import attrs
 
 from .._errors import MultipleSuspendedStepsError, NotSuspendedError, StepNotSuspendedError
-from ._model import ResumeLabel
+from ._model import ResumeLabel, RunSnapshot
+from ._status import RunStatus
 
 
 @attrs.frozen(kw_only=True)
@@ -120,4 +121,22 @@ def check_foreach_index(target: ResumeTarget, steps: Mapping[str, Mapping[str, A
     raise ValueError(
         f"for_each_index given, but {'.'.join(target.path)!r} is not a foreach step "
         "(nor inside one)"
+    )
+
+
+def executing_a_resume(snapshot: RunSnapshot) -> bool:
+    """Whether a stored run is executing because a resume claimed its suspension (so a
+    resume arriving now lost the claim), rather than because of its start.
+
+    Running with a resume pending, or with steps still suspended, says so; after the
+    resumed entry finished, a step that was resumed (or suspended) since the start does.
+    """
+    if snapshot.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+        return False
+    if snapshot.resume is not None or snapshot.suspended_paths:
+        return True
+    return any(
+        record.get("resumed_at") is not None or record.get("suspended_at") is not None
+        for record in snapshot.steps.values()
+        if isinstance(record, Mapping)
     )
