@@ -64,6 +64,12 @@ def test_unwrap_groups_keeps_the_user_error_first_with_the_others_as_context() -
     assert other in raised.__context__.exceptions
 
 
+def test_unwrap_groups_counts_one_exception_raised_twice_once() -> None:
+    error = ValueError("raised by a task and by its waiter")
+    assert _unwrapped(ExceptionGroup("g", [error, error]), user_error=error) is error
+    assert _unwrapped(ExceptionGroup("g", [error, error])) is error
+
+
 def test_unwrap_groups_keeps_a_group_of_unrelated_errors() -> None:
     group = ExceptionGroup("g", [ValueError(), KeyError()])
     assert _unwrapped(group) is group
@@ -395,3 +401,65 @@ async def test_restart_of_a_run_whose_step_returns_bytes_fails_it(tmp_path: Any)
         assert snapshot.status == "failed"
     finally:
         await storage.aclose()
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _unsettled(chunks: list[Any]) -> list[str]:
+    """Ids of step-start chunks without a later result/suspended chunk for the same id."""
+    open_ids: list[str] = []
+    for chunk in chunks:
+        if chunk.type == "workflow-step-start":
+            open_ids.append(chunk.payload.id)
+        elif (
+            chunk.type in ("workflow-step-result", "workflow-step-suspended")
+            and chunk.payload.id in open_ids
+        ):
+            open_ids.remove(chunk.payload.id)
+    return open_ids
+
+
+async def _cancel_while_blocked(wf: tf.Workflow, input_data: Any) -> list[Any]:
+    async with tf.open_runtime(workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf)
+        out = await run.stream(input_data=input_data)
+        await trio.testing.wait_all_tasks_blocked()
+        await run.cancel()
+        with trio.fail_after(10):
+            chunks = [chunk async for chunk in out]
+        assert (await out.result()).status == "canceled"
+        stored = list(await runtime.storage.read_events(run.run_id))
+    assert [c.type for c in stored] == [c.type for c in chunks]
+    return chunks
+
+
+async def test_cancel_settles_a_foreach_with_concurrency(autojump_clock: Any) -> None:
+    wf = tf.create_workflow(id="fe-cancel").foreach(
+        tf.create_step(id="s", execute=_block), concurrency=2
+    )
+    chunks = await _cancel_while_blocked(wf, [1, 2, 3])
+    assert _unsettled(chunks) == []
+    results = [c for c in chunks if c.type == "workflow-step-result"]
+    assert [(c.payload.id, c.payload.status) for c in results] == [("s", "canceled")]
+    assert [c.type for c in chunks][-2:] == ["workflow-canceled", "workflow-finish"]
+
+
+async def test_cancel_settles_a_nested_workflow_inside_its_parallel(autojump_clock: Any) -> None:
+    inner = tf.create_workflow(id="inner").parallel(
+        [tf.create_step(id="a", execute=_block), tf.create_step(id="b", execute=_block)]
+    )
+    wf = tf.create_workflow(id="nest-cancel").then(inner)
+    chunks = await _cancel_while_blocked(wf, 1)
+    assert _unsettled(chunks) == []
+    statuses = {c.payload.id: c.payload.status for c in chunks if c.type == "workflow-step-result"}
+    assert statuses == {"inner.a": "canceled", "inner.b": "canceled", "inner": "canceled"}
+
+
+async def test_cancel_settles_a_nested_foreach_with_concurrency(autojump_clock: Any) -> None:
+    inner = tf.create_workflow(id="inner-fe").foreach(
+        tf.create_step(id="s", execute=_block), concurrency=3
+    )
+    wf = tf.create_workflow(id="nest-fe-cancel").then(inner)
+    chunks = await _cancel_while_blocked(wf, [1, 2, 3])
+    assert _unsettled(chunks) == []

@@ -160,6 +160,22 @@ CANCELED_SHAPES = {
     ),
     "foreach": (tf.create_workflow(id="wf").foreach(step("s", slow)).commit(), [1, 2]),
     "map": (tf.create_workflow(id="wf").map(slow_map).commit(), None),
+    "foreach-concurrent": (
+        tf.create_workflow(id="wf").foreach(step("s", slow), concurrency=2).commit(),
+        [1, 2, 3],
+    ),
+    "nested-parallel": (
+        tf.create_workflow(id="wf")
+        .then(tf.create_workflow(id="n").parallel([step("a", slow), step("b", slow)]).commit())
+        .commit(),
+        None,
+    ),
+    "nested-foreach-concurrent": (
+        tf.create_workflow(id="wf")
+        .then(tf.create_workflow(id="n").foreach(step("s", slow), concurrency=3).commit())
+        .commit(),
+        [1, 2, 3],
+    ),
 }
 
 

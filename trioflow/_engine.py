@@ -85,7 +85,7 @@ from ._errors import (
     TripwireError,
     ValidationError,
 )
-from ._groups import is_cancellation, is_fatal, sole_exception
+from ._groups import is_cancellation, is_fatal, sole_exception, unwrap_groups
 from ._serde import (
     dump_error,
     load_error,
@@ -1060,9 +1060,12 @@ class Level:
                 self.announce(nodes[b], value, resume, self.chunk_id(nodes[b].id))
                 for b, resume in to_run
             ]
-            async with trio.open_nursery() as nursery:
-                for (b, resume), note in zip(to_run, announced, strict=True):
-                    nursery.start_soon(branch, b, resume, note)
+            # A cancelled nursery raises a group of Cancelled: unwrapped, so that the
+            # ``except trio.Cancelled`` of an enclosing nested workflow settles it.
+            with unwrap_groups():
+                async with trio.open_nursery() as nursery:
+                    for (b, resume), note in zip(to_run, announced, strict=True):
+                        nursery.start_soon(branch, b, resume, note)
 
         statuses: list[StepStatus] = []
         output: dict[str, Any] = {}
@@ -1141,9 +1144,10 @@ class Level:
         if len(nodes) == 1:
             await evaluate(0)
         else:
-            async with trio.open_nursery() as nursery:
-                for b in range(len(nodes)):
-                    nursery.start_soon(evaluate, b)
+            with unwrap_groups():
+                async with trio.open_nursery() as nursery:
+                    for b in range(len(nodes)):
+                        nursery.start_soon(evaluate, b)
         chosen = [b for b in range(len(nodes)) if truth[b]]
         # Stored with the next snapshot: a restart runs the arms chosen now, it does not
         # evaluate the conditions again (engine records are keyed "@...", never step ids).
@@ -1435,9 +1439,12 @@ class Level:
             if workers == 1:
                 await worker()
             elif workers > 1:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(workers):
-                        nursery.start_soon(worker)
+                # A cancelled nursery raises a group of Cancelled: unwrapped, so that
+                # the ``except trio.Cancelled`` below settles the foreach.
+                with unwrap_groups():
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(workers):
+                            nursery.start_soon(worker)
         except trio.Cancelled:
             # Keep the outcomes: if the runtime (not the user) interrupted the run, a restart
             # continues with the items that finished.
@@ -2073,12 +2080,13 @@ class Execution:
         if self.tracer is not None:
             self._start_root_span()
         try:
-            async with trio.open_nursery() as helpers:
-                helpers.start_soon(self._flusher)
-                try:
-                    await self._run()
-                finally:
-                    helpers.cancel_scope.cancel(reason="execution ended")
+            with unwrap_groups():
+                async with trio.open_nursery() as helpers:
+                    helpers.start_soon(self._flusher)
+                    try:
+                        await self._run()
+                    finally:
+                        helpers.cancel_scope.cancel(reason="execution ended")
         except trio.Cancelled:
             if self.result is None:
                 # Store what finished and every chunk published so far, so a restart()

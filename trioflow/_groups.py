@@ -90,7 +90,9 @@ def _preferred(group: BaseExceptionGroup[BaseException], user_error: BaseExcepti
     if len(group.exceptions) == 1:
         return sole_exception(group.exceptions[0])
     flat = leaves(group)
-    real = [leaf for leaf in flat if not isinstance(leaf, trio.Cancelled)]
+    # One exception object can be in a group twice (an execution's error, raised both by
+    # its task and by the caller waiting for it): count it once.
+    real = list({id(leaf): leaf for leaf in flat if not isinstance(leaf, trio.Cancelled)}.values())
     if not real:
         return user_error if user_error is not None else flat[0]
     if len(real) == 1:
