@@ -463,3 +463,68 @@ async def test_cancel_settles_a_nested_foreach_with_concurrency(autojump_clock: 
     wf = tf.create_workflow(id="nest-fe-cancel").then(inner)
     chunks = await _cancel_while_blocked(wf, [1, 2, 3])
     assert _unsettled(chunks) == []
+
+
+# --------------------------------------------------------------------------- slow final write
+
+
+class SlowFinalWrites:
+    """A MemoryStorage whose snapshot writes of a finished run take ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = tf.MemoryStorage()
+        self.delay = delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save_snapshot(self, snapshot: Any, events: Any = (), **kwargs: Any) -> bool:
+        if str(snapshot.status) in ("success", "failed", "canceled"):
+            await trio.sleep(self.delay)
+        return bool(await self.inner.save_snapshot(snapshot, events, **kwargs))
+
+
+async def _quick(ctx: tf.StepContext) -> str:
+    await trio.lowlevel.checkpoint()
+    return "done"
+
+
+async def test_a_slow_final_write_completes(autojump_clock: trio.testing.MockClock) -> None:
+    storage = SlowFinalWrites(delay=60)
+    wf = tf.create_workflow(id="slow-final").then(tf.create_step(id="s", execute=_quick))
+    async with tf.open_runtime(storage=storage, workflows=[wf]) as runtime:  # type: ignore[arg-type]
+        run = await runtime.create_run(wf)
+        started = trio.current_time()
+        result = await run.start()
+        assert trio.current_time() - started >= 60
+        assert result.status == "success"
+        assert (await runtime.get_run_state(run.run_id)).status == "success"
+
+
+async def test_a_slow_final_write_of_a_canceled_run_completes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage = SlowFinalWrites(delay=60)
+    wf = tf.create_workflow(id="slow-cancel").then(tf.create_step(id="s", execute=_block))
+    async with tf.open_runtime(storage=storage, workflows=[wf]) as runtime:  # type: ignore[arg-type]
+        run = await runtime.create_run(wf)
+        out = await run.stream()
+        await trio.testing.wait_all_tasks_blocked()
+        await run.cancel()
+        assert (await out.result()).status == "canceled"
+        assert (await runtime.get_run_state(run.run_id)).status == "canceled"
+
+
+async def test_closing_the_runtime_still_bounds_a_final_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trioflow._engine import SHIELDED_WRITE_GRACE
+
+    storage = SlowFinalWrites(delay=10_000)
+    wf = tf.create_workflow(id="slow-close").then(tf.create_step(id="s", execute=_quick))
+    async with tf.open_runtime(storage=storage, workflows=[wf]) as runtime:  # type: ignore[arg-type]
+        run = await runtime.create_run(wf)
+        await run.stream()
+        await trio.sleep(100)  # the final write is under way
+        closing = trio.current_time()
+    assert trio.current_time() - closing <= SHIELDED_WRITE_GRACE + 1

@@ -108,7 +108,9 @@ current_execution: contextvars.ContextVar[Execution] = contextvars.ContextVar("t
 
 _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
-#: How long the final snapshot write of a canceled run may take while shielded.
+#: How long an execution's last write may take once the runtime is closing (its final
+#: snapshot, or the snapshot of a run the closing interrupted). Before that, a final write
+#: is shielded without a deadline: a slow storage delays the result, it does not lose it.
 SHIELDED_WRITE_GRACE = 10.0
 
 _S = StepStatus
@@ -1701,11 +1703,11 @@ def _plainly_json(value: Any, depth: int) -> bool:
     check names the path, and finds cycles)."""
     kind = type(value)
     if kind is str:
-        return value.isascii()
+        return str.isascii(value)
     if kind is int or kind is bool or value is None:
         return True
     if kind is float:
-        return value - value == 0.0  # NaN and ±Infinity give NaN
+        return math.isfinite(value)
     if depth >= _QUICK_DEPTH:
         return False
     if kind is dict:
@@ -2021,6 +2023,10 @@ class Execution:
                 raise
             if not written:
                 self.log.untake(taken)
+            elif taken:
+                # Committed: only now may they leave memory (a subscriber behind the
+                # window reads them from storage).
+                self.log.mark_stored(taken[-1].seq)
         finally:
             lock.release()
         if written:
@@ -2061,7 +2067,8 @@ class Execution:
         )
 
     async def _flusher(self) -> None:
-        """Write chunks out between snapshots when a step floods the log."""
+        """Write chunks out between snapshots when a step floods the log (or a writer
+        waits for room: see ``EventLog.wait_for_room``)."""
         while True:
             await self.log.wait_flush_wanted()
             async with self.hub.write_lock:
@@ -2072,6 +2079,7 @@ class Execution:
                     except (Exception, trio.Cancelled):
                         self.log.untake(events)
                         raise
+                    self.log.mark_stored(events[-1].seq)
 
     async def run(self) -> None:
         """The execution task. Never raises a step's error; on the runtime's own
@@ -2150,7 +2158,7 @@ class Execution:
                 outcome = await root.run(start, root.active_input, None, restart=True)
         if self.cancel_requested or outcome is None:
             outcome = Outcome(_S.CANCELED)
-        with trio.move_on_after(SHIELDED_WRITE_GRACE, shield=True):
+        with self.runtime.finishing_scope():
             await self._finish(outcome)
 
     async def _finish(self, outcome: Outcome) -> None:

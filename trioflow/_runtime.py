@@ -6,8 +6,8 @@ import contextvars
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -16,7 +16,7 @@ from ._broadcast import EventLog
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult
 from ._core._resume import full_suspended_paths
 from ._core._status import RunStatus
-from ._engine import call_maybe_async, load_step_result, now_ms
+from ._engine import SHIELDED_WRITE_GRACE, call_maybe_async, load_step_result, now_ms
 from ._errors import (
     NoRuntimeError,
     RunAlreadyStartedError,
@@ -131,6 +131,32 @@ class Runtime:
         self._hubs: weakref.WeakValueDictionary[str, RunHub] = weakref.WeakValueDictionary()
         #: The claim loop, when this runtime is a worker (``open_runtime(worker=True)``).
         self.worker: Worker | None = None
+        #: When the runtime began closing (trio time): the deadline of final writes.
+        self._closing_deadline: float | None = None
+        self._finishing: set[trio.CancelScope] = set()
+
+    # --- closing --------------------------------------------------------------------------
+
+    @contextmanager
+    def finishing_scope(self) -> Iterator[trio.CancelScope]:
+        """A shielded scope for an execution's final write: no deadline while the runtime
+        is open (a slow storage delays the result, nothing is lost), at most
+        ``SHIELDED_WRITE_GRACE`` seconds once it is closing."""
+        with trio.CancelScope(shield=True) as scope:
+            if self._closing_deadline is not None:
+                scope.deadline = self._closing_deadline
+            self._finishing.add(scope)
+            try:
+                yield scope
+            finally:
+                self._finishing.discard(scope)
+
+    def begin_closing(self) -> None:
+        """Final writes under way (and any that start now) get ``SHIELDED_WRITE_GRACE``."""
+        if self._closing_deadline is None:
+            self._closing_deadline = trio.current_time() + SHIELDED_WRITE_GRACE
+        for scope in self._finishing:
+            scope.deadline = min(scope.deadline, self._closing_deadline)
 
     # --- workflows ------------------------------------------------------------------------
 
@@ -438,6 +464,7 @@ async def open_runtime(
                         raise
                 finally:
                     _current_runtime.reset(token)
+                    runtime.begin_closing()
                     nursery.cancel_scope.cancel(reason="trioflow runtime closed")
     finally:
         release = getattr(store, "release_leases", None)
