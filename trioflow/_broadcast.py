@@ -3,13 +3,17 @@
 Publishing is synchronous (``publish`` assigns the next ``seq`` and appends without a
 checkpoint), so the order of the log is exactly the order in which the engine produced the
 chunks: never the order in which trio happened to wake tasks. Nothing ever waits for a
-subscriber: a subscription is only a cursor. The log keeps a bounded window of recent chunks
-in memory (plus whatever storage has not persisted yet); a subscriber that falls behind the
-window re-reads older chunks from storage, so it never loses one and never sees one twice.
+subscriber: a subscription is only a cursor. The log keeps a bounded window of recent stored
+chunks in memory, plus every chunk whose storage write has not committed yet (waiting for a
+write, or in one); a subscriber that falls behind the window re-reads older chunks from
+storage, so it never loses one and never sees one twice. The chunks waiting for storage are
+bounded (:data:`MAX_UNSTORED_CHUNKS`, :data:`MAX_UNSTORED_BYTES`): ``writer.write`` waits
+for room (:meth:`EventLog.wait_for_room`) while they are at the bound.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -18,14 +22,27 @@ import attrs
 import trio
 
 from ._core._chunks import Chunk, DataChunk, WorkflowFinish
+from ._errors import StorageError
 
 if TYPE_CHECKING:
     from .storage import Storage
 
-#: Chunks kept in memory after they are persisted, for subscribers that are close behind.
+#: Chunks kept in memory after they are stored, for subscribers that are close behind.
 DEFAULT_WINDOW = 4096
-#: Unpersisted chunks that make the log ask its flusher to write them out.
+#: Chunks not yet handed to storage that make the log ask its flusher to write them out.
 FLUSH_THRESHOLD = 1024
+#: The most chunks a run holds in memory while they wait for storage (not yet written, or
+#: in a write that has not committed). At the bound, ``writer.write``/``writer.custom`` wait
+#: until storage commits; chunks the engine publishes itself (a few per step) are never
+#: held back, so the bound can be passed by those few.
+MAX_UNSTORED_CHUNKS = 8192
+#: The most bytes (estimated: :data:`CHUNK_OVERHEAD` per chunk plus the JSON size of the
+#: data a step writes) a run holds in memory while they wait for storage; as
+#: :data:`MAX_UNSTORED_CHUNKS`, whichever is reached first.
+MAX_UNSTORED_BYTES = 16 * 1024 * 1024
+#: The bytes counted for every chunk besides the data a step wrote into it: the chunk and
+#: payload objects (and what the engine puts in its own chunks).
+CHUNK_OVERHEAD = 256
 #: Chunks read from storage at once by a lagging subscriber.
 STORAGE_PAGE = 512
 #: Polling interval bounds (seconds) when following a run executing in another process.
@@ -38,7 +55,11 @@ POLL_MAX = 0.5
 
 @attrs.frozen(kw_only=True)
 class EventLogStatistics:
-    """A snapshot of an :class:`EventLog`'s bookkeeping."""
+    """A snapshot of an :class:`EventLog`'s bookkeeping.
+
+    ``unflushed`` counts the chunks not yet committed to storage (not yet handed to a
+    write, or in a write in flight); ``unstored_bytes`` is their estimated size.
+    """
 
     next_seq: int
     first_in_memory: int
@@ -46,10 +67,28 @@ class EventLogStatistics:
     unflushed: int
     subscriptions: int
     storage_reads: int
+    unstored_bytes: int = 0
+    in_flight: int = 0
+
+
+def data_size(value: Any) -> int:
+    """The estimated size in bytes of a strict-JSON ``value`` (counted toward
+    :data:`MAX_UNSTORED_BYTES`). Scalars are sized without serializing."""
+    kind = type(value)
+    if kind is str:
+        return len(value) + 2
+    if kind is int or kind is float or kind is bool or value is None:
+        return 8
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 class EventLog:
-    """The event log of one run: sequence numbers, an in-memory window, wake-ups."""
+    """The event log of one run: sequence numbers, an in-memory window, wake-ups.
+
+    Three positions split the log: every ``seq`` below ``_stored_seq`` is committed in
+    storage; ``[_stored_seq, _taken_seq)`` is in a storage write in flight;
+    ``[_taken_seq, next_seq)`` waits for a write. Only committed chunks may leave memory.
+    """
 
     def __init__(
         self,
@@ -65,9 +104,13 @@ class EventLog:
         self._window = window
         self._buffer: deque[Chunk] = deque()
         self._first_seq = next_seq  # seq of _buffer[0]
-        self._flushed_seq = next_seq  # every seq below this is in storage
+        self._stored_seq = next_seq  # every seq below this is committed in storage
+        self._taken_seq = next_seq  # every seq below this was handed to a write
+        self._untaken_bytes = 0  # estimated size of [_taken_seq, next_seq)
+        self._in_flight_bytes = 0  # estimated size of [_stored_seq, _taken_seq)
         self._wakeup: trio.Event | None = None
         self._flush_wanted: trio.Event | None = None
+        self._room: trio.Event | None = None
         self._subscriptions = 0
         self._storage_reads = 0
         # Durable storage: flush soon after the first unstored chunk, not after 1024.
@@ -77,72 +120,138 @@ class EventLog:
 
     # --- writing --------------------------------------------------------------------------
 
-    def publish(self, chunk: Chunk) -> Chunk:
-        """Append ``chunk`` (whose ``seq`` must be :attr:`next_seq`). Synchronous."""
+    def publish(self, chunk: Chunk, *, size: int = 0) -> Chunk:
+        """Append ``chunk`` (whose ``seq`` must be :attr:`next_seq`). Synchronous.
+
+        ``size`` is the estimated size of the data a step put in it (:func:`data_size`);
+        it counts toward :data:`MAX_UNSTORED_BYTES`, plus :data:`CHUNK_OVERHEAD`.
+        """
         if chunk.seq != self.next_seq:
             raise ValueError(f"chunk seq {chunk.seq} != next seq {self.next_seq}")
         self._buffer.append(chunk)
         self.next_seq += 1
+        self._untaken_bytes += CHUNK_OVERHEAD + size
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
-        unflushed = self.next_seq - self._flushed_seq
-        if unflushed >= self._flush_at and self._flush_wanted is not None:
+        if self._flush_wanted is not None and self._flush_due():
             self._flush_wanted.set()
-        elif len(self._buffer) > self._window + unflushed:
-            self._trim()
         return chunk
+
+    def _flush_due(self) -> bool:
+        untaken = self.next_seq - self._taken_seq
+        return untaken >= self._flush_at or (untaken > 0 and not self.has_room())
+
+    def has_room(self) -> bool:
+        """Whether the chunks waiting for storage are below the bound (see
+        :data:`MAX_UNSTORED_CHUNKS` and :data:`MAX_UNSTORED_BYTES`)."""
+        return (
+            self.next_seq - self._stored_seq < MAX_UNSTORED_CHUNKS
+            and self._untaken_bytes + self._in_flight_bytes < MAX_UNSTORED_BYTES
+        )
+
+    async def wait_for_room(self) -> None:
+        """Block while the chunks waiting for storage are at the bound (until a storage
+        write commits enough of them); a checkpoint either way.
+
+        Cancelling it cancels only the wait: the chunks already published stay in the log.
+        """
+        if self.has_room():
+            await trio.lowlevel.checkpoint()
+            return
+        while True:
+            if self._flush_wanted is not None:
+                self._flush_wanted.set()
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+            if self.has_room():
+                return
 
     @property
     def flushed_through(self) -> int:
         """The highest ``seq`` handed to storage."""
-        return self._flushed_seq - 1
+        return self._taken_seq - 1
 
     def publish_stored(self, chunk: Chunk) -> Chunk:
-        """Append a chunk that the caller already wrote to storage."""
-        all_flushed = self._flushed_seq == self.next_seq
+        """Append a chunk that the caller already wrote to storage, together with every
+        chunk it took before (under the run's write lock)."""
+        all_taken = self._taken_seq == self.next_seq
         self.publish(chunk)
-        if all_flushed:
-            self._flushed_seq = self.next_seq
-            self._trim()
+        if all_taken:
+            self._taken_seq = self.next_seq
+            self._untaken_bytes = 0
+            self.mark_stored(chunk.seq)
         return chunk
 
-    def publish_data(self, type: str, data: Any) -> Chunk:
-        return self.publish(DataChunk(type=type, run_id=self.run_id, seq=self.next_seq, data=data))
+    def publish_data(self, type: str, data: Any, *, size: int = 0) -> Chunk:
+        return self.publish(
+            DataChunk(type=type, run_id=self.run_id, seq=self.next_seq, data=data), size=size
+        )
 
     def take_unflushed(self) -> list[Chunk]:
-        """Chunks not yet handed to storage, oldest first; they count as flushed from now
-        on (the caller writes them, under the run's write lock)."""
-        start = self._flushed_seq - self._first_seq
+        """Chunks not yet handed to storage, oldest first. They stay in memory, in flight,
+        until :meth:`mark_stored` (the write committed) or :meth:`untake` (it did not); the
+        caller writes them under the run's write lock."""
+        start = self._taken_seq - self._first_seq
         if start >= len(self._buffer):
             return []
         pending = [self._buffer[i] for i in range(start, len(self._buffer))]
-        self._flushed_seq = self.next_seq
-        self._trim()
+        self._taken_seq = self.next_seq
+        self._in_flight_bytes += self._untaken_bytes
+        self._untaken_bytes = 0
         return pending
 
+    def mark_stored(self, last_seq: int) -> None:
+        """Storage committed every chunk through ``last_seq``: they may leave memory (past
+        the window), and writers waiting for room wake up."""
+        if last_seq < self._stored_seq:
+            return
+        if last_seq >= self._taken_seq:
+            raise RuntimeError(
+                f"run {self.run_id}: mark_stored({last_seq}) of chunks never taken "
+                f"(taken through {self._taken_seq - 1})"
+            )
+        self._stored_seq = last_seq + 1
+        if self._stored_seq == self._taken_seq:
+            self._in_flight_bytes = 0
+        self._trim()
+        if self._room is not None and self.has_room():
+            self._room.set()
+            self._room = None
+
     def untake(self, taken: list[Chunk]) -> None:
-        """Give back chunks from :meth:`take_unflushed` whose write was refused: they are
-        pending again (nothing was published or taken in between: callers hold the run's
-        write lock)."""
+        """Give back chunks from :meth:`take_unflushed` whose write was refused or failed:
+        they wait for a write again (callers hold the run's write lock, so nothing was
+        taken in between)."""
         if taken:
-            if taken[0].seq < self._first_seq or taken[-1].seq != self._flushed_seq - 1:
-                raise RuntimeError("untake() of chunks that are not the last ones taken")
-            self._flushed_seq = taken[0].seq
+            if taken[0].seq != self._stored_seq or taken[-1].seq != self._taken_seq - 1:
+                raise RuntimeError(
+                    f"run {self.run_id}: untake() of seq {taken[0].seq}..{taken[-1].seq}, "
+                    f"but the write in flight holds {self._stored_seq}..{self._taken_seq - 1}"
+                )
+            self._taken_seq = taken[0].seq
+            self._untaken_bytes += self._in_flight_bytes
+            self._in_flight_bytes = 0
 
     def _trim(self) -> None:
-        keep_from = min(self._flushed_seq, self.next_seq - self._window)
+        keep_from = min(self._stored_seq, self.next_seq - self._window)
         while self._buffer and self._first_seq < keep_from:
             self._buffer.popleft()
             self._first_seq += 1
 
     async def wait_flush_wanted(self) -> None:
-        """Block until enough unpersisted chunks piled up to be worth a write."""
-        if self.next_seq - self._flushed_seq < self._flush_at:
+        """Block until enough unpersisted chunks piled up to be worth a write (or a
+        writer waits for room)."""
+        if not self._flush_due():
             self._flush_wanted = trio.Event()
             await self._flush_wanted.wait()
             self._flush_wanted = None
-        if self.next_seq - self._flushed_seq < FLUSH_THRESHOLD and self._flush_at < FLUSH_THRESHOLD:
+        if (
+            self.next_seq - self._taken_seq < FLUSH_THRESHOLD
+            and self._flush_at < FLUSH_THRESHOLD
+            and self.has_room()
+        ):
             # Linger: what the step publishes meanwhile goes in the same write (and a
             # snapshot written meanwhile takes these chunks, leaving nothing to flush).
             await trio.sleep(FLUSH_LINGER)
@@ -200,7 +309,8 @@ class EventLog:
             if not await self.mirror_stored(only_while_idle=False):
                 # Unreadable (deleted meanwhile?): restart the window after them.
                 self._buffer.clear()
-                self.next_seq = self._first_seq = self._flushed_seq = last + 1
+                self.next_seq = self._first_seq = self._stored_seq = self._taken_seq = last + 1
+                self._untaken_bytes = self._in_flight_bytes = 0
 
     async def read(self, seq: int) -> list[Chunk]:
         """Chunks from ``seq`` on that exist now (possibly several), read from memory or,
@@ -214,7 +324,25 @@ class EventLog:
             return [self._buffer[i] for i in range(start, end)]  # noqa: ASYNC910
         self._storage_reads += 1
         limit = min(STORAGE_PAGE, self._first_seq - seq)
-        return list(await self.storage.read_events(self.run_id, from_seq=seq, limit=limit))
+        stored = list(await self.storage.read_events(self.run_id, from_seq=seq, limit=limit))
+        if not stored or stored[0].seq != seq:
+            # Only committed chunks leave memory: storage must hold this one.
+            found = f"seq {stored[0].seq}" if stored else "nothing"
+            raise StorageError(
+                f"run {self.run_id}: the stored event log has {found} at seq {seq}, though "
+                f"every chunk before seq {self._first_seq} was committed to it "
+                "(was the run deleted meanwhile?)"
+            )
+        return stored
+
+    async def catch_up_with_storage(self) -> bool:
+        """While no execution of the run is publishing in this process and storage is
+        durable, append what storage holds after our end of the log (another process
+        executed the run, or was interrupted). True if there was anything."""
+        if not self._may_poll():
+            await trio.lowlevel.checkpoint()
+            return False
+        return await self.mirror_stored()
 
     def subscribe(
         self,
@@ -230,9 +358,11 @@ class EventLog:
             next_seq=self.next_seq,
             first_in_memory=self._first_seq,
             in_memory=len(self._buffer),
-            unflushed=self.next_seq - self._flushed_seq,
+            unflushed=self.next_seq - self._stored_seq,
             subscriptions=self._subscriptions,
             storage_reads=self._storage_reads,
+            unstored_bytes=self._untaken_bytes + self._in_flight_bytes,
+            in_flight=self._taken_seq - self._stored_seq,
         )
 
 
@@ -309,28 +439,43 @@ class Subscription:
         if self._done:
             await trio.lowlevel.checkpoint()
             return None
-        if not self._batch:
-            batch = await self._log.read(self.next_seq)
-            if not batch:
-                if not self._follow:
-                    self.close()
-                    await trio.lowlevel.checkpoint()
-                    return None
-                await self._log.wait_for_more(self.next_seq)
-                batch = await self._log.read(self.next_seq)
-            else:
-                await trio.lowlevel.checkpoint()
-            self._batch.extend(batch)
-        else:
+        if self._batch:
             # Items of a batch already read: a cancel point, not a schedule point (a
             # schedule point per batch keeps many subscribers fair at a fraction of the
             # cost of one per chunk).
             await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            batch = await self._read_batch()
+            if batch is None:
+                return None
+            self._batch.extend(batch)
         chunk = self._batch.popleft()
         self.next_seq = chunk.seq + 1
         if self._ends_after is not None and self._ends_after(chunk):
             self.close()
         return chunk  # noqa: ASYNC910
+
+    async def _read_batch(self) -> list[Chunk] | None:
+        """The next non-empty batch from ``next_seq`` (waiting for it when following), or
+        None at the end of a non-following subscription. Always a checkpoint."""
+        log = self._log
+        waited = False
+        while True:
+            batch = await log.read(self.next_seq)
+            if batch:
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+                return batch
+            if not self._follow:
+                # The end of this process's log; when another process executed the run,
+                # storage may hold more.
+                if await log.catch_up_with_storage():
+                    continue
+                self.close()
+                await trio.lowlevel.checkpoint()
+                return None
+            await log.wait_for_more(self.next_seq)
+            waited = True
 
     def close(self) -> None:
         """Detach (synchronous, idempotent)."""

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._broadcast import data_size
 from ._core._chunks import StepOutputPayload, WorkflowStepOutput
 from ._core._graph import get_path
 from ._core._model import Usage
-from ._serde import to_jsonable, validate
+from ._serde import to_jsonable, to_strict_jsonable, validate
 from .tracing._spans import current_span
 
 if TYPE_CHECKING:
@@ -81,25 +82,35 @@ class Writer:
     async def write(self, obj: Any) -> None:
         """Emit a ``workflow-step-output`` chunk (``from_="USER"``) carrying ``obj``.
 
-        A checkpoint: cancellation of the run is delivered here.
+        ``obj`` must be strict JSON once converted (attrs instances, enums and datetimes
+        are converted): otherwise :class:`trioflow._core._json.JsonValueError` (a
+        ValueError naming the path) is raised here and nothing is published. While the
+        run's chunks waiting for storage are at their bound (SPEC §3.0), this waits until
+        storage commits some. A checkpoint: cancellation of the run is delivered here, and
+        a cancelled call publishes nothing.
         """
-        await trio.lowlevel.checkpoint()
+        data = to_strict_jsonable(obj)
         log = self._level.execution.log
+        await log.wait_for_room()
         log.publish(
             WorkflowStepOutput(
                 run_id=log.run_id,
                 seq=log.next_seq,
-                payload=StepOutputPayload(output=to_jsonable(obj), step_name=self._step_name),
-            )
+                payload=StepOutputPayload(output=data, step_name=self._step_name),
+            ),
+            size=data_size(data),
         )
 
     async def custom(self, type: str, data: Any) -> None:
         """Emit a :class:`DataChunk`; ``type`` is the full name and must start with
-        ``data-`` (else ValueError)."""
+        ``data-`` (else ValueError). ``data`` must be strict JSON, as for :meth:`write`,
+        which this waits and checkpoints as."""
         if not isinstance(type, str) or not type.startswith("data-"):
             raise ValueError(f"a custom chunk type must start with 'data-', got {type!r}")
-        await trio.lowlevel.checkpoint()
-        self._level.execution.log.publish_data(type, to_jsonable(data))
+        value = to_strict_jsonable(data)
+        log = self._level.execution.log
+        await log.wait_for_room()
+        log.publish_data(type, value, size=data_size(value))
 
 
 class StepContext:

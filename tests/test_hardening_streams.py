@@ -1,0 +1,193 @@
+"""Issue 12, streaming and the event log: regression tests for what an adversarial pass
+found (SPEC §3.0, §3.1, §0 "strict JSON everywhere").
+
+- A subscriber behind the in-memory window while a storage write is in flight reads every
+  chunk (chunks stay in memory until their write committed), and a storage that lost
+  chunks is a clear StorageError, never an IndexError.
+- The chunks waiting for storage are bounded: ``writer.write`` waits at the bound and
+  resumes once storage commits.
+- ``writer.write``/``writer.custom`` refuse data that is not strict JSON at the call.
+- A process that is not executing the run reads what storage holds (``observe_stream``
+  with ``follow=False``), and a ``close_on_suspend=False`` stream follows a resume made by
+  another process to the end.
+
+Storage writes are held back deterministically by :class:`GatedStorage` (no sleeps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterable, Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow._broadcast import DEFAULT_WINDOW, FLUSH_THRESHOLD
+from trioflow._core._chunks import Chunk
+from trioflow._core._model import RunInfo, RunSnapshot
+from trioflow._core._status import RunStatus
+
+# --------------------------------------------------------------------------- helpers
+
+
+class GatedStorage:
+    """Delegates to ``inner``; while the gate is closed, ``save_snapshot`` and
+    ``append_events`` wait until it opens (a storage write in flight for as long as the
+    test wants)."""
+
+    def __init__(self, inner: Any, *, durable: bool | None = None) -> None:
+        self.inner = inner
+        self.durable = bool(inner.durable) if durable is None else durable
+        self._allowance = math.inf  # writes that may pass before the gate blocks
+        self._changed = trio.Event()
+        self.waiting = 0
+        self.lose_reads = False
+
+    def close_gate(self) -> None:
+        self._allowance = 0
+
+    def open_gate(self) -> None:
+        self.let_through(math.inf)
+
+    def let_through(self, writes: float) -> None:
+        """Let ``writes`` more writes pass, then block again."""
+        self._allowance += writes
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _gate(self) -> None:
+        while self._allowance <= 0:
+            self.waiting += 1
+            try:
+                await self._changed.wait()
+            finally:
+                self.waiting -= 1
+        self._allowance -= 1
+        await trio.lowlevel.checkpoint()
+
+    async def create_run(self, snapshot: RunSnapshot) -> bool:
+        return bool(await self.inner.create_run(snapshot))
+
+    async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
+        return await self.inner.load_snapshot(run_id)  # type: ignore[no-any-return]
+
+    async def save_snapshot(
+        self,
+        snapshot: RunSnapshot,
+        events: Sequence[Chunk] = (),
+        *,
+        expected_status: RunStatus | Sequence[RunStatus] | None = None,
+    ) -> bool:
+        await self._gate()
+        return bool(
+            await self.inner.save_snapshot(snapshot, events, expected_status=expected_status)
+        )
+
+    async def append_events(self, run_id: str, events: Sequence[Chunk]) -> None:
+        await self._gate()
+        await self.inner.append_events(run_id, events)
+
+    async def read_events(
+        self, run_id: str, *, from_seq: int = 1, limit: int | None = None
+    ) -> Sequence[Chunk]:
+        if self.lose_reads:
+            await trio.lowlevel.checkpoint()
+            return []
+        return await self.inner.read_events(  # type: ignore[no-any-return]
+            run_id, from_seq=from_seq, limit=limit
+        )
+
+    async def last_seq(self, run_id: str) -> int:
+        return int(await self.inner.last_seq(run_id))
+
+    async def list_runs(self, **kwargs: Any) -> list[RunInfo]:
+        return await self.inner.list_runs(**kwargs)  # type: ignore[no-any-return]
+
+    async def delete_run(self, run_id: str) -> bool:
+        return bool(await self.inner.delete_run(run_id))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def chain(wf_id: str, *steps: tf.Step) -> tf.Workflow:
+    wf = tf.create_workflow(id=wf_id)
+    for step in steps:
+        wf = wf.then(step)
+    return wf.commit()
+
+
+async def collect(source: AsyncIterable[Any]) -> list[Any]:
+    return [item async for item in source]
+
+
+def outputs_of(chunks: Sequence[Any]) -> list[Any]:
+    return [c.payload.output for c in chunks if isinstance(c, tf.WorkflowStepOutput)]
+
+
+# ------------------------------------------------- 1. behind the window, write in flight
+
+
+async def test_a_subscriber_behind_the_window_reads_chunks_whose_write_is_in_flight() -> None:
+    # The flusher's first write (about FLUSH_THRESHOLD chunks) is held while the step
+    # publishes more than a whole window; then that write passes and the next one, the
+    # whole rest in one batch, is held. Before the fix the chunks of that batch left memory
+    # when they were taken, storage did not hold them yet, and a subscriber from seq 1 got
+    # `IndexError: pop from an empty deque` (Subscription._next_raw).
+    n = FLUSH_THRESHOLD + DEFAULT_WINDOW + 1000
+    storage = GatedStorage(tf.MemoryStorage())
+    written = trio.Event()
+    finish = trio.Event()
+
+    async def talk(ctx: tf.StepContext) -> int:
+        storage.close_gate()  # the run is claimed: from now on every write waits
+        for i in range(n):
+            await ctx.writer.write(i)
+        written.set()
+        await finish.wait()
+        return n
+
+    async with tf.open_runtime(storage=storage) as rt:
+        wf = chain("talk", tf.create_step(id="talk", execute=talk))
+        rt.register(wf)
+        run = await wf.create_run()
+        out = await run.stream(input_data=None)
+        with trio.fail_after(30):
+            await written.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert storage.waiting == 1  # the flusher's first write
+        storage.let_through(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert storage.waiting == 1  # its second write: the rest, in flight
+        assert run._hub.log.statistics().next_seq - 1 == n + 2
+        chunks = await collect(run.observe_stream(follow=False))
+        assert [c.seq for c in chunks] == list(range(1, n + 3))
+        assert outputs_of(chunks) == list(range(n))
+        storage.open_gate()
+        finish.set()
+        assert (await out.result()).status == "success"
+        everything = await collect(run.observe_stream())
+        assert [c.seq for c in everything] == list(range(1, n + 5))
+
+
+async def test_storage_missing_chunks_it_must_hold_is_a_storage_error() -> None:
+    n = 3 * DEFAULT_WINDOW
+    storage = GatedStorage(tf.MemoryStorage())
+
+    async def talk(ctx: tf.StepContext) -> int:
+        for i in range(n):
+            await ctx.writer.write(i)
+        return n
+
+    async with tf.open_runtime(storage=storage) as rt:
+        wf = chain("talk", tf.create_step(id="talk", execute=talk))
+        rt.register(wf)
+        run = await wf.create_run()
+        assert (await run.start(input_data=None)).status == "success"
+        storage.lose_reads = True
+        sub = run.observe_stream()
+        with pytest.raises(tf.StorageError, match=r"seq 1\b"):
+            await collect(sub)
