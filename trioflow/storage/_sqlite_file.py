@@ -222,6 +222,41 @@ def describe(exc: BaseException, timeout: float) -> str:
     return str(exc)
 
 
+class FileState:
+    """What the two threads of one storage know about its file: why writes are refused
+    (opened read-only, or SQLite reported corruption), and how to word a SQLite error."""
+
+    def __init__(self, where: str, timeout: float) -> None:
+        self.where = where
+        self.timeout = timeout
+        #: Set once (a plain attribute store, atomic under the GIL), never cleared.
+        self.refuse_writes: str | None = None
+
+    def wrap(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        message = f"SQLite storage {self.where}: {describe(exc, self.timeout)}"
+        if is_corrupt(exc):
+            # Writing to a corrupt file can spread the damage: latch, for every later write.
+            if self.refuse_writes is None:
+                self.refuse_writes = f"the database file is corrupt ({exc})"
+            message += (
+                "; this storage refuses every write to the file from now on (restore a "
+                "backup, or salvage the data with the sqlite3 shell's .recover)"
+            )
+        wrapped = StorageError(message)
+        wrapped.__cause__ = exc
+        return wrapped
+
+    def refused(self) -> StorageError | None:
+        """The error for a write while writes are refused, else None."""
+        if self.refuse_writes is None:
+            return None
+        return StorageError(
+            f"SQLite storage {self.where} refuses writes: {self.refuse_writes}; nothing was written"
+        )
+
+
 def retry_busy(fn: Callable[[], T], timeout: float) -> T:
     """``fn()``, called again while it fails with SQLITE_BUSY/LOCKED, until ``timeout``
     seconds have passed. For steps where SQLite does not wait by itself: switching to WAL

@@ -39,9 +39,17 @@ transaction. Anything else (not a SQLite file, a SQLite database of another appl
 a newer schema version, an unreadable file) raises :class:`trioflow.StorageError` naming
 the path, and that file is never written to. Several processes on one machine may share
 a file: WAL lets readers run beside the one writer, and ``timeout`` (the busy timeout)
-says how long a write waits for another process's write transaction. Commits use
+says how long a write waits for another process's write transaction (and how long
+opening waits while other processes open the same file). Commits use
 ``synchronous=NORMAL``: a committed write survives the process being killed; a power cut
 may lose the last commits but never corrupts the file.
+
+A file (or directory) this process cannot write is opened read-only: reads work, every
+write raises StorageError saying the database is read-only. A file found corrupt (by
+``PRAGMA quick_check`` at open, or when SQLite reports corruption later) is never written
+again by this storage. Refused writes name the cause: read-only, disk full, locked past
+the busy timeout, corrupt. Stored values are strict JSON both ways (see
+:mod:`trioflow.storage._json`). The details are in :mod:`trioflow.storage._sqlite_file`.
 """
 
 from __future__ import annotations
@@ -71,8 +79,7 @@ from ._sqlite_file import (
     APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,
-    describe,
-    is_corrupt,
+    FileState,
     open_database,
     retry_busy,
 )
@@ -123,41 +130,6 @@ def _deliver(jobs: list[_Job]) -> None:
         trio.lowlevel.reschedule(job.task, job.outcome)
 
 
-class _FileState:
-    """What the two threads of one storage know about its file: why writes are refused
-    (opened read-only, or SQLite reported corruption), and how to word a SQLite error."""
-
-    def __init__(self, where: str, timeout: float) -> None:
-        self.where = where
-        self.timeout = timeout
-        #: Set once (a plain attribute store, atomic under the GIL), never cleared.
-        self.refuse_writes: str | None = None
-
-    def wrap(self, exc: BaseException) -> BaseException:
-        if not isinstance(exc, sqlite3.Error):
-            return exc
-        message = f"SQLite storage {self.where}: {describe(exc, self.timeout)}"
-        if is_corrupt(exc):
-            # Writing to a corrupt file can spread the damage: latch, for every later write.
-            if self.refuse_writes is None:
-                self.refuse_writes = f"the database file is corrupt ({exc})"
-            message += (
-                "; this storage refuses every write to the file from now on (restore a "
-                "backup, or salvage the data with the sqlite3 shell's .recover)"
-            )
-        wrapped = StorageError(message)
-        wrapped.__cause__ = exc
-        return wrapped
-
-    def refused(self) -> StorageError | None:
-        """The error for a write while writes are refused, else None."""
-        if self.refuse_writes is None:
-            return None
-        return StorageError(
-            f"SQLite storage {self.where} refuses writes: {self.refuse_writes}; nothing was written"
-        )
-
-
 class _Worker:
     """A thread owning one connection, executing queued jobs in order.
 
@@ -166,7 +138,7 @@ class _Worker:
     """
 
     def __init__(
-        self, name: str, state: _FileState, connect: Callable[[], sqlite3.Connection]
+        self, name: str, state: FileState, connect: Callable[[], sqlite3.Connection]
     ) -> None:
         self._name = name
         self._state = state
@@ -379,7 +351,7 @@ class SqliteStorage:
         self.durable = not self._memory
         where = repr(self._path)
         self._where = where
-        self._state = _FileState(where, self._timeout)
+        self._state = FileState(where, self._timeout)
         self._read_target: tuple[str, bool] = (self._path, False)
         self._writer = _Worker(f"trioflow-sqlite-writer {where}", self._state, self._open_writer)
         self._reader = (
