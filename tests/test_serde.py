@@ -583,3 +583,102 @@ def test_dump_load_round_trip_for_any_serialized_chain(
     assert ser is not None
     dumped = dump_error(ser)
     assert load_error(json.loads(json.dumps(dumped))) == ser
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+
+class OddError(Exception):
+    """An exception whose public attributes are not strict JSON."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.ratio = float("nan")
+        self.limit = float("-inf")
+        self.label = "bad \ud800 text"
+        loop: list[Any] = []
+        loop.append(loop)
+        self.loop = loop
+        self.deep: Any = 1
+        for _ in range(2000):
+            self.deep = [self.deep]
+        self.fine = {"n": 1.5}
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_serialized_errors_are_strict_json_whatever_the_exception_holds() -> None:
+    from trioflow._core._json import check_strict_json
+
+    ser = serialize_error(OddError("message \udfff with a lone surrogate"))
+    dumped = dump_error(ser)
+    check_strict_json(dumped)
+    assert ser.message == "message \\udfff with a lone surrogate"
+    assert ser.extra["fine"] == {"n": 1.5}
+    assert ser.extra["ratio"] == "nan"
+    assert ser.extra["limit"] == "-inf"
+    assert ser.extra["label"] == "'bad \\ud800 text'"
+    assert ser.extra["loop"] == "[[...]]"
+    assert isinstance(ser.extra["deep"], str)
+    # And on the wire, as a step result's error.
+    from trioflow._core._chunks import StepResultPayload, WorkflowStepResult
+    from trioflow._serde import to_wire
+
+    chunk = WorkflowStepResult(
+        run_id="r",
+        seq=3,
+        payload=StepResultPayload(id="s", step_name="s", status="failed", error=ser),
+    )
+    check_strict_json(to_wire(chunk))
+    json.dumps(to_wire(chunk), allow_nan=False).encode("utf-8")
+
+
+def test_serialize_error_of_an_unprintable_exception_does_not_raise() -> None:
+    ser = serialize_error(UnprintableError())
+    assert ser.name == "UnprintableError"
+    assert "unprintable" in ser.message
+
+
+def test_dumps_strict_refuses_what_is_not_strict_json_and_names_the_path() -> None:
+    from trioflow._core._json import JsonValueError
+    from trioflow._serde import dumps_strict
+
+    value = {"a": [1, "é ☃", None, True, 2.5], "b": {"c": "x"}}
+    assert dumps_strict(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for bad, path in [
+        ({"a": [1, math.nan]}, "a[1]"),
+        ({"a": {"b": math.inf}}, "a.b"),
+        ({"s": "\ud800"}, "s"),
+        ({"s": ["ok", "\udc00x"]}, "s[1]"),
+    ]:
+        with pytest.raises(JsonValueError) as info:
+            dumps_strict(bad)
+        assert info.value.path == path
+    deep: Any = 1
+    for _ in range(3000):
+        deep = [deep]
+    with pytest.raises(JsonValueError, match="nested deeper than"):
+        dumps_strict({"d": deep})
+
+
+def test_snapshot_json_is_strict_json_with_plain_status_strings() -> None:
+    from trioflow._core._json import check_strict_json
+    from trioflow._core._model import RunSnapshot
+    from trioflow._core._status import RunStatus
+    from trioflow._serde import snapshot_from_json, snapshot_to_json
+
+    snapshot = RunSnapshot(
+        run_id="r",
+        workflow_id="w",
+        status=RunStatus.SUSPENDED,
+        steps={"s": {"status": "suspended", "output": None}},
+        error=serialize_error(OddError("x")),
+    )
+    data = snapshot_to_json(snapshot)
+    assert type(data["status"]) is str
+    check_strict_json(data)
+    back = snapshot_from_json(json.loads(json.dumps(data, allow_nan=False)))
+    assert back.status is RunStatus.SUSPENDED

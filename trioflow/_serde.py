@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import functools
+import json
 import re
 import types
 import typing
@@ -95,6 +96,9 @@ converter.register_unstructure_hook(_dt.datetime, lambda d: d.isoformat())
 converter.register_unstructure_hook_func(
     lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda member: member.value
 )
+# A field typed as a StrEnum dispatches on ``str`` before the predicate above is asked:
+# register the class itself, so that a snapshot's status is a plain str (strict JSON).
+converter.register_unstructure_hook(enum.StrEnum, lambda member: member.value)
 
 
 def _origin(t: Any) -> Any:
@@ -326,6 +330,55 @@ def to_stored_json(value: Any, prefix: str) -> Any:
         raise ValidationError(prefix, [(exc.path, exc.reason)]) from None
 
 
+#: How much deeper than a value (:data:`MAX_JSON_DEPTH`) a stored document may nest: a
+#: snapshot holds a value a few objects down (steps, record, metadata, foreach outcomes).
+STORED_DEPTH_MARGIN = 20
+
+
+def dumps_strict(value: Any) -> str:
+    """Compact JSON text (UTF-8-encodable, not ASCII-escaped) of ``value``, which must be
+    strict JSON: what a durable backend writes for a snapshot or an event.
+
+    The check runs at C speed (``json.dumps(allow_nan=False)`` and one UTF-8 encode); the
+    nesting limit is enforced where values enter (input, state, resume data, outputs).
+
+    Raises:
+        JsonValueError: ``value`` is not strict JSON (NaN/Infinity, a lone surrogate, a
+            cycle, a non-JSON object, nesting past the stack); ``path`` says where.
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        check_strict_json(value, max_depth=MAX_JSON_DEPTH + STORED_DEPTH_MARGIN)
+        raise JsonValueError("", "cannot be encoded as strict JSON") from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            check_strict_json(value, max_depth=MAX_JSON_DEPTH + STORED_DEPTH_MARGIN)
+            raise JsonValueError("", "cannot be encoded as UTF-8") from None
+    return text
+
+
+def _safe_text(text: str) -> str:
+    """``text``, with any lone surrogate written as its escape (``\\ud800``) so it stays
+    strict JSON."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _describe(value: Any) -> str:
+    try:
+        return _safe_text(repr(value))
+    except Exception:  # a broken __repr__, or one nested past the stack
+        return f"<unprintable {type(value).__name__}>"
+
+
 _ERROR_SKIP = frozenset({"args", "with_traceback", "add_note"})
 
 
@@ -340,10 +393,12 @@ def serialize_error(exc: Any, *, _depth: int = 0) -> Any:
     for key, value in vars(exc).items() if hasattr(exc, "__dict__") else ():
         if key.startswith("_") or key in _ERROR_SKIP:
             continue
+        # Stored and sent as it is: what is not strict JSON (NaN, a cycle, an object) is
+        # kept as its repr, never dropped and never raising.
         try:
-            extra[key] = to_jsonable(value)
-        except TypeError:
-            extra[key] = repr(value)
+            extra[key] = to_strict_jsonable(value)
+        except Exception:
+            extra[key] = _describe(value)
     cause_exc = exc.__cause__
     if cause_exc is None and not exc.__suppress_context__:
         cause_exc = exc.__context__
@@ -352,7 +407,11 @@ def serialize_error(exc: Any, *, _depth: int = 0) -> Any:
         if cause_exc is not None and _depth < 8
         else None
     )
-    return SerializedError(message=str(exc), name=type(exc).__name__, extra=extra, cause=cause)
+    try:
+        message = _safe_text(str(exc))
+    except Exception:  # a broken __str__ must not lose the error itself
+        message = f"<unprintable {type(exc).__name__}>"
+    return SerializedError(message=message, name=type(exc).__name__, extra=extra, cause=cause)
 
 
 def dump_error(err: Any) -> dict[str, Any] | None:
