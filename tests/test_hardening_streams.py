@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +26,15 @@ import trio
 import trio.testing
 
 import trioflow as tf
-from trioflow._broadcast import DEFAULT_WINDOW, FLUSH_THRESHOLD
+from trioflow._broadcast import (
+    CHUNK_OVERHEAD,
+    DEFAULT_WINDOW,
+    FLUSH_THRESHOLD,
+    MAX_UNSTORED_BYTES,
+    MAX_UNSTORED_CHUNKS,
+)
 from trioflow._core._chunks import Chunk
+from trioflow._core._json import JsonValueError
 from trioflow._core._model import RunInfo, RunSnapshot
 from trioflow._core._status import RunStatus
 
@@ -191,3 +199,167 @@ async def test_storage_missing_chunks_it_must_hold_is_a_storage_error() -> None:
         sub = run.observe_stream()
         with pytest.raises(tf.StorageError, match=r"seq 1\b"):
             await collect(sub)
+
+
+# ------------------------------------------------------------- 2. memory bound, backpressure
+
+
+async def test_writer_waits_at_the_unstored_bound_and_resumes_when_storage_commits() -> None:
+    n = MAX_UNSTORED_CHUNKS + 2 * FLUSH_THRESHOLD
+    storage = GatedStorage(tf.MemoryStorage())
+    progress: list[int] = []
+    peak: list[int] = [0]
+    holder: list[tf.Run] = []
+
+    async def talk(ctx: tf.StepContext) -> int:
+        storage.close_gate()
+        log = holder[0]._hub.log
+        for i in range(n):
+            await ctx.writer.write(i)
+            progress.append(i)
+            peak[0] = max(peak[0], log.statistics().unflushed)
+        return n
+
+    async with tf.open_runtime(storage=storage) as rt:
+        wf = chain("talk", tf.create_step(id="talk", execute=talk))
+        rt.register(wf)
+        run = await wf.create_run()
+        holder.append(run)
+        out = await run.stream(input_data=None)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = run._hub.log.statistics()
+        # The writer is blocked at the bound, the flusher's first write in flight.
+        assert storage.waiting == 1
+        assert stats.unflushed == MAX_UNSTORED_CHUNKS
+        assert len(progress) == MAX_UNSTORED_CHUNKS - 2  # workflow-start, step start
+        assert stats.in_memory == MAX_UNSTORED_CHUNKS
+        before = len(progress)
+        storage.let_through(1)  # that write commits: room again
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(progress) > before
+        assert storage.waiting == 1  # the next write, in flight
+        assert run._hub.log.statistics().unflushed <= MAX_UNSTORED_CHUNKS
+        storage.open_gate()
+        with trio.fail_after(30):
+            result = await out.result()
+        assert result.status == "success"
+        assert progress == list(range(n))
+        assert peak[0] <= MAX_UNSTORED_CHUNKS
+        chunks = await collect(run.observe_stream())
+        assert outputs_of(chunks) == list(range(n))
+
+
+async def test_writer_waits_at_the_unstored_byte_bound() -> None:
+    big = "x" * (1024 * 1024)
+    storage = GatedStorage(tf.MemoryStorage())
+    progress: list[int] = []
+
+    async def talk(ctx: tf.StepContext) -> int:
+        storage.close_gate()
+        for i in range(40):
+            await ctx.writer.custom("data-big", big)
+            progress.append(i)
+        return 40
+
+    async with tf.open_runtime(storage=storage) as rt:
+        wf = chain("big", tf.create_step(id="big", execute=talk))
+        rt.register(wf)
+        run = await wf.create_run()
+        out = await run.stream(input_data=None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert storage.waiting == 1
+        stats = run._hub.log.statistics()
+        assert len(progress) == 16  # 16 chunks of 1 MiB (and overheads) fill 16 MiB
+        assert stats.unstored_bytes <= MAX_UNSTORED_BYTES + len(big) + CHUNK_OVERHEAD
+        storage.open_gate()
+        with trio.fail_after(30):
+            assert (await out.result()).status == "success"
+        assert progress == list(range(40))
+        chunks = await collect(run.observe_stream())
+        assert len([c for c in chunks if isinstance(c, tf.DataChunk)]) == 40
+
+
+# ------------------------------------------------------------------- 3. strict JSON writes
+
+
+def deep(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def cycle() -> list[Any]:
+    items: list[Any] = [1]
+    items.append(items)
+    return items
+
+
+BAD_VALUES = {
+    "object": object(),
+    "bytes": b"raw",
+    "nan": math.nan,
+    "infinity": {"x": [math.inf]},
+    "cycle": cycle(),
+    "deep": deep(150),
+    "surrogate": {"text": "\ud800"},
+}
+
+
+@pytest.mark.parametrize("how", ["write", "custom"])
+async def test_writer_refuses_values_that_are_not_strict_json_at_the_call(
+    tmp_path: Path, how: str
+) -> None:
+    refused: dict[str, str] = {}
+
+    async def talk(ctx: tf.StepContext) -> str:
+        for name, value in BAD_VALUES.items():
+            try:
+                if how == "write":
+                    await ctx.writer.write(value)
+                else:
+                    await ctx.writer.custom("data-bad", value)
+            except JsonValueError as exc:
+                refused[name] = str(exc)
+        await ctx.writer.write({"fine": 1})
+        return "done"
+
+    async with tf.SqliteStorage(tmp_path / "runs.db") as storage:
+        async with tf.open_runtime(storage=storage) as rt:
+            wf = chain("bad", tf.create_step(id="bad", execute=talk))
+            rt.register(wf)
+            run = await wf.create_run()
+            result = await run.start(input_data=None)
+            assert result.status == "success", result.error
+            assert set(refused) == set(BAD_VALUES)
+            assert "x[0]" in refused["infinity"]
+            assert "text" in refused["surrogate"]
+            chunks = await collect(run.observe_stream())
+            assert [c.type for c in chunks] == [
+                "workflow-start",
+                "workflow-step-start",
+                "workflow-step-output",
+                "workflow-step-result",
+                "workflow-finish",
+            ]
+            stored = await storage.read_events(run.run_id)
+            assert [c.seq for c in stored] == [1, 2, 3, 4, 5]
+
+
+async def test_an_uncaught_bad_write_fails_the_step_and_the_run_ends_failed() -> None:
+    async def talk(ctx: tf.StepContext) -> str:
+        await ctx.writer.write({"n": math.nan})
+        return "never"
+
+    async with tf.open_runtime() as rt:
+        wf = chain("bad", tf.create_step(id="bad", execute=talk))
+        rt.register(wf)
+        run = await wf.create_run()
+        out = await run.stream(input_data=None)
+        chunks = await collect(out)
+        result = await out.result()
+        assert result.status == "failed"
+        assert isinstance(result.error, ValueError)
+        assert "n" in str(result.error)
+        assert chunks[-1].type == "workflow-finish"
+        assert chunks[-1].payload.workflow_status == "failed"
