@@ -642,28 +642,6 @@ def test_serialize_error_of_an_unprintable_exception_does_not_raise() -> None:
     assert "unprintable" in ser.message
 
 
-def test_dumps_strict_refuses_what_is_not_strict_json_and_names_the_path() -> None:
-    from trioflow._core._json import JsonValueError
-    from trioflow._serde import dumps_strict
-
-    value = {"a": [1, "é ☃", None, True, 2.5], "b": {"c": "x"}}
-    assert dumps_strict(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for bad, path in [
-        ({"a": [1, math.nan]}, "a[1]"),
-        ({"a": {"b": math.inf}}, "a.b"),
-        ({"s": "\ud800"}, "s"),
-        ({"s": ["ok", "\udc00x"]}, "s[1]"),
-    ]:
-        with pytest.raises(JsonValueError) as info:
-            dumps_strict(bad)
-        assert info.value.path == path
-    deep: Any = 1
-    for _ in range(3000):
-        deep = [deep]
-    with pytest.raises(JsonValueError, match="nested deeper than"):
-        dumps_strict({"d": deep})
-
-
 def test_snapshot_json_is_strict_json_with_plain_status_strings() -> None:
     from trioflow._core._json import check_strict_json
     from trioflow._core._model import RunSnapshot
@@ -682,3 +660,32 @@ def test_snapshot_json_is_strict_json_with_plain_status_strings() -> None:
     check_strict_json(data)
     back = snapshot_from_json(json.loads(json.dumps(data, allow_nan=False)))
     assert back.status is RunStatus.SUSPENDED
+
+
+def test_check_strict_json_names_the_path_of_each_kind_of_problem() -> None:
+    from trioflow._core._json import MAX_JSON_DEPTH, JsonValueError, check_strict_json
+
+    shared = [1, 2]
+    check_strict_json({"a": shared, "b": shared, "t": (1, "x"), "e": [], "o": {}})
+    cyclic: dict[str, Any] = {"a": []}
+    cyclic["a"].append(cyclic)
+    deep: Any = 0
+    for _ in range(MAX_JSON_DEPTH - 1):
+        deep = [deep]
+    check_strict_json([deep])  # exactly MAX_JSON_DEPTH containers
+    cases: list[tuple[Any, str, str]] = [
+        ({"a": {"b c": [0, math.nan]}}, "a['b c'][1]", "finite"),
+        ([{"x": -math.inf}], "[0].x", "finite"),
+        ({"s": "ok\udc80"}, "s", "surrogate"),
+        ({1: "x"}, "", "not a string"),
+        ({"k": {"\ud800": 1}}, "k", "surrogate"),
+        ({"o": [object()]}, "o[0]", "type object"),
+        (cyclic, "a[0]", "cycle"),
+        ([[deep]], "[0]" * MAX_JSON_DEPTH, f"deeper than {MAX_JSON_DEPTH}"),
+        (math.nan, "", "finite"),
+    ]
+    for value, path, words in cases:
+        with pytest.raises(JsonValueError) as info:
+            check_strict_json(value)
+        assert info.value.path == path
+        assert words in info.value.reason

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import functools
-import json
 import re
 import types
 import typing
@@ -328,36 +327,6 @@ def to_stored_json(value: Any, prefix: str) -> Any:
         return to_strict_jsonable(value)
     except JsonValueError as exc:
         raise ValidationError(prefix, [(exc.path, exc.reason)]) from None
-
-
-#: How much deeper than a value (:data:`MAX_JSON_DEPTH`) a stored document may nest: a
-#: snapshot holds a value a few objects down (steps, record, metadata, foreach outcomes).
-STORED_DEPTH_MARGIN = 20
-
-
-def dumps_strict(value: Any) -> str:
-    """Compact JSON text (UTF-8-encodable, not ASCII-escaped) of ``value``, which must be
-    strict JSON: what a durable backend writes for a snapshot or an event.
-
-    The check runs at C speed (``json.dumps(allow_nan=False)`` and one UTF-8 encode); the
-    nesting limit is enforced where values enter (input, state, resume data, outputs).
-
-    Raises:
-        JsonValueError: ``value`` is not strict JSON (NaN/Infinity, a lone surrogate, a
-            cycle, a non-JSON object, nesting past the stack); ``path`` says where.
-    """
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (ValueError, TypeError, RecursionError):
-        check_strict_json(value, max_depth=MAX_JSON_DEPTH + STORED_DEPTH_MARGIN)
-        raise JsonValueError("", "cannot be encoded as strict JSON") from None
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            check_strict_json(value, max_depth=MAX_JSON_DEPTH + STORED_DEPTH_MARGIN)
-            raise JsonValueError("", "cannot be encoded as UTF-8") from None
-    return text
 
 
 def _safe_text(text: str) -> str:

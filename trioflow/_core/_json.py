@@ -67,6 +67,38 @@ def _scalar_problem(value: Any) -> str | None:
 
 _EXIT = object()
 
+_Children = list[tuple[Any, str, int]]
+
+
+def _scan(
+    pairs: Any, child_path: Any, depth: int, children: _Children
+) -> None:
+    """Check the scalars among ``pairs`` (``(key, item)``) and collect the containers in
+    ``children``. Paths are built only for a container or a problem: most items of a
+    large value are plain scalars."""
+    for key, item in pairs:
+        kind = type(item)
+        if kind is str:
+            if item.isascii() or not _has_lone_surrogate(item):
+                continue
+        elif kind is int or kind is bool or item is None:
+            continue
+        elif kind is float:
+            if math.isfinite(item):
+                continue
+        elif kind is dict or kind is list or kind is tuple:
+            children.append((item, child_path(key), depth + 1))
+            continue
+        raise JsonValueError(child_path(key), _scalar_problem(item) or "not JSON")
+
+
+def _check_keys(container: dict[Any, Any], path: str) -> None:
+    for key in container:
+        if type(key) is not str:
+            raise JsonValueError(path, f"key {key!r} is not a string")
+        if not key.isascii() and _has_lone_surrogate(key):
+            raise JsonValueError(path, "key with a lone surrogate is not valid JSON")
+
 
 def check_strict_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise :class:`JsonValueError` naming the first path where ``value`` is not strict
@@ -82,7 +114,7 @@ def check_strict_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
         return
     # Depth-first; ``(_EXIT, id)`` marks where a container's subtree ends, so ``open_ids``
     # holds exactly the containers on the path from the root to the current one.
-    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    stack: _Children = [(value, "", 1)]
     open_ids: set[int] = set()
     while stack:
         container, path, depth = stack.pop()
@@ -95,21 +127,11 @@ def check_strict_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
             raise JsonValueError(path, "the value contains itself (a cycle)")
         open_ids.add(id(container))
         stack.append((_EXIT, "", id(container)))
+        children: _Children = []
         if type(container) is dict:
-            pairs: list[tuple[str, Any]] = []
-            for key, item in container.items():
-                if type(key) is not str:
-                    raise JsonValueError(path, f"key {key!r} is not a string")
-                if _has_lone_surrogate(key):
-                    raise JsonValueError(path, "key with a lone surrogate is not valid JSON")
-                pairs.append((key_path(path, key), item))
+            _check_keys(container, path)
+            _scan(container.items(), lambda key, p=path: key_path(p, key), depth, children)
         else:
-            pairs = [(f"{path}[{i}]", item) for i, item in enumerate(container)]
-        for item_path, item in reversed(pairs):
-            item_kind = type(item)
-            if item_kind is dict or item_kind is list or item_kind is tuple:
-                stack.append((item, item_path, depth + 1))
-            else:
-                problem = _scalar_problem(item)
-                if problem is not None:
-                    raise JsonValueError(item_path, problem)
+            _scan(enumerate(container), lambda i, p=path: f"{p}[{i}]", depth, children)
+        children.reverse()
+        stack.extend(children)
