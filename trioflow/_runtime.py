@@ -131,6 +131,10 @@ class Runtime:
         self._hubs: weakref.WeakValueDictionary[str, RunHub] = weakref.WeakValueDictionary()
         #: The claim loop, when this runtime is a worker (``open_runtime(worker=True)``).
         self.worker: Worker | None = None
+        #: Executions of a run that may die of an error before it ends ``failed``, and the
+        #: first backoff (PostgreSQL: see ``open_runtime``).
+        self.max_attempts = 5
+        self.retry_delay = 1.0
         #: When the runtime began closing (trio time): the deadline of final writes.
         self._closing_deadline: float | None = None
         self._finishing: set[trio.CancelScope] = set()
@@ -288,16 +292,24 @@ class Runtime:
         if execution.failure is not None and execution.result is None:
             # The execution died (storage failing, an engine bug) with its run left
             # running: give up its lease, so a worker restarts it instead of it staying
-            # owned by this live process forever.
-            release = getattr(self.storage, "release_lease", None)
-            if release is not None:
-                with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
-                    try:
-                        await release(execution.run_id)
-                    except Exception as exc:
-                        logger.warning(
-                            "run %s: could not release its lease: %s", execution.run_id, exc
-                        )
+            # owned by this live process forever; on PostgreSQL the attempt is counted,
+            # retried after a backoff, and the run fails after max_attempts.
+            from ._worker import after_execution_died
+
+            with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
+                try:
+                    await after_execution_died(self, execution.run_id, execution.failure)
+                except Exception as exc:
+                    logger.warning(
+                        "run %s: could not release its lease: %s", execution.run_id, exc
+                    )
+
+    def ended_elsewhere(self, snapshot: RunSnapshot) -> None:
+        """A run ended without an execution here (given up by a worker): its hub, if
+        this process has one, learns the result."""
+        hub = self._hubs.get(snapshot.run_id)
+        if hub is not None:
+            hub.ended_outside(result_from_snapshot(snapshot))
 
     async def list_runs(
         self,
@@ -412,6 +424,8 @@ async def open_runtime(
     worker: bool = False,
     worker_capacity: int = 64,
     worker_poll_interval: float = 1.0,
+    worker_max_attempts: int = 5,
+    worker_retry_delay: float = 1.0,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime: the nursery every run executes in.
 
@@ -425,7 +439,26 @@ async def open_runtime(
     releases them. ``worker=True`` makes this runtime a worker: it claims queued runs and
     runs whose process died, of the workflows registered here, and executes at most
     ``worker_capacity`` at once (see ``docs/scaling.md``).
+
+    On such a storage, an execution that dies of an error (not a step's failure: storage
+    failing, an engine bug) counts as a failed attempt, stored with the run: no worker
+    claims the run again for ``worker_retry_delay`` seconds, doubled at every attempt (at
+    most 300 s), and after ``worker_max_attempts`` attempts the run ends ``failed`` with
+    the error instead of running again.
     """
+    if isinstance(worker_max_attempts, bool) or not isinstance(worker_max_attempts, int) or (
+        worker_max_attempts < 1
+    ):
+        raise ValueError(f"worker_max_attempts must be an int >= 1, got {worker_max_attempts!r}")
+    if (
+        isinstance(worker_retry_delay, bool)
+        or not isinstance(worker_retry_delay, int | float)
+        or not worker_retry_delay >= 0
+        or worker_retry_delay == float("inf")
+    ):
+        raise ValueError(
+            f"worker_retry_delay must be a finite number of seconds >= 0, got {worker_retry_delay!r}"
+        )
     owned = storage is None
     store: Storage = MemoryStorage() if storage is None else storage
     serve = getattr(store, "serve", None)
@@ -439,6 +472,8 @@ async def open_runtime(
         with unwrap_groups() as guard:
             async with trio.open_nursery() as nursery:
                 runtime = Runtime(store, tracer, nursery)
+                runtime.max_attempts = worker_max_attempts
+                runtime.retry_delay = float(worker_retry_delay)
                 for workflow in workflows:
                     runtime.register(workflow)
                 token = _current_runtime.set(runtime)

@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from ._core._model import RunSnapshot
-from ._engine import Execution
-from ._errors import TrioflowError
+from ._core._chunks import WorkflowFinish, WorkflowFinishPayload
+from ._core._model import RunSnapshot, SerializedError
+from ._core._status import RunStatus
+from ._engine import Execution, now_ms
+from ._errors import LeaseLostError, TrioflowError
 from ._groups import is_fatal
+from ._serde import dump_error, load_error
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -111,6 +114,14 @@ class Worker:
     async def _execute(self, item: ClaimedRun) -> None:
         run_id = item.snapshot.run_id
         try:
+            if not item.queued and item.attempts >= self._runtime.max_attempts:
+                # Its executions died max_attempts times (the last give-up could not be
+                # written): end it failed without running any step again.
+                error = load_error(item.last_error) or SerializedError(
+                    message="its executions kept dying", name="RuntimeError"
+                )
+                await give_up(self._runtime, run_id, error, item.attempts)
+                return
             execution = await self._begin(item.snapshot, queued=item.queued)
             if execution is not None:
                 await execution.done.wait()
@@ -153,7 +164,89 @@ class Worker:
             logger.error("worker could not begin run %s: %r", snapshot.run_id, exc, exc_info=exc)
             with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
                 try:
-                    await self._storage.release_lease(snapshot.run_id, unqueue=queued)
+                    if queued:
+                        await self._storage.release_lease(snapshot.run_id, unqueue=True)
+                    else:
+                        # A restart that cannot begin would be claimed again at once.
+                        await after_execution_died(runtime, snapshot.run_id, exc)
                 except TrioflowError as release_exc:
                     logger.warning("could not release run %s: %s", snapshot.run_id, release_exc)
             return None
+
+
+async def after_execution_died(runtime: Runtime, run_id: str, failure: BaseException) -> None:
+    """An execution of ``run_id`` died of ``failure`` here with its run left executing.
+
+    On a storage that counts attempts (PostgreSQL), the attempt is stored and the run is
+    not claimed again before a backoff; after ``runtime.max_attempts`` the run ends
+    ``failed`` with the error (:func:`give_up`). Otherwise its lease (if any) is released
+    so a worker restarts it. Cancelling this call may leave the lease held until it
+    expires."""
+    storage = runtime.storage
+    record = getattr(storage, "record_failed_attempt", None)
+    if record is None or isinstance(failure, LeaseLostError):
+        # A lost lease: another process continues the run; not this run's failure.
+        release = getattr(storage, "release_lease", None)
+        if release is not None:
+            await release(run_id)
+        else:
+            await trio.lowlevel.checkpoint()
+        return
+    attempts = await record(run_id, dump_error(failure), retry_delay=runtime.retry_delay)
+    if attempts >= runtime.max_attempts:
+        await give_up(runtime, run_id, dump_error_as_serialized(failure), attempts)
+    elif attempts:
+        logger.warning(
+            "run %s: execution died (attempt %d of %d): %r; retried after a backoff",
+            run_id,
+            attempts,
+            runtime.max_attempts,
+            failure,
+        )
+
+
+def dump_error_as_serialized(failure: BaseException) -> SerializedError:
+    error: SerializedError = load_error(dump_error(failure))
+    return error
+
+
+async def give_up(runtime: Runtime, run_id: str, error: SerializedError, attempts: int) -> bool:
+    """End a stored ``running``/``waiting`` run ``failed`` with ``error`` (and its finish
+    chunk), without executing anything: its executions died ``attempts`` times. True when
+    written (False: it is no longer executing, or storage refused). Cancelling it may
+    leave the run as it was (the next claim gives up again)."""
+    storage = runtime.storage
+    snapshot = await storage.load_snapshot(run_id)
+    if snapshot is None or snapshot.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+        return False
+    error = SerializedError(
+        message=f"{error.message} (the run's executions died {attempts} times; gave up)",
+        name=error.name,
+        extra=error.extra,
+        cause=error.cause,
+    )
+    last = await storage.last_seq(run_id)
+    finish = WorkflowFinish(
+        run_id=run_id,
+        seq=last + 1,
+        payload=WorkflowFinishPayload(
+            workflow_status=RunStatus.FAILED.value,
+            usage=snapshot.usage,
+            metadata={"error": {"message": error.message, "name": error.name}},
+        ),
+    )
+    failed = attrs.evolve(
+        snapshot,
+        status=RunStatus.FAILED,
+        error=error,
+        resume=None,
+        last_seq=finish.seq,
+        updated_at=now_ms(),
+    )
+    written = await storage.save_snapshot(
+        failed, [finish], expected_status=(RunStatus.RUNNING, RunStatus.WAITING)
+    )
+    if written:
+        logger.error("run %s: failed after %d attempts: %s", run_id, attempts, error.message)
+        runtime.ended_elsewhere(failed)
+    return bool(written)

@@ -83,6 +83,8 @@ logger = logging.getLogger("trioflow.postgres")
 APPLICATION_MARKER: Final = "trioflow"
 #: Statuses of a run that is executing somewhere: they hold a lease.
 EXECUTING: Final = frozenset({RunStatus.RUNNING.value, RunStatus.WAITING.value})
+#: The longest wait between two attempts of a run whose executions die of errors.
+MAX_RETRY_DELAY: Final = 300.0
 EVENTS_CHANNEL: Final = "trioflow_events"
 CANCEL_CHANNEL: Final = "trioflow_cancel"
 QUEUE_CHANNEL: Final = "trioflow_queue"
@@ -95,6 +97,10 @@ class ClaimedRun:
     snapshot: RunSnapshot
     queued: bool
     fencing_token: int
+    #: Executions of the run that died of an error so far (stored, across processes).
+    attempts: int = 0
+    #: The error the last of them died of (a serialized error as JSON), if any.
+    last_error: Any = None
 
 
 # --- schema and migrations ----------------------------------------------------------------
@@ -146,8 +152,18 @@ def _migrate_to_1(cur: psycopg.Cursor[Any]) -> None:
     )
 
 
+def _migrate_to_2(cur: psycopg.Cursor[Any]) -> None:
+    # Executions of a run that died of an error (a storage error, an engine bug), counted
+    # across processes: a poisoned run is retried after ``retry_at``, and failed after
+    # ``max_attempts`` (see PostgresStorage.record_failed_attempt).
+    cur.execute(
+        "ALTER TABLE trioflow_runs ADD COLUMN attempts integer NOT NULL DEFAULT 0, "
+        "ADD COLUMN retry_at timestamptz, ADD COLUMN last_error text"
+    )
+
+
 #: ``MIGRATIONS[k]`` brings the schema from version ``k`` to ``k + 1`` (0 = no tables).
-MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [_migrate_to_1]
+MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [_migrate_to_1, _migrate_to_2]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 #: Serialises initialisation and migration across processes (pg_advisory_xact_lock key).
 _MIGRATION_LOCK: Final = 0x74666C77
@@ -680,10 +696,10 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return []
 
-        def job(conn: psycopg.Connection[Any]) -> list[tuple[str, bool, int]]:
+        def job(conn: psycopg.Connection[Any]) -> list[tuple[str, bool, int, int, str | None]]:
             return [
-                (str(snap), bool(queued), int(token))
-                for snap, queued, token in conn.execute(
+                (str(snap), bool(queued), int(token), int(attempts), error)
+                for snap, queued, token, attempts, error in conn.execute(
                     """
                     WITH candidates AS (
                         SELECT run_id FROM trioflow_runs
@@ -693,6 +709,7 @@ class PostgresStorage:
                                 AND (lease_owner IS NULL OR lease_expires_at < now()))
                                OR (status <> 'pending' AND (lease_expires_at IS NULL
                                                             OR lease_expires_at < now())))
+                          AND (retry_at IS NULL OR retry_at <= now())
                         ORDER BY updated_at
                         LIMIT %s
                         FOR UPDATE SKIP LOCKED
@@ -702,7 +719,7 @@ class PostgresStorage:
                         lease_expires_at = now() + make_interval(secs => %s),
                         fencing_token = r.fencing_token + 1
                     FROM candidates c WHERE r.run_id = c.run_id
-                    RETURNING r.snapshot, r.queued, r.fencing_token
+                    RETURNING r.snapshot, r.queued, r.fencing_token, r.attempts, r.last_error
                     """,
                     (ids, limit, self.owner_id, self.lease_ttl),
                 ).fetchall()
@@ -710,12 +727,45 @@ class PostgresStorage:
 
         rows = await self._call(job, write=True)
         claimed = []
-        for text, queued, token in rows:
+        for text, queued, token, attempts, error in rows:
             snapshot: RunSnapshot = snapshot_from_json(json.loads(text))
             self._fences[snapshot.run_id] = token
             self._lost.pop(snapshot.run_id, None)
-            claimed.append(ClaimedRun(snapshot=snapshot, queued=queued, fencing_token=token))
+            claimed.append(
+                ClaimedRun(
+                    snapshot=snapshot,
+                    queued=queued,
+                    fencing_token=token,
+                    attempts=attempts,
+                    last_error=json.loads(error) if error is not None else None,
+                )
+            )
         return claimed
+
+    async def record_failed_attempt(self, run_id: str, error: Any, *, retry_delay: float) -> int:
+        """An execution of the run died of an error here: count it, store ``error`` (a
+        JSON-able serialized error), give up this storage's lease, and keep workers from
+        claiming the run for ``retry_delay * 2 ** (attempts - 1)`` seconds (at most
+        :data:`MAX_RETRY_DELAY`). Returns the stored number of failed attempts (0 when this
+        storage held no lease on the run: nothing was written)."""
+        fence = self._fences.pop(run_id, None)
+        if fence is None:
+            await trio.lowlevel.checkpoint()
+            return 0
+        text = _dumps(error)
+
+        def job(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                "UPDATE trioflow_runs SET attempts = attempts + 1, last_error = %s, "
+                "retry_at = now() + make_interval(secs => "
+                "least(%s * power(2, attempts)::float8, %s)), "
+                "lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE run_id = %s AND fencing_token = %s RETURNING attempts",
+                (text, retry_delay, MAX_RETRY_DELAY, run_id, fence),
+            ).fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return await self._call(job, write=True)
 
     def _mark_lost(self, run_id: str, token: int) -> None:
         """The lease with ``token`` on the run is gone: refuse every later write for it
@@ -936,7 +986,9 @@ WITH upd AS (
                            WHEN %(release)s THEN NULL ELSE lease_owner END,
         lease_expires_at = CASE WHEN %(claim)s THEN now() + make_interval(secs => %(ttl)s)
                                 WHEN %(release)s THEN NULL ELSE lease_expires_at END,
-        fencing_token = fencing_token + CASE WHEN %(claim)s THEN 1 ELSE 0 END
+        fencing_token = fencing_token + CASE WHEN %(claim)s THEN 1 ELSE 0 END,
+        attempts = CASE WHEN %(status)s IN ('running', 'waiting') THEN attempts ELSE 0 END,
+        retry_at = CASE WHEN %(status)s IN ('running', 'waiting') THEN retry_at END
     WHERE run_id = %(run)s
       AND (%(allowed)s::text[] IS NULL OR status = ANY(%(allowed)s::text[]))
       AND (%(fence)s::bigint IS NULL OR fencing_token = %(fence)s::bigint)
