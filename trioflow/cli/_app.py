@@ -1,8 +1,6 @@
-"""The ``trioflow`` command: argument parsing, the commands, exit statuses, errors.
+"""The ``trioflow`` command: argument parsing, the commands, errors.
 
-Exit statuses: 0 success, 1 failed (or tripwire), 2 usage error (bad arguments, bad input,
-unknown module/workflow/run, a run in the wrong status), 3 suspended, 4 canceled,
-130 interrupted (Ctrl-C).
+The exit statuses are in ``_session``; ``serve`` and ``watch`` live in ``_serve``.
 """
 
 from __future__ import annotations
@@ -10,27 +8,21 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import functools
-import importlib
 import json
 import logging
 import os
-import secrets
 import shlex
 import signal
 import sys
 from collections.abc import (
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
     Sequence,
 )
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 from rich import box
 from rich.console import Console
@@ -47,109 +39,21 @@ from .._serde import to_jsonable, to_wire
 from .._version import __version__
 from .._workflow import Workflow
 from ..storage import Storage
-from ..storage.postgres import PostgresStorage
-from ..storage.sqlite import SqliteStorage
 from ._load import WORKFLOW_REF_KEY, CliError, load_module_workflows, load_workflow, parse_json
+from ._serve import add_arguments as add_bridge_arguments
+from ._serve import cmd_serve, cmd_watch
+from ._session import (
+    DEFAULT_DB,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_SUCCESS,
+    EXIT_USAGE,
+    Session,
+    exit_status,
+)
 from ._view import compact, error_text, make_view, plain_line
 
-EXIT_SUCCESS = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SUSPENDED = 3
-EXIT_CANCELED = 4
-EXIT_INTERRUPTED = 130
-
-DEFAULT_DB = "trioflow.db"
 DEMO_REF = "trioflow._demo:demo_workflow"
-
-_EXIT_BY_STATUS = {
-    RunStatus.SUCCESS: EXIT_SUCCESS,
-    RunStatus.FAILED: EXIT_FAILED,
-    RunStatus.TRIPWIRE: EXIT_FAILED,
-    RunStatus.SUSPENDED: EXIT_SUSPENDED,
-    RunStatus.PAUSED: EXIT_SUSPENDED,
-    RunStatus.CANCELED: EXIT_CANCELED,
-}
-
-
-def exit_status(status: RunStatus | str) -> int:
-    """The exit status for a run that ended (or stopped) with ``status``."""
-    try:
-        return _EXIT_BY_STATUS.get(RunStatus(status), EXIT_FAILED)
-    except ValueError:
-        return EXIT_FAILED
-
-
-@attrs.define
-class Session:
-    """What every command gets: where the database is, how to print."""
-
-    db: str
-    json: bool
-    out: Console
-    err: Console
-    #: The run whose execution this process drives (for the Ctrl-C message).
-    active_run: str | None = None
-
-    @property
-    def fancy(self) -> bool:
-        """Whether stdout is a terminal that gets the live view, colours and symbols."""
-        return self.out.is_terminal and not self.out.is_dumb_terminal
-
-    @property
-    def db_option(self) -> str:
-        """`` --db PATH`` for commands printed for the user, unless the database is the
-        default ``./trioflow.db``."""
-        try:
-            default = Path(self.db).resolve() == Path(DEFAULT_DB).resolve()
-        except OSError:
-            default = False
-        return "" if default else f" --db {shlex.quote(self.db)}"
-
-    def say(self, text: str, *, markup: bool = True) -> None:
-        """A line for humans on stdout (styles only on a terminal)."""
-        self.out.print(text, markup=markup, highlight=False, soft_wrap=True)
-
-    @property
-    def db_display(self) -> str:
-        """The database for messages: a PostgreSQL URI without its password."""
-        if not self.is_postgres:
-            return self.db
-        from ..storage.postgres import redacted_dsn
-
-        return redacted_dsn(self.db)
-
-    @property
-    def is_postgres(self) -> bool:
-        """``--db`` names a PostgreSQL database (a ``postgresql://`` URI)."""
-        return self.db.startswith(("postgresql://", "postgres://"))
-
-    def db_exists(self) -> bool:
-        """Whether the database file exists (a tiny stat: fine on the trio thread)."""
-        return self.db == ":memory:" or self.is_postgres or Path(self.db).exists()
-
-    def emit_json(self, value: Any) -> None:
-        sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-
-    @asynccontextmanager
-    async def storage(self, *, must_exist: bool) -> AsyncIterator[Storage]:
-        """The database: a PostgreSQL URI, or a SQLite file (with ``must_exist`` a missing
-        file is an error rather than a new empty database)."""
-        if self.is_postgres:
-            try:
-                import psycopg  # noqa: F401
-            except ImportError:
-                raise CliError(
-                    "a PostgreSQL --db needs the postgres extra: pip install 'trioflow[postgres]'"
-                ) from None
-            async with PostgresStorage(self.db) as pg:
-                yield pg
-            return
-        if must_exist and not self.db_exists():
-            raise CliError(f"no database at {self.db} (choose one with --db or TRIOFLOW_DB)")
-        async with SqliteStorage(self.db) as storage:
-            yield storage
 
 
 # --- shared pieces -----------------------------------------------------------------------
@@ -696,66 +600,7 @@ async def cmd_events(session: Session, args: argparse.Namespace) -> int:
     return EXIT_SUCCESS
 
 
-# --- the websocket bridge -----------------------------------------------------------------------
-
-
-def _bridge(*names: str) -> Any:
-    """``trioflow.bridge``, imported on first use (extra ``bridge``), with ``names``."""
-    try:
-        bridge = importlib.import_module("trioflow.bridge")
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if not missing.startswith("trioflow"):
-            raise CliError(
-                f"the websocket bridge needs the 'bridge' extra ({missing} is missing): "
-                "pip install 'trioflow[bridge]'"
-            ) from None
-        bridge = None
-    if bridge is None or not all(hasattr(bridge, name) for name in names):
-        raise CliError(
-            "the websocket bridge is not installed in this trioflow (trioflow.bridge with "
-            f"{' and '.join(names)} is missing)"
-        )
-    return bridge
-
-
-async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
-    bridge = _bridge("serve")
-    workflows = load_module_workflows(args.target)
-    tokens: dict[str, str] = dict.fromkeys(args.token, "control")
-    tokens.update(dict.fromkeys(args.read_token, "read"))
-    env_token = os.environ.get("TRIOFLOW_TOKEN")
-    if env_token:
-        tokens.setdefault(env_token, "control")
-    generated = None
-    if not tokens:
-        generated = secrets.token_urlsafe(18)
-        tokens[generated] = "control"
-    async with session.storage(must_exist=False) as storage:
-        async with open_runtime(
-            storage=storage, workflows=workflows, restart_active_runs=args.restart_active
-        ) as rt:
-            serve = functools.partial(
-                bridge.serve, rt, host=args.host, port=args.port, tokens=tokens
-            )
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(serve)
-                url = f"ws://{args.host}:{port}"
-                ids = [w.id for w in workflows]
-                if session.json:
-                    session.emit_json(
-                        {"url": url, "port": port, "workflows": ids, "token": generated}
-                    )
-                else:
-                    session.say(
-                        f"serving {', '.join(ids)} on {url} (database {session.db_display})",
-                        markup=False,
-                    )
-                    if generated is not None:
-                        session.say(f"control token: {generated}", markup=False)
-                    session.say("press Ctrl-C to stop", markup=False)
-                    session.out.file.flush()
-    return EXIT_SUCCESS
+# --- workers -----------------------------------------------------------------------------------
 
 
 async def cmd_worker(session: Session, args: argparse.Namespace) -> int:
@@ -788,48 +633,6 @@ async def cmd_worker(session: Session, args: argparse.Namespace) -> int:
     if not session.json:
         session.say("worker stopped (SIGTERM); its runs were handed back", markup=False)
     return EXIT_SUCCESS
-
-
-async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
-    bridge = _bridge("connect")
-    token = args.token or os.environ.get("TRIOFLOW_TOKEN")
-    if not token:
-        raise CliError("watch needs the server's token: --token TOKEN or TRIOFLOW_TOKEN")
-    final = "unknown"
-    view = None if session.json else make_view(session.out)
-    async with _as_context(bridge.connect(args.url, token=token)) as client:
-        async with view.showing() if view is not None else _nothing():
-            async for chunk in client.subscribe(args.run_id, from_seq=args.from_seq):
-                if isinstance(chunk, WorkflowFinish):
-                    final = chunk.payload.workflow_status
-                if view is None:
-                    session.emit_json(to_wire(chunk))
-                else:
-                    view.handle(chunk)
-    if view is not None:
-        session.say(f"status: {final}", markup=False)
-    return exit_status(final)
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    await trio.lowlevel.checkpoint()
-    yield
-
-
-@asynccontextmanager
-async def _as_context(connection: Any) -> AsyncIterator[Any]:
-    """``connect()`` may hand back an async context manager or an awaitable client."""
-    if hasattr(connection, "__aenter__"):
-        async with connection as client:
-            yield client
-        return
-    client = await connection
-    try:
-        yield client
-    finally:
-        with trio.CancelScope(shield=True):
-            await client.aclose()
 
 
 # --- parsing and the entry point ----------------------------------------------------------------
@@ -902,17 +705,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from-seq", type=int, default=1, metavar="N", help="start at seq N (1)")
     p.add_argument("--follow", action="store_true", help="keep following until the run ends")
 
-    p = command("serve", cmd_serve, "serve workflows over the websocket bridge")
-    p.add_argument(
+    serve = command("serve", cmd_serve, "serve workflows over the websocket bridge")
+    serve.add_argument(
         "target", metavar="MODULE[:ATTR]", help="a module (all its workflows) or MODULE:ATTR"
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", action="append", default=[], help="a control token (repeatable)")
-    p.add_argument(
-        "--read-token", action="append", default=[], help="a read-only token (repeatable)"
-    )
-    p.add_argument("--restart-active", action="store_true", help="restart runs left running")
 
     p = command("worker", cmd_worker, "execute queued runs and runs of dead workers (PostgreSQL)")
     p.add_argument(
@@ -922,11 +718,10 @@ def _parser() -> argparse.ArgumentParser:
         "--capacity", type=int, default=64, metavar="N", help="at most N runs at once (64)"
     )
 
-    p = command("watch", cmd_watch, "watch a run through a trioflow bridge")
-    p.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765")
-    p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--token", help="bearer token (default: $TRIOFLOW_TOKEN)")
-    p.add_argument("--from-seq", type=int, default=1, metavar="N")
+    watch = command("watch", cmd_watch, "watch a run through a trioflow bridge")
+    watch.add_argument("url", metavar="URL", help="e.g. ws://127.0.0.1:8765")
+    watch.add_argument("run_id", metavar="RUN_ID")
+    add_bridge_arguments(serve, watch)
 
     command("demo", cmd_demo, "run the bundled demo: it ends suspended, waiting for you")
     return parser
