@@ -194,3 +194,41 @@ async def test_the_attempt_options_are_checked(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="worker_"):
         async with tf.open_runtime(**options):
             pass
+
+
+class Boom(BaseException):
+    """Not an Exception."""
+
+
+async def test_on_start_raising_a_base_exception_does_not_kill_the_worker(
+    postgres_db: str,
+) -> None:
+    def refuse(info: Any) -> None:
+        raise Boom("on_start")
+
+    async def one(ctx: tf.StepContext) -> int:
+        await trio.lowlevel.checkpoint()
+        return 1
+
+    wf = tf.create_workflow(id="refused", on_start=refuse)
+    wf = wf.then(tf.create_step(id="s", execute=one)).commit()
+    fine = tf.create_workflow(id="fine").then(tf.create_step(id="s", execute=one)).commit()
+    async with (
+        pg(postgres_db) as storage,
+        tf.open_runtime(
+            storage=storage, workflows=[wf, fine], worker=True, worker_poll_interval=0.05
+        ) as rt,
+    ):
+        refused = await rt.enqueue(wf)
+        accepted = await rt.enqueue(fine)
+
+        async def done() -> bool:
+            assert rt.worker is not None
+            return (await rt.get_run_state(accepted)).status == "success" and (
+                rt.worker.statistics().failed_to_begin == 1
+            )
+
+        await wait_until(done, "the refused run given back, the other run ran")
+        assert sql(
+            postgres_db, "SELECT status, queued FROM trioflow_runs WHERE run_id = %s", refused
+        ) == [("pending", False)]
