@@ -5,6 +5,13 @@ log keyed by ``(run_id, seq)``. Writes that change a run's status go through
 :meth:`Storage.save_snapshot` with ``expected_status``: a compare-and-set, which is how
 exactly one resume wins a suspension, also across processes. A snapshot and the chunks
 that describe it are written in one transaction.
+
+Optional capabilities, looked up with ``getattr`` (PostgresStorage has them): a run queue
+and leases for workers (``claim_runnable``, ``release_lease``, ``watch_queue``, ...), and
+``record_failed_attempt(run_id, error, *, retry_delay) -> int``, which counts an
+execution that died of an error, stores the error, releases the lease and keeps workers
+off the run for a doubling backoff; the runtime fails the run after
+``open_runtime(worker_max_attempts=...)`` such attempts.
 """
 
 from __future__ import annotations
