@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
+from ._admit import Admitted, admit_start, initial_state, node_at, normalize_step
 from ._broadcast import Subscription, ends_at_any_finish, ends_at_terminal_finish
 from ._context import RequestContext, coerce_request_context
 from ._core._chunks import (
@@ -24,7 +25,6 @@ from ._core._chunks import (
     WorkflowStepSuspended,
     WorkflowStepWaiting,
 )
-from ._core._graph import find_node
 from ._core._model import RunSnapshot, Usage, WorkflowResult
 from ._core._resume import (
     ResumeTarget,
@@ -41,10 +41,9 @@ from ._errors import (
     RunNotActiveError,
     RuntimeClosedError,
     SnapshotNotFoundError,
-    ValidationError,
 )
 from ._serde import structure, to_stored_json, to_wire, validate
-from ._workflow import Step, Workflow
+from ._workflow import Workflow
 from .tracing import TracingOptions, coerce_tracing_options
 
 if TYPE_CHECKING:
@@ -78,66 +77,8 @@ def _deprecated_context(
     return request_context  # type: ignore[no-any-return]
 
 
-def _normalize_step(step: Any) -> list[str] | None:
-    if step is None:
-        return None
-    if isinstance(step, Step | Workflow):
-        return [step.id]
-    if isinstance(step, str):
-        if not step:
-            raise ValueError("step must not be empty")
-        return step.split(".")
-    if isinstance(step, Sequence):
-        out: list[str] = []
-        for part in step:
-            normalized = _normalize_step(part)
-            if normalized is None:
-                raise TypeError(f"invalid step in path: {part!r}")
-            out.extend(normalized)
-        return out
-    raise TypeError(f"step must be a Step, a Workflow, an id or a list of them, got {step!r}")
-
-
-def _node_at(workflow: Workflow, path: list[str]) -> Any:
-    current: Any = workflow
-    node: Any = None
-    for part in path:
-        if not isinstance(current, Workflow):
-            return None
-        node = find_node(current.entries, part)
-        if node is None:
-            return None
-        current = node
-    return node
-
-
-def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
-    schema = workflow.state_schema
-    if schema is None:
-        if initial_state is None:
-            return {}
-        if not isinstance(initial_state, Mapping):
-            raise ValidationError(
-                "Invalid initial state:",
-                [("", f"expected object, got {type(initial_state).__name__}")],
-            )
-        return dict(initial_state)
-    raw = {} if initial_state is None else initial_state
-    if not workflow.validate_inputs:
-        return raw
-    return validate(raw, schema, "Invalid initial state:")
-
-
-@attrs.frozen(kw_only=True)
-class _Admitted:
-    """The values of a start that passed validation, and what is stored for each."""
-
-    input: Any
-    input_json: Any
-    state: Any
-    state_json: Any
-    context: RequestContext
-    context_json: dict[str, Any]
+#: bridge/_checks.py imports this name (admit_start does all of a start's checks).
+_initial_state = initial_state
 
 
 class Run:
@@ -178,28 +119,13 @@ class Run:
 
     def _startable(
         self, input_data: Any, initial_state: Any, request_context: Any
-    ) -> _Admitted:
+    ) -> Admitted:
         """The validated input, initial state and request context of a start, with what
         is stored for each; RunAlreadyStartedError when this run was started (or queued)
         already, ValidationError for bad values (not strict JSON included)."""
-        wf = self._workflow
         if self._claimed or self._hub.execution is not None:
             raise RunAlreadyStartedError(f"run {self.run_id} already started")
-        wf.check_runnable()  # the graph (or a nested one) may have changed since create_run
-        if wf.validate_inputs and wf.input_schema is not None:
-            input_value = validate(input_data, wf.input_schema, "Invalid input data:")
-        else:
-            input_value = input_data
-        state = _initial_state(wf, initial_state)
-        context = coerce_request_context(request_context)
-        return _Admitted(
-            input=input_value,
-            input_json=to_stored_json(input_value, "Invalid input data:"),
-            state=state,
-            state_json=to_stored_json(state, "Invalid initial state:"),
-            context=context,
-            context_json=to_stored_json(dict(context), "Invalid request context:"),
-        )
+        return admit_start(self._workflow, input_data, initial_state, request_context)
 
     async def _begin_start(
         self,
@@ -387,7 +313,7 @@ class Run:
         wf = self._workflow
         wf.check_graph()
         storage = self._runtime.storage
-        path = _normalize_step(step)
+        path = normalize_step(step)
         if for_each_index is not None and (
             isinstance(for_each_index, bool)
             or not isinstance(for_each_index, int)
@@ -421,7 +347,7 @@ class Run:
             resume_labels=snapshot.resume_labels,
         )
         check_foreach_index(target, snapshot.steps)
-        node = _node_at(wf, target.path)
+        node = node_at(wf, target.path)
         data = resume_data
         schema = getattr(node, "resume_schema", None)
         if schema is not None and wf.validate_inputs:
@@ -654,7 +580,7 @@ class Run:
             target = ResumeTarget(
                 path=list(pending["path"]), foreach_index=pending.get("foreach_index")
             )
-            node = _node_at(self._workflow, target.path)
+            node = node_at(self._workflow, target.path)
             data = pending.get("data")
             schema = getattr(node, "resume_schema", None)
             if schema is not None and self._workflow.validate_inputs:
