@@ -357,3 +357,33 @@ def test_gaps_at_one_seq_fail_the_subscription_after_a_bounded_number_of_tries()
     error = sub._buffer[-1]
     assert isinstance(error, bridge.BridgeError)
     assert "chunk seq 1" in error.message
+
+
+# --------------------------------------------------------------------------- one group helper
+
+
+def test_the_bridge_and_the_cli_unwrap_groups_with_the_one_helper() -> None:
+    import inspect
+
+    from trioflow.bridge import _client, _server
+    from trioflow.cli import _app
+
+    for module in (_client, _server, _app):
+        assert not hasattr(module, "_leaves"), module
+        assert not hasattr(module, "_raise"), module
+        source = inspect.getsource(module)
+        assert "len(group.exceptions) == 1" not in source
+    assert "unwrap_groups" in inspect.getsource(_client.connect)
+
+
+async def test_an_error_in_the_clients_block_is_raised_as_itself(rt: tf.Runtime) -> None:
+    async def use(url: str) -> None:
+        async with bridge.connect(url, token=CONTROL) as client:
+            await client.list_runs()
+            raise KeyError("mine")
+
+    async with serving(rt) as url:
+        with pytest.raises(KeyError) as info:
+            await use(url)
+    assert info.value.args == ("mine",)
+    assert not isinstance(info.value.__context__, BaseExceptionGroup)

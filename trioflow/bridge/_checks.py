@@ -12,6 +12,7 @@ from typing import Any
 from .._context import coerce_request_context
 from .._core._json import JsonValueError, check_strict_json
 from .._errors import ValidationError
+from .._groups import leaves
 from .._run import _initial_state
 from .._serde import to_jsonable, validate
 from .._workflow import Workflow
@@ -50,6 +51,6 @@ def describe(exc: BaseException) -> str:
     log: the traceback is there too, but the one-line log handler of the command line
     prints it only with ``TRIOFLOW_DEBUG``."""
     if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(inner) for inner in exc.exceptions)
+        return "; ".join(describe(leaf) for leaf in leaves(exc))
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

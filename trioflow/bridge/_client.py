@@ -22,7 +22,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import attrs
 import trio
@@ -38,6 +38,8 @@ from .._core._chunks import Chunk
 from .._core._model import RunInfo
 from .._core._status import RunStatus
 from .._errors import TrioflowError
+from .._groups import leaves as exception_leaves
+from .._groups import unwrap_groups
 from .._serde import from_wire
 from . import _protocol as p
 
@@ -127,22 +129,6 @@ def _parse_url(url: str) -> _Target:
     return _Target(host, port, resource, host_header, secure)
 
 
-def _raise(exc: BaseException) -> NoReturn:
-    """Re-raise ``exc`` taken out of a group, keeping its own ``__context__``."""
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
-        del exc, context
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 def _closed_error(reason: Any) -> BridgeConnectionError:
     detail = f": {reason.reason}" if reason.reason else ""
     return BridgeConnectionError(
@@ -153,7 +139,7 @@ def _closed_error(reason: Any) -> BridgeConnectionError:
 def _connection_error(exc: BaseException, closed: Any = None) -> BridgeConnectionError:
     """The BridgeConnectionError a failed or dropped connection amounts to (``closed``:
     the websocket's close reason, when it had one)."""
-    leaves = _leaves(exc)
+    leaves = exception_leaves(exc)
     for leaf in leaves:
         if isinstance(leaf, BridgeConnectionError):
             return leaf
@@ -844,7 +830,7 @@ async def connect(
         raise ValueError(f"buffer_size must be an int >= 2, got {buffer_size!r}")
     if reconnect_attempts is not None and reconnect_attempts < 0:
         raise ValueError("reconnect_attempts must be >= 0 or None")
-    try:
+    with unwrap_groups():
         async with trio.open_nursery() as nursery:
             client = BridgeClient(
                 url,
@@ -868,7 +854,3 @@ async def connect(
                 with trio.move_on_after(CLOSE_GRACE, shield=True):
                     await client.aclose()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            _raise(group.exceptions[0])
-        raise

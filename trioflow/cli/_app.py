@@ -33,6 +33,7 @@ from .._core._chunks import Chunk, WorkflowFinish
 from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
 from .._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
+from .._groups import leaves as exception_leaves
 from .._run import RunOutput
 from .._runtime import open_runtime, result_from_snapshot
 from .._serde import to_jsonable, to_wire
@@ -727,15 +728,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        out: list[BaseException] = []
-        for inner in exc.exceptions:
-            out.extend(_leaves(inner))
-        return out
-    return [exc]
-
-
 def user_error_text(exc: BaseException) -> str | None:
     """One line for an error the user caused, or None for a bug."""
     if isinstance(exc, CliError):
@@ -805,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _amain, session, args.func, args, restrict_keyboard_interrupt_to_checkpoints=True
         )
     except (Exception, KeyboardInterrupt, SystemExit, BaseExceptionGroup) as exc:
-        leaves = _leaves(exc)
+        leaves = exception_leaves(exc)
         texts = [user_error_text(leaf) for leaf in leaves]
         if leaves and all(t is not None for t in texts):
             err.print(f"trioflow: error: {texts[0]}", markup=False, highlight=False, soft_wrap=True)

@@ -26,6 +26,7 @@ from typing import Any, Final
 import trio
 
 from .._core._chunks import WorkflowFinish
+from .._groups import is_cancellation, leaves
 from .._runtime import open_runtime
 from .._serde import to_wire
 from ._load import CliError, load_module_workflows
@@ -160,21 +161,11 @@ def _listen_error(exc: BaseException, host: str, port: int) -> CliError | None:
 
 
 def _only(exc: BaseException, kind: type[OSError]) -> OSError | None:
-    """``exc`` when it is a ``kind``, or the one ``kind`` a group holds."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, _ = exc.split(kind)
-        leaves: list[BaseException] = []
-        stack: list[BaseException] = [matched] if matched is not None else []
-        while stack:
-            item = stack.pop()
-            if isinstance(item, BaseExceptionGroup):
-                stack.extend(item.exceptions)
-            else:
-                leaves.append(item)
-        if len(leaves) == 1 and isinstance(leaves[0], kind):
-            return leaves[0]
+    """``exc`` when it is a ``kind``, or the one exception that is not a cancellation in
+    a group when that is a ``kind``."""
+    real = [leaf for leaf in leaves(exc) if not is_cancellation(leaf)]
+    if len(real) == 1 and isinstance(real[0], kind):
+        return real[0]
     return None
 
 
