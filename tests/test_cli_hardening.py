@@ -305,3 +305,39 @@ def test_a_database_whose_directory_refuses_writes_is_one_error_line(
     finally:
         subprocess.run(["chattr", "-i", str(workdir)], check=True)
     assert os.stat(workdir).st_mode & stat.S_IWUSR
+
+
+# --------------------------------------------------------------------------- log lines
+
+
+def _log_line(debug: bool, monkeypatch: pytest.MonkeyPatch) -> str:
+    import logging
+    import sys
+
+    from trioflow.cli._app import _OneLineFormatter
+
+    if debug:
+        monkeypatch.setenv("TRIOFLOW_DEBUG", "1")
+    else:
+        monkeypatch.delenv("TRIOFLOW_DEBUG", raising=False)
+    try:
+        raise OSError("disk on fire")
+    except OSError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "trioflow.runtime", logging.ERROR, __file__, 1, "callback of %s raised", ("w",), exc_info
+    )
+    return _OneLineFormatter().format(record)
+
+
+def test_a_logged_exception_is_named_on_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _log_line(False, monkeypatch) == (
+        "trioflow: error: callback of w raised (OSError: disk on fire)"
+    )
+
+
+def test_trioflow_debug_adds_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, *rest = _log_line(True, monkeypatch).splitlines()
+    assert first == "trioflow: error: callback of w raised (OSError: disk on fire)"
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "OSError: disk on fire"

@@ -766,6 +766,11 @@ class _OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"trioflow: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ not in line:
+            # Without the traceback, the line must still say what went wrong.
+            text = " ".join(str(exc).split())
+            line += f" ({type(exc).__name__}: {text})" if text else f" ({type(exc).__name__})"
         if record.exc_info and os.environ.get("TRIOFLOW_DEBUG"):
             line += "\n" + self.formatException(record.exc_info)
         return line
