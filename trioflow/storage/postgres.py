@@ -52,7 +52,6 @@ at the caller's next checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -69,7 +68,8 @@ from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import LeaseLostError, StorageError
-from .._serde import from_wire, snapshot_from_json, snapshot_to_json, to_wire
+from .._serde import snapshot_to_json, to_wire
+from ._json import chunk_from_row, dumps_strict, loads_strict, snapshot_from_row
 from ._sql import list_runs_query, run_infos
 
 if TYPE_CHECKING:
@@ -222,8 +222,8 @@ def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+def _dump_chunk(chunk: Chunk) -> str:
+    return dumps_strict(to_wire(chunk), f"event seq {chunk.seq} of run {chunk.run_id!r}")
 
 
 def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> list[str] | None:
@@ -428,7 +428,7 @@ class PostgresStorage:
             RunStatus(snapshot.status).value,
             snapshot.created_at,
             snapshot.updated_at,
-            _dumps(snapshot_to_json(snapshot)),
+            dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {snapshot.run_id!r}"),
             queued,
         )
 
@@ -457,8 +457,7 @@ class PostgresStorage:
         text = await self._call(job, write=False)
         if text is None:
             return None
-        snapshot: RunSnapshot = snapshot_from_json(json.loads(text))
-        return snapshot
+        return snapshot_from_row(text, self._where, run_id)
 
     async def save_snapshot(
         self,
@@ -479,9 +478,9 @@ class PostgresStorage:
         self._check_not_lost(run_id)
         status = RunStatus(snapshot.status).value
         allowed = _allowed(expected_status)
-        data = _dumps(snapshot_to_json(snapshot))
+        data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {run_id!r}")
         seqs = [chunk.seq for chunk in events]
-        texts = [_dumps(to_wire(chunk)) for chunk in events]
+        texts = [_dump_chunk(chunk) for chunk in events]
         fence = self._fences.get(run_id)
         executing = status in EXECUTING
         claim = fence is None and executing
@@ -558,7 +557,7 @@ class PostgresStorage:
             return
         self._check_not_lost(run_id)
         seqs = [chunk.seq for chunk in events]
-        texts = [_dumps(to_wire(chunk)) for chunk in events]
+        texts = [_dump_chunk(chunk) for chunk in events]
         _check_consecutive(run_id, seqs)
         fence = self._fences.get(run_id)
 
@@ -602,15 +601,16 @@ class PostgresStorage:
         start = max(from_seq, 1)
         count = None if limit is None else max(limit, 0)
 
-        def job(conn: psycopg.Connection[Any]) -> list[str]:
+        def job(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
             rows = conn.execute(
-                "SELECT chunk FROM trioflow_events WHERE run_id = %s AND seq >= %s "
+                "SELECT seq, chunk FROM trioflow_events WHERE run_id = %s AND seq >= %s "
                 "ORDER BY seq LIMIT %s",
                 (run_id, start, count),
             ).fetchall()
-            return [str(text) for (text,) in rows]
+            return [(int(seq), str(text)) for seq, text in rows]
 
-        return [from_wire(json.loads(text)) for text in await self._call(job, write=False)]
+        rows = await self._call(job, write=False)
+        return [chunk_from_row(text, self._where, run_id, seq) for seq, text in rows]
 
     async def last_seq(self, run_id: str) -> int:
         """The highest stored ``seq`` of the run (0 when none)."""
@@ -670,7 +670,7 @@ class PostgresStorage:
         exists and is not pending."""
         if RunStatus(snapshot.status) is not RunStatus.PENDING:
             raise ValueError(f"only a pending run can be queued, not a {snapshot.status} one")
-        data = _dumps(snapshot_to_json(snapshot))
+        data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {snapshot.run_id!r}")
         if await self._insert(snapshot, queued=True):
             return True
 
@@ -696,10 +696,12 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return []
 
-        def job(conn: psycopg.Connection[Any]) -> list[tuple[str, bool, int, int, str | None]]:
+        def job(
+            conn: psycopg.Connection[Any],
+        ) -> list[tuple[str, str, bool, int, int, str | None]]:
             return [
-                (str(snap), bool(queued), int(token), int(attempts), error)
-                for snap, queued, token, attempts, error in conn.execute(
+                (str(run), str(snap), bool(queued), int(token), int(attempts), error)
+                for run, snap, queued, token, attempts, error in conn.execute(
                     """
                     WITH candidates AS (
                         SELECT run_id FROM trioflow_runs
@@ -719,7 +721,8 @@ class PostgresStorage:
                         lease_expires_at = now() + make_interval(secs => %s),
                         fencing_token = r.fencing_token + 1
                     FROM candidates c WHERE r.run_id = c.run_id
-                    RETURNING r.snapshot, r.queued, r.fencing_token, r.attempts, r.last_error
+                    RETURNING r.run_id, r.snapshot, r.queued, r.fencing_token, r.attempts,
+                              r.last_error
                     """,
                     (ids, limit, self.owner_id, self.lease_ttl),
                 ).fetchall()
@@ -727,8 +730,8 @@ class PostgresStorage:
 
         rows = await self._call(job, write=True)
         claimed = []
-        for text, queued, token, attempts, error in rows:
-            snapshot: RunSnapshot = snapshot_from_json(json.loads(text))
+        for run_id, text, queued, token, attempts, error in rows:
+            snapshot = snapshot_from_row(text, self._where, run_id)
             self._fences[snapshot.run_id] = token
             self._lost.pop(snapshot.run_id, None)
             claimed.append(
@@ -737,7 +740,11 @@ class PostgresStorage:
                     queued=queued,
                     fencing_token=token,
                     attempts=attempts,
-                    last_error=json.loads(error) if error is not None else None,
+                    last_error=(
+                        loads_strict(error, f"{self._where}: the last error of run {run_id!r}")
+                        if error is not None
+                        else None
+                    ),
                 )
             )
         return claimed
@@ -752,7 +759,7 @@ class PostgresStorage:
         if fence is None:
             await trio.lowlevel.checkpoint()
             return 0
-        text = _dumps(error)
+        text = dumps_strict(error, f"the error of run {run_id!r}")
 
         def job(conn: psycopg.Connection[Any]) -> int:
             row = conn.execute(
