@@ -689,3 +689,23 @@ def test_check_strict_json_names_the_path_of_each_kind_of_problem() -> None:
             check_strict_json(value)
         assert info.value.path == path
         assert words in info.value.reason
+
+
+@attrs.frozen
+class Tree:
+    children: list[Tree] = attrs.field(factory=list)
+
+
+def test_validate_of_a_value_nested_past_the_stack_is_a_validation_error() -> None:
+    from trioflow._core._json import MAX_JSON_DEPTH
+
+    value: dict[str, Any] = {"children": []}
+    for _ in range(3000):
+        value = {"children": [value]}
+    with pytest.raises(tf.ValidationError) as info:
+        validate(value, Tree, "Invalid input data:")
+    ((path, message),) = info.value.errors
+    assert path.startswith("children[0].children[0]")
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels" in message
+    # A shallow tree is fine.
+    assert validate({"children": [{"children": []}]}, Tree, "x") == Tree([Tree([])])

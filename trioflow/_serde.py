@@ -223,11 +223,27 @@ def validate(value: Any, schema: Any, prefix: str) -> Any:
     except ValidationError:
         raise
     except (ClassValidationError, IterableValidationError, TypeError, ValueError, KeyError) as exc:
-        raise ValidationError(prefix, errors_of(exc)) from None
-    except RecursionError:
-        # A recursive schema given a value nested past the interpreter's stack.
-        problem = _locate_unconvertible(value)
-        raise ValidationError(prefix, [(problem.path, problem.reason)]) from None
+        if not _overflowed(exc):
+            raise ValidationError(prefix, errors_of(exc)) from None
+        overflow: BaseException = exc
+    except RecursionError as exc:
+        overflow = exc
+    # A recursive schema given a value nested past the interpreter's stack (cattrs may
+    # have collected the RecursionError as a field's failure): name where it is too deep.
+    problem = _locate_unconvertible(value)
+    raise ValidationError(prefix, [(problem.path, problem.reason)]) from overflow
+
+
+def _overflowed(exc: BaseException) -> bool:
+    # Iterative: the tree of a failure found that deep is as deep as the value.
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, RecursionError):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+    return False
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))
