@@ -363,3 +363,133 @@ async def test_an_uncaught_bad_write_fails_the_step_and_the_run_ends_failed() ->
         assert "n" in str(result.error)
         assert chunks[-1].type == "workflow-finish"
         assert chunks[-1].payload.workflow_status == "failed"
+
+
+# ------------------------------------------- 4./5. a process that is not executing the run
+
+
+def talker(release: trio.Event, started: trio.Event, count: int = 10) -> tf.Workflow:
+    async def talk(ctx: tf.StepContext) -> int:
+        for i in range(count):
+            await ctx.writer.write(i)
+        started.set()
+        await release.wait()
+        return count
+
+    return chain("talker", tf.create_step(id="talk", execute=talk))
+
+
+async def test_follow_false_reads_what_another_process_stored_after_this_one_bound_the_run(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "runs.db"
+    release, started = trio.Event(), trio.Event()
+    release.set()
+    wf = talker(release, started)
+    async with (
+        tf.SqliteStorage(db) as here_storage,
+        tf.SqliteStorage(db) as there_storage,
+        tf.open_runtime(storage=here_storage) as here,
+    ):
+        here.register(wf)
+        run_here = await wf.create_run()  # bound here while pending
+        async with tf.open_runtime(storage=there_storage) as there:
+            there.register(wf)
+            run_there = await there.create_run(wf, run_id=run_here.run_id)
+            assert (await run_there.start(input_data=None)).status == "success"
+        chunks = await collect(run_here.observe_stream(follow=False))
+        assert [c.seq for c in chunks] == list(range(1, 10 + 5))
+        assert outputs_of(chunks) == list(range(10))
+        assert chunks[-1].type == "workflow-finish"
+
+
+async def test_follow_false_reads_every_stored_chunk_of_an_interrupted_run(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "runs.db"
+    release, started = trio.Event(), trio.Event()
+    wf = talker(release, started)
+    async with (
+        tf.SqliteStorage(db) as here_storage,
+        tf.SqliteStorage(db) as there_storage,
+        tf.open_runtime(storage=here_storage) as here,
+    ):
+        here.register(wf)
+        with trio.CancelScope() as there_scope:  # "the other process", interrupted
+            async with tf.open_runtime(storage=there_storage):
+                run_there = await wf.create_run()
+                out = await run_there.stream(input_data=None)
+                await started.wait()
+                # Bound while the run executes there: the snapshot says last_seq 2.
+                run_here = await here.create_run(wf, run_id=run_there.run_id)
+                there_scope.cancel()
+        assert out.status == "running"
+        stored = await here_storage.read_events(run_here.run_id)
+        last = len(stored)
+        assert last >= 12  # the interruption stored every chunk published there
+        chunks = await collect(run_here.observe_stream(follow=False))
+        assert chunks == list(stored)
+        assert outputs_of(chunks) == list(range(10))
+        later = await collect(run_here.observe_stream(from_seq=4, follow=False))
+        assert [c.seq for c in later] == list(range(4, last + 1))
+
+
+def asker() -> tf.Workflow:
+    async def ask(ctx: tf.StepContext) -> Any:
+        if ctx.resume_data is None:
+            await ctx.writer.write("asking")
+            return await ctx.suspend({"q": 1})
+        await ctx.writer.write("answered")
+        return {"answer": ctx.resume_data["a"]}
+
+    async def after(ctx: tf.StepContext) -> Any:
+        return {"final": ctx.input_data["answer"] + 1}
+
+    return chain(
+        "asker", tf.create_step(id="ask", execute=ask), tf.create_step(id="after", execute=after)
+    )
+
+
+async def test_a_stream_kept_open_across_a_suspension_follows_a_resume_in_another_process(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "runs.db"
+    wf = asker()
+    async with (
+        tf.SqliteStorage(db) as here_storage,
+        tf.SqliteStorage(db) as there_storage,
+        tf.open_runtime(storage=here_storage) as here,
+    ):
+        here.register(wf)
+        run = await wf.create_run()
+        out = await run.stream(input_data=None, close_on_suspend=False)
+        received: list[Any] = []
+        results: list[tf.WorkflowResult] = []
+
+        async def read() -> None:
+            async for chunk in out:
+                received.append(chunk)
+
+        async def result() -> None:
+            results.append(await out.result())
+
+        # Both end only once the other process's resume has finished the run (they
+        # follow the stored log).
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                nursery.start_soon(result)
+                while run.status != "suspended":
+                    await run._hub.wait_changed()
+                async with tf.open_runtime(storage=there_storage) as there:
+                    there.register(wf)
+                    elsewhere = await there.create_run(wf, run_id=run.run_id)
+                    resumed = await elsewhere.resume(resume_data={"a": 41})
+                    assert resumed.status == "success"
+        (final,) = results
+        assert final.status == "success"
+        assert final.result == {"final": 42}
+        assert outputs_of(received) == ["asking", "answered"]
+        assert received[-1].payload.workflow_status == "success"
+        assert [c.type for c in received].count("workflow-start") == 1
+        assert out.status == "success"

@@ -639,8 +639,10 @@ class RunOutput:
     ``async for chunk in out`` replays from this stream's first chunk, then follows live,
     and ends after its ``workflow-finish``. Every iteration (and :meth:`full_stream`) is an
     independent subscriber. With ``close_on_suspend=False`` a suspension does not end the
-    stream: a later resume of the same run (in this process) feeds it, and :meth:`result`
-    is the final outcome.
+    stream: a later resume of the same run feeds it, and :meth:`result` is the final
+    outcome. The resume may happen in another process on the same durable storage: the
+    stream and :meth:`result` then follow the stored log to the run's final
+    ``workflow-finish`` (and the result is the one stored with it).
     """
 
     def __init__(self, run: Run, execution: Execution, *, close_on_suspend: bool) -> None:
@@ -651,6 +653,11 @@ class RunOutput:
         self.close_on_suspend = close_on_suspend
         self._subscriptions: list[Subscription] = []
         self._executions: list[Execution] = [execution]
+        #: Where following the log for executions in other processes goes on from.
+        self._scan_seq = self._start_seq
+        #: The stored result when another process continued the run to its end.
+        self._elsewhere: WorkflowResult | None = None
+        self._usage_elsewhere = Usage()
 
     @property
     def run_id(self) -> str:
@@ -707,21 +714,54 @@ class RunOutput:
                 raise RuntimeClosedError(f"run {execution.run_id} did not finish")
             if self.close_on_suspend or execution.result.status is not RunStatus.SUSPENDED:
                 return list(self._executions)
-            # Suspended, and this stream stays open: wait for the next execution.
+            # Suspended, and this stream stays open: the run continues here or elsewhere.
+            following = await self._next_execution(execution)
+            if following is None:
+                return list(self._executions)
+            execution = following
+            self._executions.append(execution)
+
+    async def _next_execution(self, suspended: Execution) -> Execution | None:
+        """The execution in this process that continues the run after ``suspended``; None
+        when the run ends without one here: canceled while suspended, or continued to its
+        end by another process (this follows the stored log until its final
+        ``workflow-finish``; :attr:`_elsewhere` is then the stored result)."""
+        hub = self._hub
+        if self._elsewhere is not None:
+            await trio.lowlevel.checkpoint()
+            return None
+        if hub.last_ended is suspended:
+            self._scan_seq = max(self._scan_seq, hub.last_end_seq)
+        async with Subscription(
+            hub.log, from_seq=self._scan_seq, ends_after=_ends_unless_suspended
+        ) as sub:
             while True:
-                latest = self._hub.latest
-                if latest is not None and latest is not execution:
-                    execution = latest
-                    self._executions.append(execution)
+                latest = hub.latest
+                if latest is not None and latest is not suspended:
+                    return latest
+                if hub.external_result is not None and hub.status in TERMINAL:
+                    return None
+                try:
+                    chunk = await sub.__anext__()
+                except StopAsyncIteration:
                     break
-                if self._hub.external_result is not None and self._hub.status in TERMINAL:
-                    return list(self._executions)
-                await self._hub.wait_changed()
+                self._scan_seq = chunk.seq + 1
+                if isinstance(chunk, WorkflowFinish):
+                    # Written by an execution in another process (one here would be latest).
+                    self._usage_elsewhere = self._usage_elsewhere + chunk.payload.usage
+        latest = hub.latest
+        if latest is not None and latest is not suspended:
+            return latest
+        if hub.external_result is None:
+            self._elsewhere = await hub.load_stored_result()
+        return None
 
     async def result(self) -> WorkflowResult:
         """The WorkflowResult of this stream (see the class docstring)."""
         executions = await self._final_executions()
         last = executions[-1]
+        if self._elsewhere is not None:
+            return self._elsewhere
         external = self._hub.external_result
         if (
             external is not None
@@ -734,9 +774,10 @@ class RunOutput:
         return last.result
 
     async def usage(self) -> Usage:
-        """Token usage summed over this stream's executions; resolves when it ends."""
+        """Token usage summed over this stream's executions (in another process too);
+        resolves when it ends."""
         executions = await self._final_executions()
-        total = Usage()
+        total = self._usage_elsewhere
         for execution in executions:
             total = total + execution.usage
         return total

@@ -15,7 +15,7 @@ import trio
 from ._broadcast import EventLog
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult
 from ._core._resume import full_suspended_paths
-from ._core._status import RunStatus
+from ._core._status import RunStatus, is_terminal
 from ._engine import SHIELDED_WRITE_GRACE, call_maybe_async, load_step_result, now_ms
 from ._errors import (
     NoRuntimeError,
@@ -59,6 +59,10 @@ class RunHub:
         self.latest: Execution | None = None
         self.status = status
         self.external_result: WorkflowResult | None = None
+        #: The execution here that ended last, and the log's next seq when it ended (its
+        #: last chunk is the one before: nothing is mirrored from storage while it runs).
+        self.last_ended: Execution | None = None
+        self.last_end_seq = log.next_seq
         self._changed = trio.Event()
 
     def execution_started(self, execution: Execution) -> None:
@@ -70,15 +74,33 @@ class RunHub:
     def execution_ended(self, execution: Execution) -> None:
         if self.execution is execution:
             self.execution = None
+        self.last_ended = execution
+        self.last_end_seq = self.log.next_seq
         if execution.result is not None:
             self.status = execution.result.status
         self._notify()
 
     def ended_outside(self, result: WorkflowResult) -> None:
-        """The run ended without an execution (cancel of a suspended run)."""
+        """The run ended without an execution here (cancel of a suspended run, or
+        another process executed it to its end)."""
         self.external_result = result
         self.status = result.status
         self._notify()
+
+    async def load_stored_result(self) -> WorkflowResult:
+        """The result storage holds for the run (after a final ``workflow-finish`` that
+        another process wrote; it is stored in the same write as the final snapshot).
+        A terminal one is recorded as :meth:`ended_outside`."""
+        snapshot = await self.log.storage.load_snapshot(self.run_id)
+        if snapshot is None:
+            raise RunNotActiveError(f"run {self.run_id} was deleted")
+        result = result_from_snapshot(snapshot)
+        if is_terminal(result.status):
+            self.ended_outside(result)
+        else:
+            self.status = result.status
+            self._notify()
+        return result
 
     def _notify(self) -> None:
         self._changed.set()
