@@ -50,6 +50,15 @@ EXPECTED_FIGURES: dict[str, tuple[str, ...]] = {
     "sqlite-suspended-rss": ("rss_growth_mb", "kb_per_run", "goal_mb"),
     "sqlite-start-1000": ("total_ms", "us_per_run", "memory_total_ms", "goal_ms"),
     "chain-100-sqlite": ("us_per_step", "memory_us_per_step", "ratio_to_memory"),
+    "memory-sqlite": (
+        "rss_growth_mb_small",
+        "rss_growth_mb_large",
+        "floor_rss_growth_mb_large",
+        "goal_mb",
+        "events_per_s_large",
+        "floor_events_per_s_large",
+        "ratio_to_floor",
+    ),
     "slow-subscriber": (
         "wall_s_no_subscriber",
         "wall_s_stalled_subscriber",
