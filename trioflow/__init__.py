@@ -42,6 +42,7 @@ from ._errors import EmptyWorkflowError as EmptyWorkflowError
 from ._errors import MultipleSuspendedStepsError as MultipleSuspendedStepsError
 from ._errors import NonRetryableError as NonRetryableError
 from ._errors import NoRuntimeError as NoRuntimeError
+from ._errors import NotJsonError as NotJsonError
 from ._errors import NotSuspendedError as NotSuspendedError
 from ._errors import ResumeAlreadyClaimedError as ResumeAlreadyClaimedError
 from ._errors import RunAlreadyStartedError as RunAlreadyStartedError
@@ -67,6 +68,7 @@ from ._version import __version__ as __version__
 from ._workflow import RetryConfig as RetryConfig
 from ._workflow import Step as Step
 from ._workflow import Workflow as Workflow
+from ._workflow import WorkflowGraphError as WorkflowGraphError
 from ._workflow import create_step as create_step
 from ._workflow import create_workflow as create_workflow
 from ._workflow import step as step
