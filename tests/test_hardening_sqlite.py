@@ -16,12 +16,14 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trioflow as tf
 from trioflow._core import _chunks as ch
@@ -76,7 +78,8 @@ async def make_file(path: Path, events: int = 3, size: int = 0) -> None:
 
 
 def _opener(barrier: Any, directory: str, rounds: int, name: int, results: Any) -> None:
-    # A child process: every round, all children open the same new file at once.
+    # A child process: every round, all children open the same new file at once (the
+    # whole storage, threads included: a bare synchronous open hardly ever loses the race).
     failures: list[str] = []
     for index in range(rounds):
         barrier.wait()
@@ -118,6 +121,47 @@ async def test_eight_processes_opening_one_new_file_at_once_all_succeed(tmp_path
     for index in (0, rounds - 1):
         rows = raw_execute(tmp_path / f"round-{index}.db", "SELECT count(*) FROM runs")
         assert rows == [(8,)]
+
+
+class BusyWalSwitch(sqlite3.Connection):
+    """A connection whose first ``PRAGMA journal_mode = WAL`` calls answer SQLITE_BUSY at
+    once, as SQLite does (without the busy handler) when another process is switching the
+    same new file at that moment."""
+
+    failures = 0
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.replace(" ", "").upper() == "PRAGMAJOURNAL_MODE=WAL" and BusyWalSwitch.failures:
+            BusyWalSwitch.failures -= 1
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = 5  # SQLITE_BUSY
+            error.sqlite_errorname = "SQLITE_BUSY"
+            raise error
+        return super().execute(sql, *args)
+
+
+def connect_with(factory: type[sqlite3.Connection]) -> Callable[..., sqlite3.Connection]:
+    def connect(self: SqliteStorage, target: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        uri = bool(args[0]) if args else bool(kwargs.get("uri", False))
+        return sqlite3.connect(
+            target, timeout=self._timeout, isolation_level=None, uri=uri, factory=factory
+        )
+
+    return connect
+
+
+async def test_busy_wal_switch_is_retried_within_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SqliteStorage, "_connect", connect_with(BusyWalSwitch))
+    monkeypatch.setattr(BusyWalSwitch, "failures", 3)
+    async with SqliteStorage(tmp_path / "runs.db", timeout=30) as storage:
+        assert await storage.create_run(snap("r"))
+    assert BusyWalSwitch.failures == 0
+    # past the timeout, the error says the file is locked and for how long it waited
+    monkeypatch.setattr(BusyWalSwitch, "failures", 1_000_000)
+    with pytest.raises(tf.StorageError, match=r"locked by another connection.*timeout of 0 s"):
+        await SqliteStorage(tmp_path / "other.db", timeout=0).open()
 
 
 # --------------------------------------------------------------------------- read-only files
@@ -368,3 +412,42 @@ async def test_corruption_reported_later_stops_every_write(
         assert loaded is not None
         assert loaded.status == S.PENDING
     assert read(db) == before
+
+
+async def test_corruption_found_inside_a_group_commit_writes_nothing_of_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_file, "QUICK_CHECK_LIMIT", 0)
+    db = tmp_path / "runs.db"
+    await make_file(db, events=200, size=200)
+    corrupt_events_page(db)
+    async with SqliteStorage(db) as storage:
+        entered, gate = threading.Event(), threading.Event()
+
+        def block(conn: Any) -> None:
+            entered.set()
+            gate.wait(10)
+
+        errors: dict[str, BaseException] = {}
+
+        async def attempt(name: str, write: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await write()
+            except tf.StorageError as exc:
+                errors[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            # Hold the writer thread so that both writes are executed in one group: the
+            # append reads the corrupt page, the create after it must not be committed.
+            nursery.start_soon(storage._writer.call, block, sqlite_module._READ)
+            await trio.to_thread.run_sync(entered.wait, 10)
+            nursery.start_soon(
+                attempt, "append", lambda: storage.append_events("kept", outs("kept", 201, 1))
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(attempt, "create", lambda: storage.create_run(snap("new")))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        assert "corrupt" in str(errors["append"])
+        assert "refuses writes: the database file is corrupt" in str(errors["create"])
+        assert await storage.load_snapshot("new") is None

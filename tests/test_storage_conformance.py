@@ -1058,12 +1058,7 @@ async def test_runtime_list_get_delete_on_every_backend(storage: Storage) -> Non
 
 # --------------------------------------------------------------------------- strict JSON (SQL backends)
 
-#: Until trioflow/storage/postgres.py uses storage/_json.py (issue 12), PostgreSQL lets a
-#: raw ValueError/JSONDecodeError escape instead of a StorageError.
-PENDING_POSTGRES = pytest.mark.xfail(
-    reason="postgres.py does not use trioflow/storage/_json.py yet (issue 12)", strict=False
-)
-SQL_BACKENDS = ["sqlite-file", pytest.param("postgres", marks=PENDING_POSTGRES)]
+SQL_BACKENDS = ["sqlite-file", "postgres"]
 
 
 @attrs.define

@@ -263,6 +263,11 @@ class _Worker:
                     value = job.fn(conn)
                 except Exception as exc:
                     job.outcome = outcome.Error(self._wrap(exc))
+                    refused = self._state.refused()
+                    if refused is not None:
+                        # Corruption found just now: the rest of the group is not written
+                        # either (the handler below rolls everything back).
+                        raise refused from None
                     if not grouped:
                         conn.execute("ROLLBACK")
                         return
