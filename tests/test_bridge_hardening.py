@@ -387,3 +387,23 @@ async def test_an_error_in_the_clients_block_is_raised_as_itself(rt: tf.Runtime)
             await use(url)
     assert info.value.args == ("mine",)
     assert not isinstance(info.value.__context__, BaseExceptionGroup)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"resumeData": {"approved": True, "note": LONE}},
+        {"resumeData": {"approved": True}, "requestContext": {LONE: 1}},
+    ],
+)
+async def test_resume_data_with_a_lone_surrogate_is_a_validation_error(
+    rt: tf.Runtime, fields: dict[str, Any]
+) -> None:
+    run = await rt.create_run("approval")
+    await run.start()
+    async with serving(rt) as url, raw(url) as ws:
+        await ws.ws.send_message(frame({"op": "resume", "id": 4, "runId": run.run_id, **fields}))
+        reply = json.loads(await ws.ws.get_message())
+        assert (reply["type"], reply["id"], reply["code"]) == ("error", 4, "validation"), reply
+        assert (await ws.request({"op": "list", "id": 2}))["type"] == "reply"
+    assert (await rt.get_run_state(run.run_id)).status == "suspended"
