@@ -30,7 +30,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 import trioflow as tf
-from trioflow.bridge import BridgeError, BridgeSubscription, _server
+from trioflow.bridge import BridgeError, BridgeSubscription, _sources
 from trioflow.bridge import _protocol as p
 
 
@@ -415,7 +415,7 @@ def test_an_error_for_the_subscription_fails_it() -> None:
 
 
 def test_the_servers_frame_cache_is_bounded_in_bytes_and_shares_one_encoding() -> None:
-    cache = _server._FrameCache(size=100, max_bytes=1000)
+    cache = _sources.FrameCache(size=100, max_bytes=1000)
     chunks = [
         tf.DataChunk(type="data-x", run_id="r", seq=seq, data="y" * 300) for seq in range(1, 6)
     ]

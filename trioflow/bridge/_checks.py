@@ -46,6 +46,13 @@ def check_start(workflow: Workflow, request: p.Start) -> None:
     coerce_request_context(request.request_context)
 
 
+def check_resume(request: p.Resume) -> None:
+    """ValidationError when the resume's raw values are not strict JSON (also a field the
+    resume schema would drop: what a client sends is strict JSON or refused)."""
+    _strict(request.resume_data, "Invalid resume data:")
+    _strict(request.request_context, "Invalid request context:")
+
+
 def describe(exc: BaseException) -> str:
     """``ClassName: message`` of an exception on one line (each leaf of a group), for the
     log: the traceback is there too, but the one-line log handler of the command line

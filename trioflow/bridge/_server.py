@@ -34,8 +34,7 @@ import contextlib
 import hmac
 import logging
 import math
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
 
@@ -49,14 +48,14 @@ from trio_websocket import (
 )
 
 from .. import _errors as errors
-from .._broadcast import ends_at_terminal_finish, wait_stored_growth
-from .._core._chunks import Chunk
+from .._broadcast import ends_at_terminal_finish
 from .._core._status import TERMINAL, RunStatus
 from .._run import Run
 from .._runtime import Runtime
-from .._serde import to_wire
 from . import _protocol as p
-from ._checks import check_start, describe
+from ._checks import check_resume, check_start, describe
+from ._corked import CLOSE_GRACE, CorkedStream
+from ._sources import FrameCache, Source, StoredChunks, StoredMarks, close_chunks, log_end
 
 logger = logging.getLogger("trioflow.bridge")
 
@@ -67,20 +66,6 @@ DEFAULT_IDLE_TIMEOUT: Final = 300.0
 DEFAULT_MAX_SEND_BUFFER: Final = 1_048_576
 DEFAULT_LAG_TIMEOUT: Final = 10.0
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
-#: Seconds a closing handshake may take (shielded: also when the server is cancelled).
-CLOSE_GRACE: Final = 1.0
-#: Bounds (seconds) of the polling that waits for chunks to reach durable storage, and
-#: of the polling that follows the stored log of a run this server cannot execute.
-POLL_MIN: Final = 0.005
-POLL_MAX: Final = 0.25
-#: Chunks read from storage at once when following a stored log.
-STORAGE_PAGE: Final = 512
-#: A corked stream writes once this many bytes are buffered, or when two scheduling turns
-#: in a row added nothing to its buffer.
-COALESCE_BYTES: Final = 64 * 1024
-#: Framed chunks kept for the next subscriber of the same run (one encoding per chunk).
-FRAME_CACHE_SIZE: Final = 8192
-FRAME_CACHE_BYTES: Final = 16 * 1024 * 1024
 
 
 async def serve(
@@ -139,123 +124,6 @@ async def serve(
         task_status.started(bound_port)
 
 
-class CorkedStream(trio.abc.Stream):
-    """A socket stream whose writes only append to a buffer that one flusher task writes
-    out: a burst of small websocket frames leaves in one ``send`` system call instead of
-    one each (on loopback a ``send`` costs far more than framing a message).
-
-    The buffer is the connection's send queue: :meth:`send_all` (what trio-websocket
-    calls) waits while more than ``high_water`` bytes are buffered, as the bare socket
-    would while the peer is slow; :meth:`append` never waits (the caller checks
-    :meth:`full` first, or adds a small notice on purpose). Run :meth:`flusher` next to
-    the websocket's reader task.
-    """
-
-    def __init__(self, inner: trio.abc.Stream, *, high_water: int) -> None:
-        self._inner = inner
-        self._buffer = bytearray()
-        self._high_water = high_water
-        self._ready = trio.Event()
-        self._drained = trio.lowlevel.ParkingLot()
-        self._broken: BaseException | None = None
-        self._closed = False
-        self._flushing = False  # the flusher task runs
-        self._writing = False  # the flusher is writing (what it took is not sent yet)
-
-    def __len__(self) -> int:
-        return len(self._buffer)
-
-    def full(self) -> bool:
-        return len(self._buffer) > self._high_water
-
-    def append(self, data: bytes) -> None:
-        """Add bytes to send (never waits); BrokenResourceError once the socket broke."""
-        if self._closed:
-            raise trio.ClosedResourceError("the stream is closed")
-        if self._broken is not None:
-            raise trio.BrokenResourceError("the peer is gone") from self._broken
-        self._buffer += data
-        self._ready.set()
-
-    async def wait_not_full(self) -> None:
-        """Wait until the buffer is at or below its high-water mark (or the socket broke,
-        so that the next :meth:`append` raises)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while len(self._buffer) > self._high_water and self._broken is None:
-            await self._drained.park()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.append(bytes(data))
-        await self.wait_not_full()
-
-    async def flush(self) -> None:
-        """Wait until everything appended so far is handed to the socket (or the flusher
-        stopped)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while (
-            (self._buffer or self._writing)
-            and self._broken is None
-            and not self._closed
-            and self._flushing
-        ):
-            await self._drained.park()
-
-    async def flusher(self) -> None:  # noqa: ASYNC910
-        """Write the buffer out whenever it is not empty (until cancelled or the socket
-        breaks)."""
-        self._flushing = True
-        try:
-            while self._broken is None:
-                await self._write_some()
-        finally:
-            self._flushing = False
-            self._drained.unpark_all()
-
-    async def _write_some(self) -> None:  # noqa: ASYNC910 - send_all checkpoints
-        while not self._buffer:
-            self._ready = trio.Event()
-            await self._ready.wait()
-        # Coalesce: while the other tasks keep adding frames, give them turns before
-        # writing (up to COALESCE_BYTES); write once two turns in a row added nothing (a
-        # chunk takes a turn to go from the run to a subscription's pump). A burst leaves
-        # in one system call, at the price of a schedule point per turn.
-        size = len(self._buffer)
-        idle_turns = 0
-        while size < COALESCE_BYTES and idle_turns < 2:
-            await trio.lowlevel.checkpoint()
-            grown = len(self._buffer)
-            idle_turns = idle_turns + 1 if grown == size else 0
-            size = grown
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        self._writing = True
-        try:
-            await self._inner.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._broken = exc
-            self._buffer.clear()
-        finally:
-            self._writing = False
-            self._drained.unpark_all()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        """Write what is buffered (the websocket's close frame, typically: briefly, also
-        when cancelled), then close the socket."""
-        if self._flushing and not self._closed and self._broken is None:
-            with trio.move_on_after(CLOSE_GRACE, shield=True):
-                await self.flush()
-        self._closed = True
-        self._buffer.clear()
-        self._drained.unpark_all()
-        await self._inner.aclose()
-
-
 class _Stopped(Exception):
     """The subscription was replaced or unsubscribed while its pump waited."""
 
@@ -283,135 +151,6 @@ class _Subscription:
     def stop(self) -> None:
         self.active = False
         self.scope.cancel()
-
-
-@attrs.define(eq=False)
-class _Source:
-    """Where a subscription's chunks come from."""
-
-    chunks: AsyncIterator[Chunk] | None  # None: a finished run with nothing after from_seq
-    end_seq: int  # the log's end when the subscription began (for ``caught-up``)
-    gate: bool  # send a chunk only once it is in durable storage
-
-
-class _FrameCache:
-    """The framed wire chunk of recent chunks: many subscribers of one run share one
-    encoding. Bounded in entries and in bytes."""
-
-    def __init__(self, size: int = FRAME_CACHE_SIZE, max_bytes: int = FRAME_CACHE_BYTES) -> None:
-        self._size = size
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._entries: dict[tuple[str, int], tuple[Chunk, bytes]] = {}
-
-    def frame(self, chunk: Chunk) -> bytes:
-        key = (chunk.run_id, chunk.seq)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] is chunk:
-            return hit[1]
-        data = p.text_frame(p.encode(to_wire(chunk)))  # ValueError: not strict JSON
-        if hit is not None:
-            self._bytes -= len(hit[1])
-        self._entries[key] = (chunk, data)
-        self._bytes += len(data)
-        while self._entries and (len(self._entries) > self._size or self._bytes > self._max_bytes):
-            oldest = next(iter(self._entries))
-            self._bytes -= len(self._entries.pop(oldest)[1])
-        return data
-
-
-class _StoredMarks:
-    """How far each run's log is in durable storage, shared by all subscriptions of the
-    server: one storage query at a time per run, however many subscribers wait."""
-
-    def __init__(self, storage: Any) -> None:
-        self._storage = storage
-        self._marks: dict[str, int] = {}
-        self._locks: dict[str, trio.Lock] = {}
-        self._users: dict[str, int] = {}
-
-    def acquire(self, run_id: str) -> None:
-        self._users[run_id] = self._users.get(run_id, 0) + 1
-
-    def release(self, run_id: str) -> None:
-        left = self._users.get(run_id, 1) - 1
-        if left > 0:
-            self._users[run_id] = left
-        else:
-            self._users.pop(run_id, None)
-            self._marks.pop(run_id, None)
-            self._locks.pop(run_id, None)
-
-    async def wait(self, run_id: str, seq: int) -> int:
-        """Return once chunk ``seq`` of ``run_id`` is in storage; the stored mark. (The
-        engine stores a durable run's chunks within tens of milliseconds.)"""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        mark = self._marks.get(run_id, 0)
-        if mark >= seq:
-            return mark
-        lock = self._locks.setdefault(run_id, trio.Lock())
-        async with lock:
-            delay = POLL_MIN
-            while (mark := self._marks.get(run_id, 0)) < seq:
-                last = await self._storage.last_seq(run_id)
-                if last > mark:
-                    self._marks[run_id] = mark = last
-                if mark >= seq:
-                    break
-                await trio.sleep(delay)
-                delay = min(POLL_MAX, delay * 2)
-        return mark
-
-
-class _StoredChunks:
-    """Follows the stored log of a run whose workflow this server has not registered (so
-    it cannot be executing here): pages from storage, polling while nothing new comes."""
-
-    def __init__(self, storage: Any, run_id: str, from_seq: int) -> None:
-        self._storage = storage
-        self._run_id = run_id
-        self._next = from_seq
-        self._batch: deque[Chunk] = deque()
-        self._done = False
-
-    def __aiter__(self) -> _StoredChunks:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        delay = POLL_MIN
-        while True:
-            if self._batch:
-                await trio.lowlevel.checkpoint_if_cancelled()
-                chunk = self._batch.popleft()
-                self._next = chunk.seq + 1
-                if ends_at_terminal_finish(chunk):
-                    self._done = True
-                    self._batch.clear()
-                return chunk
-            if self._done:
-                await trio.lowlevel.checkpoint()
-                raise StopAsyncIteration
-            page = await self._storage.read_events(
-                self._run_id, from_seq=self._next, limit=STORAGE_PAGE
-            )
-            if page:
-                self._batch.extend(page)
-                delay = POLL_MIN
-                continue
-            await wait_stored_growth(self._storage, self._run_id, trio.Event(), delay)
-            delay = min(POLL_MAX, delay * 2)
-
-
-def _log_end(run: Run) -> int:
-    """The highest ``seq`` in this process's log of the run (chunks not stored yet
-    included)."""
-    last = getattr(run, "last_seq", None)  # the public accessor proposed for Run
-    if isinstance(last, int):
-        return last
-    try:
-        return int(run._hub.log.next_seq) - 1
-    except AttributeError:  # pragma: no cover - engine internals moved
-        return 0
 
 
 def _error_for(exc: Exception, request_id: p.RequestId) -> dict[str, Any]:
@@ -489,8 +228,8 @@ class BridgeServer:
         self.max_send_buffer = max_send_buffer
         self.lag_timeout = float(lag_timeout)
         self.handshake_timeout = float(handshake_timeout)
-        self.frames = _FrameCache()
-        self.stored = _StoredMarks(self.storage)
+        self.frames = FrameCache()
+        self.stored = StoredMarks(self.storage)
         self.connections: set[_Connection] = set()
 
     @property
@@ -597,21 +336,21 @@ class BridgeServer:
             ) from None
         return await self.runtime.create_run(workflow, run_id=run_id)
 
-    async def open_source(self, snapshot: Any, from_seq: int) -> _Source:
+    async def open_source(self, snapshot: Any, from_seq: int) -> Source:
         """The chunks of a stored run from ``from_seq`` on."""
         run_id: str = snapshot.run_id
         end_seq = await self.storage.last_seq(run_id)
         if snapshot.status in TERMINAL and from_seq > end_seq:
-            return _Source(None, end_seq, gate=False)
+            return Source(None, end_seq, gate=False)
         try:
             workflow = self.runtime.get_workflow(snapshot.workflow_id)
         except KeyError:
-            return _Source(_StoredChunks(self.storage, run_id, from_seq), end_seq, gate=False)
+            return Source(StoredChunks(self.storage, run_id, from_seq), end_seq, gate=False)
         run = await self.runtime.create_run(workflow, run_id=run_id)
         if not self.durable:
-            end_seq = max(end_seq, _log_end(run))
+            end_seq = max(end_seq, log_end(run))
         chunks = run.observe_stream(from_seq=from_seq, follow=True)
-        return _Source(chunks, end_seq, gate=self.durable)
+        return Source(chunks, end_seq, gate=self.durable)
 
 
 class _Connection:
@@ -728,6 +467,7 @@ class _Connection:
         if isinstance(request, p.Start):
             return await self._start(request)
         if isinstance(request, p.Resume):
+            check_resume(request)
             run = await server.bound_run(request.run_id, request.id)
             output = await run.resume_stream(
                 resume_data=request.resume_data,
@@ -818,7 +558,7 @@ class _Connection:
             await self._send(p.reply(request.id, runId=run_id))
         except BaseException:
             self._drop(run_id)
-            _close_chunks(source)
+            close_chunks(source)
             raise
         assert self._nursery is not None
         self._nursery.start_soon(self._pump, sub, source, name=f"trioflow bridge pump {run_id}")
@@ -838,7 +578,7 @@ class _Connection:
             if not self.subscriptions:
                 self.idle_since = trio.current_time()
 
-    async def _pump(self, sub: _Subscription, source: _Source) -> None:  # noqa: ASYNC910
+    async def _pump(self, sub: _Subscription, source: Source) -> None:  # noqa: ASYNC910
         stored = self.server.stored
         if source.gate:
             stored.acquire(sub.run_id)
@@ -880,9 +620,9 @@ class _Connection:
             self._end(sub)
             if source.gate:
                 stored.release(sub.run_id)
-            _close_chunks(source)
+            close_chunks(source)
 
-    async def _pump_chunks(self, sub: _Subscription, source: _Source) -> None:
+    async def _pump_chunks(self, sub: _Subscription, source: Source) -> None:
         run_id = sub.run_id
         end_seq = source.end_seq
         caught_up = False
@@ -966,10 +706,3 @@ def _frame_of(message: dict[str, Any]) -> bytes:
             return p.text_frame(p.encode(fallback))
         except ValueError:  # pragma: no cover - ids and run ids are checked when parsed
             return p.text_frame(p.encode(p.error(None, "internal", "unsendable message")))
-
-
-def _close_chunks(source: _Source) -> None:
-    """Detach a subscription's cursor (synchronous: ``Subscription.close``)."""
-    close = getattr(source.chunks, "close", None)
-    if close is not None:
-        close()
