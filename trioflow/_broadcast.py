@@ -445,37 +445,27 @@ class Subscription:
             # cost of one per chunk).
             await trio.lowlevel.checkpoint_if_cancelled()
         else:
-            batch = await self._read_batch()
-            if batch is None:
-                return None
+            log = self._log
+            batch = await log.read(self.next_seq)
+            if batch:
+                await trio.lowlevel.checkpoint()
+            # Never pop an empty batch: wait (or, not following, catch up with storage)
+            # until a read returns chunks. Inline: this is the path of every live chunk.
+            while not batch:
+                if self._follow:
+                    await log.wait_for_more(self.next_seq)
+                elif not await log.catch_up_with_storage():
+                    # The end of the log as storage holds it (another process may have
+                    # executed the run: catch_up_with_storage read what it stored).
+                    self.close()
+                    return None
+                batch = await log.read(self.next_seq)
             self._batch.extend(batch)
         chunk = self._batch.popleft()
         self.next_seq = chunk.seq + 1
         if self._ends_after is not None and self._ends_after(chunk):
             self.close()
         return chunk  # noqa: ASYNC910
-
-    async def _read_batch(self) -> list[Chunk] | None:
-        """The next non-empty batch from ``next_seq`` (waiting for it when following), or
-        None at the end of a non-following subscription. Always a checkpoint."""
-        log = self._log
-        waited = False
-        while True:
-            batch = await log.read(self.next_seq)
-            if batch:
-                if not waited:
-                    await trio.lowlevel.checkpoint()
-                return batch
-            if not self._follow:
-                # The end of this process's log; when another process executed the run,
-                # storage may hold more.
-                if await log.catch_up_with_storage():
-                    continue
-                self.close()
-                await trio.lowlevel.checkpoint()
-                return None
-            await log.wait_for_more(self.next_seq)
-            waited = True
 
     def close(self) -> None:
         """Detach (synchronous, idempotent)."""
