@@ -33,6 +33,7 @@ from trioflow._broadcast import (
     MAX_UNSTORED_BYTES,
     MAX_UNSTORED_CHUNKS,
 )
+from trioflow._core import _chunks as ch
 from trioflow._core._chunks import Chunk
 from trioflow._core._json import JsonValueError
 from trioflow._core._model import RunInfo, RunSnapshot
@@ -493,3 +494,36 @@ async def test_a_stream_kept_open_across_a_suspension_follows_a_resume_in_anothe
         assert received[-1].payload.workflow_status == "success"
         assert [c.type for c in received].count("workflow-start") == 1
         assert out.status == "success"
+
+
+async def test_a_crashed_run_shows_every_chunk_stored_after_its_last_snapshot(
+    tmp_path: Path,
+) -> None:
+    # What a SIGKILL leaves: the flusher stored chunks 4..12 mid-step, the last snapshot
+    # says last_seq 3. Before the fix a reader bound afterwards showed 3 of the 12 chunks
+    # (`trioflow events`), and nothing from --from-seq 4.
+    run_id = "crashed"
+    start = ch.WorkflowStart(
+        run_id=run_id, seq=1, payload=ch.WorkflowStartPayload(workflow_id="talker")
+    )
+    outputs = [
+        ch.WorkflowStepOutput(
+            run_id=run_id, seq=seq, payload=ch.StepOutputPayload(output=seq, step_name="talk")
+        )
+        for seq in range(2, 13)
+    ]
+    wf = talker(trio.Event(), trio.Event())
+    async with tf.SqliteStorage(tmp_path / "runs.db") as storage:
+        snapshot = RunSnapshot(
+            run_id=run_id, workflow_id="talker", status=RunStatus.RUNNING, last_seq=3
+        )
+        assert await storage.create_run(snapshot)
+        assert await storage.save_snapshot(snapshot, [start, *outputs[:2]])
+        await storage.append_events(run_id, outputs[2:])
+        async with tf.open_runtime(storage=storage) as rt:
+            run = await rt.create_run(wf, run_id=run_id)
+            chunks = await collect(run.observe_stream(follow=False))
+            assert [c.seq for c in chunks] == list(range(1, 13))
+            later = await collect(run.observe_stream(from_seq=4, follow=False))
+            assert [c.seq for c in later] == list(range(4, 13))
+            assert run.last_seq == 12
