@@ -346,7 +346,7 @@ def test_an_end_before_missing_chunks_re_subscribes_instead_of_ending() -> None:
 def test_gaps_at_one_seq_fail_the_subscription_after_a_bounded_number_of_tries() -> None:
     from test_bridge_protocol import accept, new_subscription, wire_chunk
 
-    from trioflow.bridge._client import MAX_GAP_RETRIES
+    from trioflow.bridge._subscription import MAX_GAP_RETRIES
 
     client, sub = new_subscription()
     for _ in range(MAX_GAP_RETRIES + 1):
