@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import trio
 import trio.testing
 
 import trioflow as tf
+from trioflow import bridge
 from trioflow._broadcast import (
     CHUNK_OVERHEAD,
     DEFAULT_WINDOW,
@@ -527,3 +529,48 @@ async def test_a_crashed_run_shows_every_chunk_stored_after_its_last_snapshot(
             later = await collect(run.observe_stream(from_seq=4, follow=False))
             assert [c.seq for c in later] == list(range(4, 13))
             assert run.last_seq == 12
+
+
+async def test_a_bridge_subscriber_behind_the_window_reads_chunks_whose_write_is_in_flight() -> None:
+    # The same moment as the first test, read through the websocket bridge: before the fix
+    # the server answered `internal … (IndexError)` and every re-subscribe failed again.
+    n = FLUSH_THRESHOLD + DEFAULT_WINDOW + 1000
+    storage = GatedStorage(tf.MemoryStorage())
+    written = trio.Event()
+    finish = trio.Event()
+
+    async def talk(ctx: tf.StepContext) -> int:
+        storage.close_gate()
+        for i in range(n):
+            await ctx.writer.write(i)
+        written.set()
+        await finish.wait()
+        return n
+
+    async with tf.open_runtime(storage=storage) as rt, trio.open_nursery() as nursery:
+        port = await nursery.start(
+            partial(bridge.serve, rt, port=0, tokens={"read-token": "read"})
+        )
+        wf = chain("talk", tf.create_step(id="talk", execute=talk))
+        rt.register(wf)
+        run = await wf.create_run()
+        out = await run.stream(input_data=None)
+        with trio.fail_after(30):
+            await written.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            storage.let_through(1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert storage.waiting == 1  # the second flush, in flight
+            got: list[Any] = []
+            async with bridge.connect(f"ws://127.0.0.1:{port}", token="read-token") as client:
+                async with client.subscribe(run.run_id) as sub:
+                    async for chunk in sub:
+                        got.append(chunk)
+                        if chunk.seq == n + 2:
+                            break
+        assert [c.seq for c in got] == list(range(1, n + 3))
+        assert outputs_of(got) == list(range(n))
+        storage.open_gate()
+        finish.set()
+        assert (await out.result()).status == "success"
+        nursery.cancel_scope.cancel()
