@@ -79,6 +79,10 @@ from .storage import SqliteStorage as SqliteStorage
 from .storage import Storage as Storage
 from .tracing import TracingOptions as TracingOptions
 
+from ._fixup import fixup_module_metadata as _fixup_module_metadata  # isort: skip
+
+_fixup_module_metadata(__name__, globals())
+
 if _typing.TYPE_CHECKING:
     from . import bridge as bridge
 

@@ -19,6 +19,7 @@ Every public name is described in ``docs/testing.md`` (with examples) and
 
 from typing import Any as _Any
 
+from .._fixup import fixup_module_metadata as _fixup_module_metadata
 from ._faults import FaultyStorage as FaultyStorage
 from ._faults import SimulatedCrash as SimulatedCrash
 from ._harness import ClockGuardStorage as ClockGuardStorage
@@ -130,6 +131,8 @@ __all__ = [
     "walk_steps",
     "wire_problems",
 ]
+
+_fixup_module_metadata(__name__, globals())
 
 _LAZY = ("workflows", "inputs_for", "fault_plans", "profile_settings")
 

@@ -7,3 +7,7 @@ from ._spans import InMemoryTracer as InMemoryTracer
 from ._spans import Span as Span
 from ._spans import Tracer as Tracer
 from ._spans import current_span as current_span
+
+from .._fixup import fixup_module_metadata as _fixup_module_metadata  # isort: skip
+
+_fixup_module_metadata(__name__, globals())
