@@ -1,20 +1,19 @@
 """What the bridge server checks before it touches storage, and how it describes errors.
 
 SPEC §5: a refused op stores nothing. ``Runtime.create_run`` stores a ``pending`` run
-before ``Run.stream`` validates the start's values, so the server makes the same checks
-first (the run API's own functions, in the same order), then creates the run.
+before ``Run.stream`` validates the start's values, so the server first makes the run
+API's own checks (``trioflow._admit.admit_start``), then creates the run. What a client
+sends must also be strict JSON as sent, also in a field a schema would drop.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._context import coerce_request_context
+from .._admit import admit_start
 from .._core._json import JsonValueError, check_strict_json
 from .._errors import ValidationError
 from .._groups import leaves
-from .._run import _initial_state
-from .._serde import to_jsonable, validate
 from .._workflow import Workflow
 from . import _protocol as p
 
@@ -30,20 +29,11 @@ def _strict(value: Any, prefix: str) -> None:
 
 def check_start(workflow: Workflow, request: p.Start) -> None:
     """Raise what ``Run.stream`` would raise for this start's values (ValidationError,
-    TypeError), before anything is stored."""
+    TypeError, a graph error), before anything is stored."""
     _strict(request.input_data, "Invalid input data:")
     _strict(request.initial_state, "Invalid initial state:")
     _strict(request.request_context, "Invalid request context:")
-    if workflow.validate_inputs and workflow.input_schema is not None:
-        value = validate(request.input_data, workflow.input_schema, "Invalid input data:")
-    else:
-        value = request.input_data
-    _initial_state(workflow, request.initial_state)
-    try:
-        to_jsonable(value)
-    except TypeError as exc:
-        raise ValidationError("Invalid input data:", [("", str(exc))]) from None
-    coerce_request_context(request.request_context)
+    admit_start(workflow, request.input_data, request.initial_state, request.request_context)
 
 
 def check_resume(request: p.Resume) -> None:
