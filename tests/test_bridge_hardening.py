@@ -407,3 +407,22 @@ async def test_resume_data_with_a_lone_surrogate_is_a_validation_error(
         assert (reply["type"], reply["id"], reply["code"]) == ("error", 4, "validation"), reply
         assert (await ws.request({"op": "list", "id": 2}))["type"] == "reply"
     assert (await rt.get_run_state(run.run_id)).status == "suspended"
+
+
+async def test_a_start_its_on_start_hook_refuses_stores_nothing() -> None:
+    def refuse(info: Any) -> None:
+        raise PermissionError(f"no starts for {info.workflow_id}")
+
+    async def nothing(ctx: tf.StepContext) -> None:
+        await trio.lowlevel.checkpoint()
+
+    guarded = (
+        tf.create_workflow(id="guarded", on_start=refuse)
+        .then(tf.create_step(id="s", execute=nothing))
+        .commit()
+    )
+    async with tf.open_runtime(workflows=[guarded]) as runtime:
+        async with serving(runtime) as url, raw(url) as ws:
+            reply = await ws.request({"op": "start", "id": 1, "workflowId": "guarded"})
+            assert (reply["type"], reply["code"]) == ("error", "internal"), reply
+        assert await runtime.list_runs() == []
