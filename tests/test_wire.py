@@ -100,7 +100,7 @@ payload_strategies: dict[str, st.SearchStrategy[Any]] = {
         metadata=st.none() | json_objects,
     ),
     "workflow-step-output": st.builds(
-        chunks_mod.StepOutputPayload, output=json_values, step_name=texts
+        chunks_mod.StepOutputPayload, output=json_values, step_name=texts, run_id=opt_texts
     ),
     "workflow-step-progress": st.builds(
         chunks_mod.StepProgressPayload,
@@ -158,6 +158,7 @@ payload_strategies: dict[str, st.SearchStrategy[Any]] = {
         usage=usages,
         metadata=json_objects,
         tripwire=st.none() | tripwires,
+        final_workflow_result=json_values,
     ),
 }
 
@@ -193,8 +194,9 @@ def test_the_strategy_covers_every_chunk_class() -> None:
         for obj in vars(chunks_mod).values()
         if isinstance(obj, type)
         and attrs.has(obj)
-        and "run_id" in attrs.fields_dict(obj)
-        and obj.__module__ == chunks_mod.__name__
+        # Chunks, not payloads (StepOutputPayload has a run_id too); not the module name
+        # (the package re-exports chunk classes under its own name).
+        and {"seq", "run_id"} <= set(attrs.fields_dict(obj))
     }
     assert classes == set(ALL_CHUNK_CLASSES)
     assert len(classes) == 11
@@ -416,11 +418,12 @@ def test_step_output_is_from_user() -> None:
 
 
 def test_data_chunk_carries_data_at_the_top_level() -> None:
+    # Mastra 1.71 (fixtures/mastra_1_71/writer.json): data a step writes is from WORKFLOW.
     chunk = tf.DataChunk(type="data-progress", run_id="r1", seq=4, data={"done_pct": 50})
     assert tf.to_wire(chunk) == {
         "type": "data-progress",
         "runId": "r1",
-        "from": "USER",
+        "from": "WORKFLOW",
         "seq": 4,
         "data": {"done_pct": 50},
     }
@@ -652,6 +655,7 @@ def test_mastra_step_output_with_run_id_in_the_payload() -> None:
     assert chunk.from_ == "USER"
     assert chunk.payload.output == {"type": "text-delta", "text": "hi"}
     assert chunk.payload.step_name == "agent"
+    assert chunk.payload.run_id == "r"
 
 
 def test_mastra_custom_data_chunk() -> None:
@@ -661,6 +665,36 @@ def test_mastra_custom_data_chunk() -> None:
     assert isinstance(chunk, tf.DataChunk)
     assert chunk.type == "data-progress"
     assert chunk.data == {"pct": 5}
+
+
+def test_a_data_chunk_without_from_is_the_workflows() -> None:
+    chunk = tf.from_wire({"type": "data-progress", "runId": "r", "data": {"pct": 5}})
+    assert chunk.from_ == "WORKFLOW"
+
+
+def test_step_output_without_run_id_still_loads() -> None:
+    # Logs stored before trioflow sent ``payload.runId`` must still read.
+    chunk = tf.from_wire(
+        {"type": "workflow-step-output", "runId": "r", "payload": {"output": 1, "stepName": "a"}}
+    )
+    assert chunk.payload.run_id is None
+    assert tf.from_wire(tf.to_wire(chunk)) == chunk
+
+
+def test_finish_final_workflow_result_round_trips() -> None:
+    payload = chunks_mod.WorkflowFinishPayload(
+        workflow_status="success", final_workflow_result={"value": 20, "snake_key": [1]}
+    )
+    chunk = tf.WorkflowFinish(run_id="r", seq=6, payload=payload)
+    wire = tf.to_wire(chunk)
+    # User data inside is never renamed.
+    assert wire["payload"]["finalWorkflowResult"] == {"value": 20, "snake_key": [1]}
+    assert tf.from_wire(wire) == chunk
+    failed = attrs.evolve(
+        chunk,
+        payload=attrs.evolve(payload, workflow_status="failed", final_workflow_result=None),
+    )
+    assert "finalWorkflowResult" not in tf.to_wire(failed)["payload"]
 
 
 @pytest.mark.parametrize("kind", ["workflow-paused", "workflow-canceled"])

@@ -33,6 +33,7 @@ _USER_DATA_FIELDS = frozenset(
         "resume_payload",
         "iteration_output",
         "metadata",
+        "final_workflow_result",
     }
 )
 
@@ -233,7 +234,11 @@ def from_wire(data: Mapping[str, Any]) -> Any:
         raise ValueError(f"from: expected str, got {type_name(origin)}")
     if chunk_type.startswith("data-"):
         return DataChunk(
-            type=chunk_type, run_id=run_id, seq=seq, from_=origin or "USER", data=data.get("data")
+            type=chunk_type,
+            run_id=run_id,
+            seq=seq,
+            from_=origin or "WORKFLOW",
+            data=data.get("data"),
         )
     cls = CHUNK_CLASSES.get(chunk_type)
     if cls is None:

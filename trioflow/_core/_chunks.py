@@ -40,6 +40,9 @@ class StepStartPayload:
 class StepOutputPayload:
     output: Any
     step_name: str
+    #: The run whose log holds the chunk (a nested workflow's output names the outer run),
+    #: as Mastra 1.71 sends it; None in logs stored before trioflow sent it.
+    run_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -103,6 +106,8 @@ class WorkflowFinishPayload:
     usage: Usage = attrs.field(factory=Usage)
     metadata: dict[str, Any] = attrs.field(factory=dict)
     tripwire: TripwireInfo | None = None
+    #: The run's result, on success only (Mastra 1.71 sends it as ``finalWorkflowResult``).
+    final_workflow_result: Any = None
 
 
 @attrs.frozen(kw_only=True)
@@ -216,7 +221,8 @@ class DataChunk:
 
     type: str = attrs.field(validator=_check_data_type)
     run_id: str
-    from_: str = FROM_USER
+    # Mastra 1.71 marks data a workflow step writes as the workflow's.
+    from_: str = FROM_WORKFLOW
     seq: int = 0
     data: Any = None
 
