@@ -690,6 +690,72 @@ async def test_loop_iteration_count_carries_on_across_resume(rt: Any) -> None:
     assert [(v, it) for v, r, it in seen if r is None] == [(0, 1), (1, 2)]
 
 
+async def as_previous_version_stored_it(rt: Any, run_id: str, step_id: str) -> None:
+    """Rewrite a stored suspended run as trioflow stored it before engine metadata was
+    camelCased: the loop count under ``iteration_count``."""
+    snapshot = await rt.storage.load_snapshot(run_id)
+    steps = dict(snapshot.steps)
+    record = dict(steps[step_id])
+    metadata = dict(record["metadata"])
+    metadata["iteration_count"] = metadata.pop("iterationCount")
+    steps[step_id] = {**record, "metadata": metadata}
+    saved = await rt.storage.save_snapshot(
+        attrs.evolve(snapshot, steps=steps), expected_status=tf.RunStatus.SUSPENDED
+    )
+    assert saved
+
+
+async def test_a_loop_stored_with_iteration_count_resumes_counting(rt: Any) -> None:
+    seen: list[tuple[int, Any, Any]] = []
+
+    def keep_going(ctx: Any) -> bool:
+        return bool(ctx.input_data["value"] < 2)
+
+    wf = tf.create_workflow(id="loop2").dowhile(suspending_increment(seen), keep_going).commit()
+    run = await wf.create_run()
+    await run.start(input_data={"value": 0})
+    second = await run.resume(resume_data={"go": 1})
+    assert second.steps["inc"].metadata == {"iterationCount": 2}
+    await as_previous_version_stored_it(rt, run.run_id, "inc")
+    # The public state of an old stored run names the count as today's does.
+    state = await rt.get_run_state(run.run_id)
+    assert state.steps["inc"].metadata == {"iterationCount": 2}
+    final = await run.resume(resume_data={"go": 2})
+    assert final.status == "success"
+    assert [(v, it) for v, r, it in seen if r is not None] == [(0, 1), (1, 2)]
+    assert final.steps["inc"].metadata == {"iterationCount": 2}
+
+
+async def test_a_nested_loop_body_stored_by_the_previous_version_resumes(rt: Any) -> None:
+    # A nested workflow's stored result keeps its bookkeeping (its header) beside the loop
+    # count; a run stored with the old count name continues at the right iteration and
+    # shows neither the bookkeeping nor the old name.
+    async def approve(ctx: tf.StepContext) -> Any:
+        if ctx.resume_data is None:
+            return await ctx.suspend({"value": ctx.input_data})
+        return ctx.input_data + 1
+
+    inner = tf.create_workflow(id="inner").then(tf.create_step(id="approve", execute=approve))
+    wf = (
+        tf.create_workflow(id="wf")
+        .dowhile(inner.commit(), lambda ctx: ctx.iteration_count < 2)
+        .commit()
+    )
+    run = await wf.create_run()
+    await run.start(input_data=1)
+    second = await run.resume(resume_data={"ok": True})
+    assert second.status == "suspended"
+    assert second.steps["inner"].metadata == {"iterationCount": 2}
+    await as_previous_version_stored_it(rt, run.run_id, "inner")
+    stored = (await rt.storage.load_snapshot(run.run_id)).steps["inner"]["metadata"]
+    assert set(stored) == {"nested", "iteration_count"}
+    final = await run.resume(resume_data={"ok": True})
+    # Read as iteration 1, the loop would run a third time and suspend again.
+    assert final.status == "success"
+    assert final.result == 3
+    assert final.steps["inner"].metadata == {"iterationCount": 2}
+
+
 async def test_suspend_data_on_resume_is_the_current_iterations_payload(rt: Any) -> None:
     seen: list[Any] = []
 

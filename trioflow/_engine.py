@@ -66,6 +66,8 @@ from ._core._graph import (
 )
 from ._core._json import JsonValueError
 from ._core._model import (
+    ITERATION_COUNT,
+    OLD_ITERATION_COUNT,
     ResumeLabel,
     RunSnapshot,
     SerializedError,
@@ -73,6 +75,8 @@ from ._core._model import (
     TripwireInfo,
     Usage,
     WorkflowResult,
+    public_metadata,
+    public_step_result,
 )
 from ._core._resume import ResumeTarget, full_suspended_paths, nested_header
 from ._core._status import RunStatus, StepStatus, combine_branch_statuses
@@ -208,10 +212,13 @@ class StepRun:
 
 @attrs.frozen
 class Announced:
-    """A node's call id and start time, fixed when its start chunk was published."""
+    """A node's call id and start time, fixed when its start chunk was published. A
+    resumed node keeps the start time of its first execution (as Mastra 1.71 reports it)
+    and is resumed at ``resumed_at``."""
 
     call_id: str
     started_at: int
+    resumed_at: int | None = None
 
 
 @attrs.frozen
@@ -401,26 +408,21 @@ class Level:
         payload: Any,
         started_at: int,
         resume: NodeResume | None,
+        resumed_at: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        if resume is not None:
-            body = StepStartPayload(
-                id=chunk_id,
-                step_name=chunk_id,
-                step_call_id=call_id,
-                resume_payload=to_jsonable(resume.data),
-                resumed_at=started_at,
-                metadata=metadata,
-            )
-        else:
-            body = StepStartPayload(
-                id=chunk_id,
-                step_name=chunk_id,
-                step_call_id=call_id,
-                payload=to_jsonable(payload),
-                started_at=started_at,
-                metadata=metadata,
-            )
+        """A step's start chunk; a resumed step's also carries its input and first start
+        time beside the resume data (as Mastra 1.71 sends them)."""
+        body = StepStartPayload(
+            id=chunk_id,
+            step_name=chunk_id,
+            step_call_id=call_id,
+            payload=to_jsonable(payload),
+            started_at=started_at,
+            resume_payload=to_jsonable(resume.data) if resume is not None else None,
+            resumed_at=(resumed_at or started_at) if resume is not None else None,
+            metadata=metadata,
+        )
         self.publish(WorkflowStepStart, body)
 
     def emit_settled(self, chunk_id: str, result: StepResult, call_id: str | None) -> None:
@@ -449,11 +451,7 @@ class Level:
             resume_payload=to_jsonable(result.resume_payload),
             resumed_at=result.resumed_at,
             step_call_id=call_id,
-            metadata=result.metadata
-            if result.metadata
-            and "nested" not in result.metadata
-            and "foreach" not in result.metadata
-            else None,
+            metadata=public_metadata(result.metadata) if result.metadata else None,
         )
         self.publish(WorkflowStepResult, body)
 
@@ -588,7 +586,7 @@ class Level:
         Concurrent branches are announced one after the other before any of them runs, so
         the log lists their starts in graph order whatever order trio runs them in.
         """
-        announced = Announced(self.execution.next_call_id(), now_ms())
+        announced = Announced(self.execution.next_call_id(), *_start_times(resume))
         if emit and self.emits:
             stored = resume.stored if resume is not None else None
             if (
@@ -597,18 +595,14 @@ class Level:
                 and (not isinstance(node, Workflow) or nested_header(stored) is not None)
             ):
                 value = stored["payload"]
-            metadata = (
-                {"iteration_count": iteration}
-                if iteration and not isinstance(node, Workflow)
-                else None
-            )
             self.emit_start(
                 chunk_id,
                 call_id=announced.call_id,
                 payload=value,
                 started_at=announced.started_at,
                 resume=resume,
-                metadata=metadata,
+                resumed_at=announced.resumed_at,
+                metadata={ITERATION_COUNT: iteration} if iteration else None,
             )
         return announced
 
@@ -628,6 +622,9 @@ class Level:
         """Run one node. When it is interrupted by cancellation, its ``canceled`` result is
         recorded at this level (``record``; foreach iterations are recorded by their
         container) before ``trio.Cancelled`` propagates."""
+        if announced is None:
+            # Here, not in run_step/run_nested: an interrupted node's result keeps its start.
+            announced = self.announce(node, value, resume, chunk_id, emit=emit, iteration=iteration)
         try:
             with self.execution.span("workflow_step", "workflow step: '{}'", chunk_id) as span:
                 run = await self._run_node(
@@ -654,10 +651,7 @@ class Level:
             if record:
                 # A nested workflow's progress record stays: a restart continues it.
                 prior = self.execution.stored.get(self.key_prefix + node.id)
-                metadata = (prior or {}).get("metadata") if nested_header(prior) else None
-                canceled = StepResult(
-                    status=_S.CANCELED, payload=value, ended_at=now_ms(), metadata=metadata
-                )
+                canceled = _canceled_result(value, announced, resume, prior, iteration)
                 self.settle(node.id, StepRun(result=canceled), [])
             raise
 
@@ -709,8 +703,7 @@ class Level:
             announced = self.announce(node, value, resume, chunk_id, emit=emit, iteration=iteration)
         emit = emit and self.emits
         call_id = announced.call_id
-        started_at = announced.started_at
-        metadata = {"iteration_count": iteration} if iteration else None
+        metadata = {ITERATION_COUNT: iteration} if iteration else None
         resume_data = None
         suspend_data = None
         if resume is not None:
@@ -721,10 +714,10 @@ class Level:
             resume_data = resume.data
         base: dict[str, Any] = {
             "payload": value,
-            "started_at": started_at,
+            "started_at": announced.started_at,
             "metadata": metadata,
             "resume_payload": resume_data if resume is not None else None,
-            "resumed_at": started_at if resume is not None else None,
+            "resumed_at": announced.resumed_at,
         }
 
         def settle(result: StepResult, run: StepRun | None = None) -> StepRun:
@@ -861,7 +854,7 @@ class Level:
             "payload": value,
             "started_at": started_at,
             "resume_payload": resume.data if resume is not None and header is not None else None,
-            "resumed_at": started_at if resume is not None and header is not None else None,
+            "resumed_at": announced.resumed_at if header is not None else None,
         }
 
         def finish(result: StepResult, run: StepRun) -> StepRun:
@@ -930,7 +923,7 @@ class Level:
                 # entry and a restart continues it.
                 metadata: dict[str, Any] = {"nested": sub.header()}
                 if iteration:
-                    metadata["iteration_count"] = iteration
+                    metadata[ITERATION_COUNT] = iteration
                 return {
                     "status": "running",
                     "payload": payload_json,
@@ -962,7 +955,7 @@ class Level:
         ended_at = now_ms()
         metadata: dict[str, Any] = {"nested": sub.header()}
         if iteration:
-            metadata["iteration_count"] = iteration
+            metadata[ITERATION_COUNT] = iteration
         if outcome.status in (_S.SUCCESS, _S.SUSPENDED):
             self.apply_state(sub.state, None)
         if outcome.status is _S.SUCCESS:
@@ -1031,6 +1024,8 @@ class Level:
 
         async def branch(b: int, resume: NodeResume | None, announced: Announced | None) -> None:
             node = nodes[b]
+            if announced is None:
+                announced = self.announce(node, value, resume, self.chunk_id(node.id))
             with trio.CancelScope() as scope:
                 scopes[b] = scope
                 run = await self.run_node(
@@ -1051,7 +1046,12 @@ class Level:
                             if other != b:
                                 other_scope.cancel(reason=f"fail_fast: {node.id} failed")
             if scope.cancelled_caught:
-                canceled = StepResult(status=_S.CANCELED, payload=value, ended_at=now_ms())
+                canceled = StepResult(
+                    status=_S.CANCELED,
+                    payload=value,
+                    started_at=announced.started_at,
+                    ended_at=now_ms(),
+                )
                 runs[b] = StepRun(result=canceled)
                 self.settle(node.id, runs[b], [idx, b])
 
@@ -1176,7 +1176,9 @@ class Level:
         resume = self.node_resume(node.id, target)
         previous = self.results.get(node.id)
         if (resume is not None or restart) and previous is not None:
-            iteration = int((previous.metadata or {}).get("iteration_count") or 1)
+            meta = previous.metadata or {}
+            # Runs stored before the count was named iterationCount spell it iteration_count.
+            iteration = int(meta.get(ITERATION_COUNT) or meta.get(OLD_ITERATION_COUNT) or 1)
             if previous.payload is not None:
                 value = previous.payload
             if restart and resume is None:
@@ -1186,14 +1188,14 @@ class Level:
                 node, value, resume=resume, chunk_id=self.chunk_id(node.id), iteration=iteration
             )
             resume = None
-            if not (run.result.metadata or {}).get("iteration_count"):
+            if not (run.result.metadata or {}).get(ITERATION_COUNT):
                 # Nested workflows record no iteration: the loop needs it to continue
                 # counting across a resume.
                 run = attrs.evolve(
                     run,
                     result=attrs.evolve(
                         run.result,
-                        metadata={**(run.result.metadata or {}), "iteration_count": iteration},
+                        metadata={**(run.result.metadata or {}), ITERATION_COUNT: iteration},
                     ),
                 )
             self.settle(node.id, run, [idx])
@@ -1240,7 +1242,7 @@ class Level:
         )
         if stored is not None and "payload" in stored:
             value = stored["payload"]
-        started_at = now_ms()
+        started_at, resumed_at = _start_times(resume, stored)
         if not isinstance(value, list):
             error = TypeError(f"foreach expects a list, got {_type_name(value)}")
             result = StepResult(
@@ -1333,7 +1335,8 @@ class Level:
                 call_id=None,
                 payload=items,
                 started_at=started_at,
-                resume=resume if resume is not None else None,
+                resume=resume,
+                resumed_at=resumed_at,
             )
         completed = 0
         stop = False
@@ -1498,7 +1501,7 @@ class Level:
             "started_at": started_at,
             "metadata": metadata,
             "resume_payload": resume.data if resume is not None else None,
-            "resumed_at": started_at if resume is not None else None,
+            "resumed_at": resumed_at,
         }
         if first_failure is not None:
             failed_result = runs[first_failure].result
@@ -1561,9 +1564,11 @@ class Level:
         chunk_id = self.chunk_id(entry.id)
         emit = self.emits
         started_at = now_ms()
+        # Mastra 1.71's map chunks carry a stepCallId (its sleep chunks do not).
+        call_id = self.execution.next_call_id()
         if emit:
             self.emit_start(
-                chunk_id, call_id=None, payload=value, started_at=started_at, resume=None
+                chunk_id, call_id=call_id, payload=value, started_at=started_at, resume=None
             )
         try:
             if entry.fn is not None:
@@ -1576,12 +1581,12 @@ class Level:
             if not_json is not None:
                 raise not_json
         except trio.Cancelled:
-            self._settle_canceled(idx, entry.id, chunk_id, value, started_at)
+            self._settle_canceled(idx, entry.id, chunk_id, value, started_at, call_id)
             raise
         except BaseException as exc:
             if is_fatal(exc):
                 if is_cancellation(exc):
-                    self._settle_canceled(idx, entry.id, chunk_id, value, started_at)
+                    self._settle_canceled(idx, entry.id, chunk_id, value, started_at, call_id)
                 raise
             result = StepResult(
                 status=_S.FAILED, payload=value, error=exc, started_at=started_at, ended_at=now_ms()
@@ -1595,20 +1600,26 @@ class Level:
                 ended_at=now_ms(),
             )
         if emit:
-            self.emit_settled(chunk_id, result, None)
+            self.emit_settled(chunk_id, result, call_id)
         run = StepRun(result=result)
         self.settle(entry.id, run, [idx])
         return outcome_of(run)
 
     def _settle_canceled(
-        self, idx: int, entry_id: str, chunk_id: str, value: Any, started_at: int
+        self,
+        idx: int,
+        entry_id: str,
+        chunk_id: str,
+        value: Any,
+        started_at: int,
+        call_id: str | None = None,
     ) -> None:
         """A map or sleep entry interrupted by cancellation: its ``canceled`` result."""
         canceled = StepResult(
             status=_S.CANCELED, payload=value, started_at=started_at, ended_at=now_ms()
         )
         if self.emits:
-            self.emit_settled(chunk_id, canceled, None)
+            self.emit_settled(chunk_id, canceled, call_id)
         self.settle(entry_id, StepRun(result=canceled), [idx])
 
     async def run_sleep(self, idx: int, entry: SleepEntry, value: Any) -> Outcome:
@@ -1669,6 +1680,44 @@ class Level:
         ):
             raise ValueError(f"sleep needs a finite number of seconds >= 0, got {seconds!r}")
         return float(seconds)
+
+
+def _start_times(
+    resume: NodeResume | None, stored: dict[str, Any] | None = None
+) -> tuple[int, int | None]:
+    """``(started_at, resumed_at)`` of a node starting now: a resumed node keeps the start
+    time of its first execution (Mastra 1.71 reports both), and is resumed now."""
+    now = now_ms()
+    if resume is None:
+        return now, None
+    source = stored if stored is not None else resume.stored
+    first = (source or {}).get("started_at")
+    return (first if isinstance(first, int) else now), now
+
+
+def _canceled_result(
+    value: Any,
+    announced: Announced,
+    resume: NodeResume | None,
+    prior: dict[str, Any] | None,
+    iteration: int,
+) -> StepResult:
+    """The result of a node interrupted by cancellation: its start (and resume) as its
+    ``workflow-step-result`` chunk reports them. A nested workflow's progress record stays
+    (its metadata): a restart continues it."""
+    if nested_header(prior):
+        metadata = (prior or {}).get("metadata")
+    else:
+        metadata = {ITERATION_COUNT: iteration} if iteration else None
+    return StepResult(
+        status=_S.CANCELED,
+        payload=value,
+        started_at=announced.started_at,
+        ended_at=now_ms(),
+        resume_payload=resume.data if resume is not None else None,
+        resumed_at=announced.resumed_at,
+        metadata=metadata,
+    )
 
 
 class _Label:
@@ -2174,7 +2223,7 @@ class Execution:
             status=status,
             result=outcome.output if status is RunStatus.SUCCESS else None,
             error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
-            steps=dict(root.results),
+            steps={k: public_step_result(v) for k, v in root.results.items()},
             input=root.input,
             state=root.state,
             suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],
@@ -2216,6 +2265,9 @@ class Execution:
                     usage=self.usage,
                     metadata=metadata,
                     tripwire=outcome.tripwire,
+                    final_workflow_result=to_jsonable(outcome.output)
+                    if status is RunStatus.SUCCESS
+                    else None,
                 ),
             )
         )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._broadcast import EventLog
-from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult
+from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
 from ._core._resume import full_suspended_paths
 from ._core._status import RunStatus, is_terminal
 from ._engine import SHIELDED_WRITE_GRACE, call_maybe_async, load_step_result, now_ms
@@ -113,7 +113,7 @@ class RunHub:
 def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
     """The WorkflowResult a stored run describes (errors as SerializedError)."""
     steps = {
-        key: load_step_result(value)
+        key: public_step_result(load_step_result(value))
         for key, value in snapshot.steps.items()
         if "." not in key and "[" not in key and not key.startswith("@")
     }

@@ -85,6 +85,39 @@ class StepResult:
     metadata: dict[str, Any] | None = None
 
 
+#: The key of a loop body's iteration in ``StepResult.metadata`` (engine metadata is named
+#: in camelCase, as Mastra names it on the wire and in results).
+ITERATION_COUNT = "iterationCount"
+#: How runs stored before trioflow named it that way spell it.
+OLD_ITERATION_COUNT = "iteration_count"
+#: Keys of a stored step result's metadata that are the engine's own bookkeeping (foreach
+#: outcomes, a nested workflow's position): resume and restart read them from the stored
+#: run; they never appear in chunks or in public results.
+BOOKKEEPING_KEYS = frozenset({"foreach", "nested"})
+
+
+def public_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A step result's metadata as users see it: no bookkeeping, the loop count as
+    ``iterationCount`` (also for runs stored with ``iteration_count``); None when empty."""
+    if not metadata:
+        return None
+    out = {
+        (ITERATION_COUNT if key == OLD_ITERATION_COUNT else key): value
+        for key, value in metadata.items()
+        if key not in BOOKKEEPING_KEYS
+    }
+    return out or None
+
+
+def public_step_result(result: StepResult) -> StepResult:
+    """``result`` without the engine's bookkeeping in its metadata."""
+    metadata = result.metadata
+    if not metadata:
+        return result
+    public = public_metadata(metadata)
+    return result if public == metadata else attrs.evolve(result, metadata=public)
+
+
 @attrs.frozen(kw_only=True)
 class WorkflowResult:
     """The outcome of one execution of a run (start, resume, restart)."""
