@@ -194,7 +194,6 @@ OVERSIZED_MODULES = {
     "trioflow/bridge/_client.py": "split by the browser issue",
     "trioflow/cli/_app.py": "a module per group of commands (issue 15 part 5, CLI session)",
     "trioflow/storage/sqlite.py": "split with storage schema v2 (issue 15 part 4)",
-    "trioflow/storage/postgres.py": "being split",
     "trioflow/testing/_reference.py": "being split",
 }
 

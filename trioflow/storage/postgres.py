@@ -53,198 +53,64 @@ at the caller's next checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import attrs
 import trio
 
 from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import LeaseLostError, StorageError
-from .._serde import snapshot_to_json, to_wire
-from ._json import chunk_from_row, dumps_strict, loads_strict, snapshot_from_row
+from .._serde import snapshot_to_json
+from ._json import chunk_from_row, dumps_strict, snapshot_from_row
+from ._pg_listen import Notifications
+from ._pg_pool import ConnectionPool
+from ._pg_schema import MIGRATIONS, SCHEMA_VERSION
+from ._pg_sql import (
+    APPEND_SQL,
+    CANCEL_CHANNEL,
+    EVENTS_CHANNEL,
+    EXECUTING,
+    MAX_RETRY_DELAY,
+    QUEUE_CHANNEL,
+    SAVE_SQL,
+    ClaimedRun,
+    allowed_statuses,
+    check_consecutive,
+    claim_rows,
+    claimed_run,
+    dump_chunk,
+    explain_refused_append,
+    explain_refused_save,
+    insert_run,
+    record_failed,
+    redacted_dsn,
+    release_all,
+    release_one,
+    renew,
+)
 from ._sql import list_runs_query, run_infos
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["LeaseLostError", "MIGRATIONS", "SCHEMA_VERSION", "ClaimedRun", "PostgresStorage"]
+__all__ = [
+    "LeaseLostError",
+    "MAX_RETRY_DELAY",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "ClaimedRun",
+    "PostgresStorage",
+    "redacted_dsn",
+]
 
 T = TypeVar("T")
 logger = logging.getLogger("trioflow.postgres")
-
-APPLICATION_MARKER: Final = "trioflow"
-#: Statuses of a run that is executing somewhere: they hold a lease.
-EXECUTING: Final = frozenset({RunStatus.RUNNING.value, RunStatus.WAITING.value})
-#: The longest wait between two attempts of a run whose executions die of errors.
-MAX_RETRY_DELAY: Final = 300.0
-EVENTS_CHANNEL: Final = "trioflow_events"
-CANCEL_CHANNEL: Final = "trioflow_cancel"
-QUEUE_CHANNEL: Final = "trioflow_queue"
-
-
-@attrs.frozen(kw_only=True)
-class ClaimedRun:
-    """A runnable run a worker claimed (its lease is held by this storage)."""
-
-    snapshot: RunSnapshot
-    queued: bool
-    fencing_token: int
-    #: Executions of the run that died of an error so far (stored, across processes).
-    attempts: int = 0
-    #: The error the last of them died of (a serialized error as JSON), if any.
-    last_error: Any = None
-
-
-# --- schema and migrations ----------------------------------------------------------------
-
-
-def _migrate_to_1(cur: psycopg.Cursor[Any]) -> None:
-    cur.execute(
-        """
-        CREATE TABLE trioflow_runs (
-            run_id text PRIMARY KEY,
-            workflow_id text NOT NULL,
-            resource_id text,
-            status text NOT NULL,
-            created_at bigint NOT NULL,
-            updated_at bigint NOT NULL,
-            ord bigint GENERATED ALWAYS AS IDENTITY,
-            last_seq bigint NOT NULL DEFAULT 0,
-            queued boolean NOT NULL DEFAULT false,
-            lease_owner text,
-            lease_expires_at timestamptz,
-            fencing_token bigint NOT NULL DEFAULT 0,
-            snapshot text NOT NULL
-        )
-        """
-    )
-    cur.execute("CREATE INDEX trioflow_runs_by_created ON trioflow_runs (created_at, ord)")
-    cur.execute(
-        "CREATE INDEX trioflow_runs_by_workflow ON trioflow_runs (workflow_id, created_at, ord)"
-    )
-    cur.execute("CREATE INDEX trioflow_runs_by_status ON trioflow_runs (status, created_at, ord)")
-    cur.execute(
-        "CREATE INDEX trioflow_runs_by_resource ON trioflow_runs (resource_id, created_at, ord)"
-    )
-    # Workers look for runnable runs: queued pending ones and executing ones whose lease
-    # lapsed. Partial, so finished runs cost the index nothing.
-    cur.execute(
-        "CREATE INDEX trioflow_runs_runnable ON trioflow_runs (updated_at) "
-        "WHERE status IN ('pending', 'running', 'waiting')"
-    )
-    cur.execute(
-        """
-        CREATE TABLE trioflow_events (
-            run_id text NOT NULL,
-            seq bigint NOT NULL,
-            chunk text NOT NULL,
-            PRIMARY KEY (run_id, seq)
-        )
-        """
-    )
-
-
-def _migrate_to_2(cur: psycopg.Cursor[Any]) -> None:
-    # Executions of a run that died of an error (a storage error, an engine bug), counted
-    # across processes: a poisoned run is retried after ``retry_at``, and failed after
-    # ``max_attempts`` (see PostgresStorage.record_failed_attempt).
-    cur.execute(
-        "ALTER TABLE trioflow_runs ADD COLUMN attempts integer NOT NULL DEFAULT 0, "
-        "ADD COLUMN retry_at timestamptz, ADD COLUMN last_error text"
-    )
-
-
-#: ``MIGRATIONS[k]`` brings the schema from version ``k`` to ``k + 1`` (0 = no tables).
-MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [_migrate_to_1, _migrate_to_2]
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-#: Serialises initialisation and migration across processes (pg_advisory_xact_lock key).
-_MIGRATION_LOCK: Final = 0x74666C77
-
-
-def _migrate(conn: psycopg.Connection[Any], where: str) -> None:
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        cur.execute("SELECT to_regclass('trioflow_meta') IS NOT NULL")
-        row = cur.fetchone()
-        has_meta = bool(row and row[0])
-        version = 0
-        if has_meta:
-            cur.execute("SELECT key, value FROM trioflow_meta")
-            meta = dict(cur.fetchall())
-            if meta.get("application_id") != APPLICATION_MARKER:
-                raise StorageError(
-                    f"{where}: table trioflow_meta belongs to another application; "
-                    "the database was left untouched"
-                )
-            try:
-                version = int(meta["schema_version"])
-            except (KeyError, ValueError):
-                raise StorageError(
-                    f"{where}: trioflow_meta has no valid schema_version "
-                    f"({meta.get('schema_version')!r}); the database was left untouched"
-                ) from None
-            if version > len(MIGRATIONS):
-                raise StorageError(
-                    f"{where} has trioflow schema version {version}, newer than the "
-                    f"versions this trioflow knows (up to {len(MIGRATIONS)}); upgrade "
-                    "trioflow to use it. The database was left untouched"
-                )
-        else:
-            cur.execute("SELECT to_regclass('trioflow_runs') IS NOT NULL")
-            found = cur.fetchone()
-            if found and found[0]:
-                raise StorageError(
-                    f"{where}: a table trioflow_runs exists without trioflow_meta (another "
-                    "application's?); the database was left untouched"
-                )
-            cur.execute("CREATE TABLE trioflow_meta (key text PRIMARY KEY, value text NOT NULL)")
-            cur.execute(
-                "INSERT INTO trioflow_meta VALUES ('application_id', %s), ('schema_version', '0')",
-                (APPLICATION_MARKER,),
-            )
-        for step in MIGRATIONS[version:]:
-            step(cur)
-        if version < len(MIGRATIONS):
-            cur.execute(
-                "UPDATE trioflow_meta SET value = %s WHERE key = 'schema_version'",
-                (str(len(MIGRATIONS)),),
-            )
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def _dump_chunk(chunk: Chunk) -> str:
-    return dumps_strict(to_wire(chunk), f"event seq {chunk.seq} of run {chunk.run_id!r}")
-
-
-def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> list[str] | None:
-    if expected is None:
-        return None
-    if isinstance(expected, str):
-        return [RunStatus(expected).value]
-    return [RunStatus(s).value for s in expected]
-
-
-def redacted_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-        params = conninfo_to_dict(dsn)
-    except Exception:
-        return "<unparsable dsn>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo("", **params)
 
 
 class PostgresStorage:
@@ -280,25 +146,20 @@ class PostgresStorage:
             raise ValueError(f"lease_ttl must be seconds between 0.1 and 86400, got {lease_ttl!r}")
         self._dsn = dsn
         self._where = f"PostgreSQL {redacted_dsn(dsn)}"
-        self._pool_size = pool_size
         self.lease_ttl = float(lease_ttl)
-        self._connect_timeout = connect_timeout
         #: Names this storage as a lease owner (host, pid and a random part).
         self.owner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._slots = trio.Semaphore(pool_size)
-        self._opened = False
-        self._open_lock = trio.Lock()
-        self._closed = False
+        self._pool = ConnectionPool(
+            dsn, where=self._where, size=pool_size, connect_timeout=connect_timeout
+        )
         #: run_id -> the fencing token of the lease this storage holds on it.
         self._fences: dict[str, int] = {}
         #: run_id -> the token of a lease this storage lost while executing the run: every
         #: write for the run raises LeaseLostError until :meth:`forget_lost_lease`.
         self._lost: dict[str, int] = {}
-        #: run_id -> trio Events to set at the next notification about that run.
-        self._event_waiters: dict[str, set[trio.Event]] = {}
-        self._queue_waiters: set[trio.Event] = set()
-        self._cancel_handlers: list[Callable[[str, str], None]] = []
+        self._notes = Notifications(
+            where=self._where, connect=self._pool.connect, holds=self._fences.__contains__
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStorage({redacted_dsn(self._dsn)!r})"
@@ -308,98 +169,24 @@ class PostgresStorage:
         """Ids of the runs whose lease this storage holds."""
         return frozenset(self._fences)
 
-    # --- connections ----------------------------------------------------------------------
-
-    def _connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-        import psycopg
-
-        try:
-            return psycopg.connect(
-                self._dsn,
-                autocommit=autocommit,
-                connect_timeout=max(1, math.ceil(self._connect_timeout)),
-                application_name="trioflow",
-            )
-        except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to {self._where}: {exc}") from exc
-
-    def _run_job(self, fn: Callable[[psycopg.Connection[Any]], T], *, write: bool) -> T:
-        # On a worker thread: borrow an idle connection (or open one) and run the job.
-        import psycopg
-
-        try:
-            conn = self._idle.pop()
-        except IndexError:
-            conn = self._connect()
-        try:
-            if write:
-                with conn.transaction():
-                    return fn(conn)
-            return fn(conn)
-        except psycopg.Error as exc:
-            raise StorageError(f"{self._where}: {exc}") from exc
-        finally:
-            # A connection that failed stays out of the pool; the next job opens another.
-            if conn.closed or conn.broken:
-                conn.close()
-            else:
-                self._idle.append(conn)
+    # --- connections -----------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[psycopg.Connection[Any]], T], *, write: bool) -> T:
-        self._check_open()
-        if not self._opened:
-            await self.open()
-        async with self._slots:
-            return await trio.to_thread.run_sync(lambda: self._run_job(fn, write=write))
+        return await self._pool.call(fn, write=write)
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("this PostgresStorage is closed")
+        self._pool.check_open()
 
     async def open(self) -> None:
         """Connect and create or migrate the tables now, rather than at the first call.
         StorageError when the database cannot be used (unreachable, or tables of an
         unknown or newer schema: then nothing is changed)."""
-        self._check_open()
-        async with self._open_lock:
-            if self._opened:
-                return
-
-            def setup() -> None:
-                conn = self._connect()
-                try:
-                    _migrate(conn, self._where)
-                except Exception:
-                    conn.close()
-                    raise
-                self._idle.append(conn)
-
-            async with self._slots:
-                try:
-                    await trio.to_thread.run_sync(setup)
-                except StorageError:
-                    raise
-                except Exception as exc:
-                    raise StorageError(f"cannot open {self._where}: {exc}") from exc
-            self._opened = True
+        await self._pool.open()
 
     async def aclose(self) -> None:
         """Close every connection. Idempotent; leases still held are left to expire
         (``open_runtime`` releases them first when it closes)."""
-        await trio.lowlevel.checkpoint()
-        if self._closed:
-            return
-        self._closed = True
-        with trio.CancelScope(shield=True):
-            for _ in range(self._pool_size):
-                await self._slots.acquire()
-            idle, self._idle = self._idle, []
-
-            def close_all() -> None:
-                for conn in idle:
-                    conn.close()
-
-            await trio.to_thread.run_sync(close_all)
+        await self._pool.aclose()
 
     async def __aenter__(self) -> PostgresStorage:
         await self.open()
@@ -432,18 +219,10 @@ class PostgresStorage:
             queued,
         )
 
-        def job(conn: psycopg.Connection[Any]) -> bool:
-            cur = conn.execute(
-                "INSERT INTO trioflow_runs (run_id, workflow_id, resource_id, status, "
-                "created_at, updated_at, snapshot, queued) VALUES (%s, %s, %s, %s, %s, %s, "
-                "%s, %s) ON CONFLICT (run_id) DO NOTHING",
-                params,
-            )
-            if cur.rowcount == 1 and queued:
-                conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, snapshot.run_id))
-            return cur.rowcount == 1
-
-        return await self._call(job, write=True)
+        return await self._call(
+            lambda conn: insert_run(conn, params, queued=queued, run_id=snapshot.run_id),
+            write=True,
+        )
 
     async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
         """The stored snapshot, or None."""
@@ -477,15 +256,15 @@ class PostgresStorage:
         run_id = snapshot.run_id
         self._check_not_lost(run_id)
         status = RunStatus(snapshot.status).value
-        allowed = _allowed(expected_status)
+        allowed = allowed_statuses(expected_status)
         data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {run_id!r}")
         seqs = [chunk.seq for chunk in events]
-        texts = [_dump_chunk(chunk) for chunk in events]
+        texts = [dump_chunk(chunk) for chunk in events]
         fence = self._fences.get(run_id)
         executing = status in EXECUTING
         claim = fence is None and executing
 
-        _check_consecutive(run_id, seqs)
+        check_consecutive(run_id, seqs)
         params = {
             "run": run_id,
             "status": status,
@@ -511,28 +290,12 @@ class PostgresStorage:
             # the lease bookkeeping, the events and the notifications. The conditions sit
             # in the UPDATE's WHERE, so PostgreSQL re-checks them against the newest row
             # version when writers race.
-            row = conn.execute(_SAVE_SQL, params).fetchone()
+            row = conn.execute(SAVE_SQL, params).fetchone()
             assert row is not None
             if row[0]:
                 return True, int(row[1]) if claim else None
-            # Nothing was written: say why.
-            found = conn.execute(
-                "SELECT status, last_seq, fencing_token FROM trioflow_runs WHERE run_id = %s",
-                (run_id,),
-            ).fetchone()
-            if found is None:
-                return False, None
-            stored_status, last_seq, token = found
-            if fence is not None and token != fence:
-                raise LeaseLostError(
-                    f"run {run_id}: this process's lease was lost (fencing token "
-                    f"{fence}, now {token}); another process continues the run"
-                )
-            if allowed is not None and stored_status not in allowed:
-                return False, None
-            if seqs and seqs[0] != last_seq + 1:
-                raise ValueError(f"run {run_id}: event seq {seqs[0]} does not follow {last_seq}")
-            return False, None  # a claim refused: another process holds a live lease
+            explain_refused_save(conn, run_id, fence=fence, allowed=allowed, seqs=seqs)
+            return False, None
 
         try:
             written, new_token = await self._call(job, write=False)
@@ -557,8 +320,8 @@ class PostgresStorage:
             return
         self._check_not_lost(run_id)
         seqs = [chunk.seq for chunk in events]
-        texts = [_dump_chunk(chunk) for chunk in events]
-        _check_consecutive(run_id, seqs)
+        texts = [dump_chunk(chunk) for chunk in events]
+        check_consecutive(run_id, seqs)
         fence = self._fences.get(run_id)
 
         params = {
@@ -572,20 +335,10 @@ class PostgresStorage:
         }
 
         def job(conn: psycopg.Connection[Any]) -> None:
-            row = conn.execute(_APPEND_SQL, params).fetchone()
+            row = conn.execute(APPEND_SQL, params).fetchone()
             if row is not None and row[0]:
                 return
-            found = conn.execute(
-                "SELECT last_seq, fencing_token FROM trioflow_runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
-            if found is None:
-                return
-            if fence is not None and found[1] != fence:
-                raise LeaseLostError(
-                    f"run {run_id}: this process's lease was lost; another process "
-                    "continues the run"
-                )
-            raise ValueError(f"run {run_id}: event seq {seqs[0]} does not follow {found[0]}")
+            explain_refused_append(conn, run_id, fence=fence, seqs=seqs)
 
         try:
             await self._call(job, write=False)
@@ -696,57 +449,16 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return []
 
-        def job(
-            conn: psycopg.Connection[Any],
-        ) -> list[tuple[str, str, bool, int, int, str | None]]:
-            return [
-                (str(run), str(snap), bool(queued), int(token), int(attempts), error)
-                for run, snap, queued, token, attempts, error in conn.execute(
-                    """
-                    WITH candidates AS (
-                        SELECT run_id FROM trioflow_runs
-                        WHERE workflow_id = ANY(%s)
-                          AND status IN ('pending', 'running', 'waiting')
-                          AND ((status = 'pending' AND queued
-                                AND (lease_owner IS NULL OR lease_expires_at < now()))
-                               OR (status <> 'pending' AND (lease_expires_at IS NULL
-                                                            OR lease_expires_at < now())))
-                          AND (retry_at IS NULL OR retry_at <= now())
-                        ORDER BY updated_at
-                        LIMIT %s
-                        FOR UPDATE SKIP LOCKED
-                    )
-                    UPDATE trioflow_runs AS r
-                    SET lease_owner = %s,
-                        lease_expires_at = now() + make_interval(secs => %s),
-                        fencing_token = r.fencing_token + 1
-                    FROM candidates c WHERE r.run_id = c.run_id
-                    RETURNING r.run_id, r.snapshot, r.queued, r.fencing_token, r.attempts,
-                              r.last_error
-                    """,
-                    (ids, limit, self.owner_id, self.lease_ttl),
-                ).fetchall()
-            ]
-
-        rows = await self._call(job, write=True)
+        rows = await self._call(
+            lambda conn: claim_rows(conn, ids, limit, owner=self.owner_id, ttl=self.lease_ttl),
+            write=True,
+        )
         claimed = []
-        for run_id, text, queued, token, attempts, error in rows:
-            snapshot = snapshot_from_row(text, self._where, run_id)
-            self._fences[snapshot.run_id] = token
-            self._lost.pop(snapshot.run_id, None)
-            claimed.append(
-                ClaimedRun(
-                    snapshot=snapshot,
-                    queued=queued,
-                    fencing_token=token,
-                    attempts=attempts,
-                    last_error=(
-                        loads_strict(error, f"{self._where}: the last error of run {run_id!r}")
-                        if error is not None
-                        else None
-                    ),
-                )
-            )
+        for row in rows:
+            run = claimed_run(row, self._where)
+            self._fences[run.snapshot.run_id] = run.fencing_token
+            self._lost.pop(run.snapshot.run_id, None)
+            claimed.append(run)
         return claimed
 
     async def record_failed_attempt(self, run_id: str, error: Any, *, retry_delay: float) -> int:
@@ -761,18 +473,10 @@ class PostgresStorage:
             return 0
         text = dumps_strict(error, f"the error of run {run_id!r}")
 
-        def job(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(
-                "UPDATE trioflow_runs SET attempts = attempts + 1, last_error = %s, "
-                "retry_at = now() + make_interval(secs => "
-                "least(%s * power(2, attempts)::float8, %s)), "
-                "lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE run_id = %s AND fencing_token = %s RETURNING attempts",
-                (text, retry_delay, MAX_RETRY_DELAY, run_id, fence),
-            ).fetchone()
-            return int(row[0]) if row is not None else 0
-
-        return await self._call(job, write=True)
+        return await self._call(
+            lambda conn: record_failed(conn, run_id, fence, text=text, retry_delay=retry_delay),
+            write=True,
+        )
 
     def _mark_lost(self, run_id: str, token: int) -> None:
         """The lease with ``token`` on the run is gone: refuse every later write for it
@@ -800,36 +504,18 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return
 
-        def job(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
-                "UPDATE trioflow_runs SET lease_owner = NULL, lease_expires_at = NULL, "
-                "queued = queued AND NOT %s WHERE run_id = %s AND fencing_token = %s",
-                (unqueue, run_id, fence),
-            )
-            # Idle workers take the run over now rather than at their next poll.
-            conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, run_id))
-
-        await self._call(job, write=True)
+        await self._call(lambda conn: release_one(conn, run_id, fence, unqueue=unqueue), write=True)
 
     async def release_leases(self) -> None:
         """Give up every lease this storage holds (a runtime closing: its runs are left
         for other workers at once, rather than when their leases expire)."""
         held = dict(self._fences)
         self._fences.clear()
-        if not held or self._closed:
+        if not held or self._pool.closed:
             await trio.lowlevel.checkpoint()
             return
 
-        def job(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
-                "UPDATE trioflow_runs AS r SET lease_owner = NULL, lease_expires_at = NULL "
-                "FROM unnest(%s::text[], %s::bigint[]) AS h(run_id, token) "
-                "WHERE r.run_id = h.run_id AND r.fencing_token = h.token",
-                (list(held), list(held.values())),
-            )
-            conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
-
-        await self._call(job, write=True)
+        await self._call(lambda conn: release_all(conn, held), write=True)
 
     async def renew_leases(self) -> dict[str, str]:
         """Extend every lease this storage holds by ``lease_ttl``. Returns the runs this
@@ -839,20 +525,9 @@ class PostgresStorage:
             await trio.lowlevel.checkpoint()
             return {}
 
-        def job(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-            return [
-                (str(run), str(stat))
-                for run, stat in conn.execute(
-                    "UPDATE trioflow_runs AS r "
-                    "SET lease_expires_at = now() + make_interval(secs => %s) "
-                    "FROM unnest(%s::text[], %s::bigint[]) AS h(run_id, token) "
-                    "WHERE r.run_id = h.run_id AND r.fencing_token = h.token "
-                    "RETURNING r.run_id, r.status",
-                    (self.lease_ttl, list(held), list(held.values())),
-                ).fetchall()
-            ]
-
-        kept = dict(await self._call(job, write=True))
+        kept = dict(
+            await self._call(lambda conn: renew(conn, held, ttl=self.lease_ttl), write=True)
+        )
         lost: dict[str, str] = {}
         for run_id, token in held.items():
             if run_id not in kept:
@@ -867,42 +542,11 @@ class PostgresStorage:
     def watch_events(self, run_id: str, event: trio.Event) -> Callable[[], None]:
         """Set ``event`` at the next notification that the run's log grew (while
         :meth:`serve` runs). Returns a function that withdraws the request."""
-        waiters = self._event_waiters.setdefault(run_id, set())
-        waiters.add(event)
-
-        def unwatch() -> None:
-            found = self._event_waiters.get(run_id)
-            if found is not None:
-                found.discard(event)
-                if not found:
-                    del self._event_waiters[run_id]
-
-        return unwatch
+        return self._notes.watch_events(run_id, event)
 
     def watch_queue(self, event: trio.Event) -> Callable[[], None]:
         """Set ``event`` at the next notification that a run was queued."""
-        self._queue_waiters.add(event)
-        return lambda: self._queue_waiters.discard(event)
-
-    def _dispatch(self, channel: str, payload: str) -> None:
-        if channel == EVENTS_CHANNEL:
-            for event in self._event_waiters.pop(payload, ()):
-                event.set()
-        elif channel == QUEUE_CHANNEL:
-            waiters, self._queue_waiters = self._queue_waiters, set()
-            for event in waiters:
-                event.set()
-        elif channel == CANCEL_CHANNEL and payload in self._fences:
-            for handler in list(self._cancel_handlers):
-                handler(payload, "canceled")
-
-    def _wake_everyone(self) -> None:
-        # After losing the listen connection, a notification may have been missed.
-        for waiters in self._event_waiters.values():
-            for event in waiters:
-                event.set()
-        self._event_waiters.clear()
-        self._dispatch(QUEUE_CHANNEL, "")
+        return self._notes.watch_queue(event)
 
     async def serve(
         self,
@@ -918,16 +562,16 @@ class PostgresStorage:
         backoff; meanwhile followers fall back to polling.
         """
         self._check_open()
-        if not self._opened:
+        if not self._pool.opened:
             await self.open()
-        self._cancel_handlers.append(on_stop)
+        self._notes.cancel_handlers.append(on_stop)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen)
+                await nursery.start(self._notes.run)
                 nursery.start_soon(self._keep_leases, on_stop)
                 task_status.started()
         finally:
-            self._cancel_handlers.remove(on_stop)
+            self._notes.cancel_handlers.remove(on_stop)
 
     async def _keep_leases(self, on_stop: Callable[[str, str], None]) -> None:
         while True:
@@ -939,103 +583,3 @@ class PostgresStorage:
                 continue
             for run_id, reason in lost.items():
                 on_stop(run_id, reason)
-
-    async def _listen(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        started = False
-        delay = 0.05
-        while True:
-            conn: psycopg.Connection[Any] | None = None
-            try:
-
-                def listen() -> psycopg.Connection[Any]:
-                    c = self._connect()
-                    for channel in (EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUE_CHANNEL):
-                        c.execute(f"LISTEN {channel}")
-                    return c
-
-                conn = await trio.to_thread.run_sync(listen)
-                if started:
-                    self._wake_everyone()
-                else:
-                    started = True
-                    task_status.started()
-                delay = 0.05
-                pgconn = conn.pgconn
-                while True:
-                    await trio.lowlevel.wait_readable(pgconn.socket)
-                    pgconn.consume_input()
-                    while (note := pgconn.notifies()) is not None:
-                        self._dispatch(note.relname.decode(), note.extra.decode())
-            except Exception as exc:
-                logger.warning("%s: listen connection lost (%s); reconnecting", self._where, exc)
-                if not started:
-                    started = True
-                    task_status.started()
-                self._wake_everyone()
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if conn is not None:
-                    conn.close()
-
-
-_SAVE_SQL: Final = """
-WITH upd AS (
-    UPDATE trioflow_runs SET
-        status = %(status)s,
-        updated_at = %(updated)s,
-        snapshot = %(data)s,
-        last_seq = last_seq + %(nseq)s,
-        queued = queued AND %(status)s = 'pending',
-        lease_owner = CASE WHEN %(claim)s THEN %(me)s
-                           WHEN %(release)s THEN NULL ELSE lease_owner END,
-        lease_expires_at = CASE WHEN %(claim)s THEN now() + make_interval(secs => %(ttl)s)
-                                WHEN %(release)s THEN NULL ELSE lease_expires_at END,
-        fencing_token = fencing_token + CASE WHEN %(claim)s THEN 1 ELSE 0 END,
-        attempts = CASE WHEN %(status)s IN ('running', 'waiting') THEN attempts ELSE 0 END,
-        retry_at = CASE WHEN %(status)s IN ('running', 'waiting') THEN retry_at END
-    WHERE run_id = %(run)s
-      AND (%(allowed)s::text[] IS NULL OR status = ANY(%(allowed)s::text[]))
-      AND (%(fence)s::bigint IS NULL OR fencing_token = %(fence)s::bigint)
-      AND (%(nseq)s = 0 OR last_seq = %(first)s - 1)
-      AND (NOT %(claim)s OR lease_owner IS NULL OR lease_owner = %(me)s
-           OR lease_expires_at < now())
-    RETURNING fencing_token
-), ins AS (
-    INSERT INTO trioflow_events (run_id, seq, chunk)
-    SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
-    WHERE EXISTS (SELECT 1 FROM upd)
-), notified AS (
-    SELECT pg_notify(%(events_channel)s, %(run)s) FROM upd WHERE %(nseq)s > 0
-    UNION ALL
-    SELECT pg_notify(%(cancel_channel)s, %(run)s) FROM upd WHERE %(notify_cancel)s
-)
-SELECT (SELECT count(*) FROM upd) > 0, (SELECT fencing_token FROM upd),
-       (SELECT count(*) FROM notified)
-"""
-
-_APPEND_SQL: Final = """
-WITH upd AS (
-    UPDATE trioflow_runs SET last_seq = %(last)s
-    WHERE run_id = %(run)s AND last_seq = %(first)s - 1
-      AND (%(fence)s::bigint IS NULL OR fencing_token = %(fence)s::bigint)
-    RETURNING 1
-), ins AS (
-    INSERT INTO trioflow_events (run_id, seq, chunk)
-    SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
-    WHERE EXISTS (SELECT 1 FROM upd)
-), notified AS (
-    SELECT pg_notify(%(channel)s, %(run)s) FROM upd
-)
-SELECT (SELECT count(*) FROM upd) > 0, (SELECT count(*) FROM notified)
-"""
-
-
-def _check_consecutive(run_id: str, seqs: list[int]) -> None:
-    for offset, seq in enumerate(seqs):
-        if seq != seqs[0] + offset:
-            raise ValueError(
-                f"run {run_id}: event seq {seq} does not follow {seqs[0] + offset - 1}"
-            )
