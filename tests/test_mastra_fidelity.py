@@ -593,3 +593,20 @@ async def test_resumed_foreach_container_start_matches_mastras(rt: tf.Runtime) -
     assert mine["payload"] == theirs
     original = next(c for c in first_chunks if isinstance(c, tf.WorkflowStepStart))
     assert start.payload.started_at == original.payload.started_at
+
+
+def test_run_methods_take_every_mastra_stream_parameter_we_support() -> None:
+    # Mastra 1.71's stream/resumeStream parameters (tracing.json), in snake_case: ours
+    # has each, tracing_context included. Not supported: outputOptions, and perStep on a
+    # resume.
+    import inspect
+
+    from trioflow._wire import camel
+
+    names = mastra("tracing")["parameterNames"]
+    for ours, theirs, missing in (
+        (tf.Run.stream, "stream", {"outputOptions"}),
+        (tf.Run.resume_stream, "resumeStream", {"outputOptions", "perStep"}),
+    ):
+        accepted = {camel(p) for p in inspect.signature(ours).parameters}
+        assert set(names[theirs]) - accepted == missing, theirs

@@ -847,3 +847,120 @@ async def test_otel_resume_in_a_new_runtime_continues_the_trace(
     spans = exporter.get_finished_spans()
     assert len([s for s in spans if s.name.startswith("workflow run")]) == 2
     assert {s.context.trace_id for s in spans if s.context} == {int(first.trace_id, 16)}
+
+
+# ------------------------------------------------- run-level tracing_context (issue 13 #11)
+# Mastra 1.71's run methods take `tracingContext: {currentSpan}`: the run's root span
+# becomes a child of that span, in its trace (fixtures/mastra_1_71/tracing.json lists the
+# parameter names).
+
+
+def external_parent() -> Span:
+    return Span(
+        trace_id=TRACE_ID,
+        span_id=PARENT_SPAN_ID,
+        parent_span_id=None,
+        name="http request",
+        kind="external",
+        started_at=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "how", ["span", "currentSpan", "current_span", "object"], ids=lambda h: str(h)
+)
+async def test_tracing_context_makes_the_run_a_child_of_the_span(
+    rt: tf.Runtime, tracer: InMemoryTracer, how: str
+) -> None:
+    parent = external_parent()
+    given: Any = {
+        "span": parent,
+        "currentSpan": {"currentSpan": parent},
+        "current_span": {"current_span": parent},
+        "object": type("Ctx", (), {"current_span": parent})(),
+    }[how]
+    wf = tf.create_workflow(id="child").then(inc("a")).commit()
+    run = await wf.create_run()
+    out = await run.stream(input_data=1, tracing_context=given)
+    result = await out.result()
+    root = only_root(tracer)
+    assert root.trace_id == parent.trace_id == result.trace_id == out.trace_id
+    assert root.parent_span_id == parent.span_id
+    step = only(tracer.by_kind("workflow_step"))
+    assert (step.trace_id, step.parent_span_id) == (parent.trace_id, root.span_id)
+
+
+async def test_a_step_starting_a_run_nests_it_under_its_own_span(
+    rt: tf.Runtime, tracer: InMemoryTracer
+) -> None:
+    inner = tf.create_workflow(id="inner").then(inc("x")).commit()
+
+    async def launch(ctx: tf.StepContext) -> Any:
+        run = await inner.create_run()
+        result = await run.start(input_data=1, tracing_context=ctx.tracing_context)
+        return result.result
+
+    outer = tf.create_workflow(id="outer").then(tf.create_step(id="launch", execute=launch))
+    result = await (await outer.commit().create_run()).start(input_data=None)
+    assert result.result == 2
+    outer_root, inner_root = roots(tracer)
+    (launch_span,) = [s for s in tracer.by_kind("workflow_step") if s.name.endswith("'launch'")]
+    assert inner_root.trace_id == outer_root.trace_id
+    assert inner_root.parent_span_id == launch_span.span_id
+
+
+async def test_resume_takes_a_tracing_context_too(rt: tf.Runtime, tracer: InMemoryTracer) -> None:
+    wf = tf.create_workflow(id="gated").then(gate("g")).commit()
+    run = await wf.create_run()
+    parent = external_parent()
+    await run.start(input_data=1, tracing_context=parent)
+    out = await run.resume_stream(resume_data=2, tracing_context={"currentSpan": parent})
+    assert (await out.result()).result == 3
+    first, resumed = roots(tracer)
+    assert resumed.trace_id == first.trace_id == parent.trace_id
+    assert resumed.parent_span_id == parent.span_id
+    assert resumed.metadata["resumed_from_span_id"] == first.span_id
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["00f067aa0ba902b7", {"currentSpan": "00f067aa0ba902b7"}, {"span": None}, 42],
+    ids=["str", "currentSpan-str", "unknown-key", "int"],
+)
+async def test_a_tracing_context_that_is_no_span_is_refused_before_the_run(
+    rt: tf.Runtime, bad: Any
+) -> None:
+    wf = tf.create_workflow(id="w").then(inc("a")).commit()
+    run = await wf.create_run()
+    # (Not Python's "unexpected keyword argument 'tracing_context'".)
+    with pytest.raises(TypeError, match=r"^tracing_context(:| must)"):
+        await run.start(input_data=1, tracing_context=bad)
+    assert (await rt.get_run_state(run.run_id)).status == "pending"
+    # Nothing was claimed: the run still starts.
+    assert (await run.start(input_data=1)).result == 2
+
+
+async def test_a_tracing_context_in_another_trace_than_trace_id_is_refused(
+    rt: tf.Runtime,
+) -> None:
+    wf = tf.create_workflow(id="w").then(inc("a")).commit()
+    run = await wf.create_run()
+    with pytest.raises(ValueError, match="differs from the trace of tracing_context"):
+        await run.stream(
+            input_data=1,
+            tracing_options={"traceId": "ab" * 16},
+            tracing_context=external_parent(),
+        )
+    assert (await rt.get_run_state(run.run_id)).status == "pending"
+
+
+async def test_the_legacy_stream_takes_a_tracing_context(
+    rt: tf.Runtime, tracer: InMemoryTracer
+) -> None:
+    wf = tf.create_workflow(id="w").then(inc("a")).commit()
+    out = await (await wf.create_run()).stream_legacy(
+        input_data=1, tracing_context=external_parent()
+    )
+    assert [e.type async for e in out.stream][-1] == "finish"
+    assert only_root(tracer).parent_span_id == PARENT_SPAN_ID
+    assert out.trace_id == TRACE_ID

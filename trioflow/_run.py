@@ -44,7 +44,13 @@ from ._errors import (
 )
 from ._serde import structure, to_stored_json, to_wire, validate
 from ._workflow import Workflow
-from .tracing import TracingOptions, coerce_tracing_options
+from .tracing import (
+    Span,
+    TracingOptions,
+    coerce_tracing_context,
+    coerce_tracing_options,
+    with_parent_span,
+)
 
 if TYPE_CHECKING:
     from ._runtime import RunHub, Runtime
@@ -135,11 +141,14 @@ class Run:
         request_context: RequestContext | Mapping[str, Any] | None,
         tracing_options: TracingOptions | Mapping[str, Any] | None,
         per_step: bool,
+        tracing_context: Span | Mapping[str, Any] | None = None,
     ) -> Execution:
         wf = self._workflow
         admitted = self._startable(input_data, initial_state, request_context)
         input_value, state, context = admitted.input, admitted.state, admitted.context
-        tracing = coerce_tracing_options(tracing_options)
+        tracing = with_parent_span(
+            coerce_tracing_options(tracing_options), coerce_tracing_context(tracing_context)
+        )
         self._claimed = True
         try:
             if wf.on_start is not None:
@@ -201,6 +210,7 @@ class Run:
         initial_state: Any = None,
         request_context: RequestContext | Mapping[str, Any] | None = None,
         tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        tracing_context: Span | Mapping[str, Any] | None = None,
         per_step: bool = False,
         runtime_context: Any = None,
     ) -> WorkflowResult:
@@ -209,12 +219,19 @@ class Run:
         Raises ValidationError (bad input/state), RunAlreadyStartedError, or what
         ``on_start`` raised — all before anything runs. A step's failure is not raised: it
         is the result's ``error``.
+
+        ``tracing_context`` (here and in stream/resume methods) is the span the run's root
+        span becomes a child of, in its trace: a :class:`trioflow.tracing.Span` such as a
+        step's ``ctx.tracing_context``, or Mastra's ``{"currentSpan": span}``. TypeError
+        for anything else, ValueError when ``tracing_options`` names another trace; both
+        before anything runs.
         """
         execution = await self._begin_start(
             input_data=input_data,
             initial_state=initial_state,
             request_context=_deprecated_context(request_context, runtime_context),
             tracing_options=tracing_options,
+            tracing_context=tracing_context,
             per_step=per_step,
         )
         return await _wait(execution)
@@ -257,6 +274,7 @@ class Run:
         initial_state: Any = None,
         request_context: RequestContext | Mapping[str, Any] | None = None,
         tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        tracing_context: Span | Mapping[str, Any] | None = None,
         per_step: bool = False,
         close_on_suspend: bool = True,
         runtime_context: Any = None,
@@ -268,6 +286,7 @@ class Run:
             initial_state=initial_state,
             request_context=_deprecated_context(request_context, runtime_context),
             tracing_options=tracing_options,
+            tracing_context=tracing_context,
             per_step=per_step,
         )
         return RunOutput(self, execution, close_on_suspend=close_on_suspend)
@@ -286,6 +305,7 @@ class Run:
         initial_state: Any = None,
         request_context: RequestContext | Mapping[str, Any] | None = None,
         tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        tracing_context: Span | Mapping[str, Any] | None = None,
         runtime_context: Any = None,
     ) -> LegacyRunOutput:
         """Start the run with the v0 event format (see :class:`LegacyRunOutput`)."""
@@ -294,6 +314,7 @@ class Run:
             initial_state=initial_state,
             request_context=_deprecated_context(request_context, runtime_context),
             tracing_options=tracing_options,
+            tracing_context=tracing_context,
             per_step=False,
         )
         return LegacyRunOutput(RunOutput(self, execution, close_on_suspend=False))
@@ -309,6 +330,7 @@ class Run:
         for_each_index: int | None,
         request_context: RequestContext | Mapping[str, Any] | None,
         tracing_options: TracingOptions | Mapping[str, Any] | None,
+        tracing_context: Span | Mapping[str, Any] | None = None,
     ) -> Execution:
         wf = self._workflow
         wf.check_graph()
@@ -321,7 +343,9 @@ class Run:
         ):
             raise ValueError(f"for_each_index must be an int >= 0, got {for_each_index!r}")
         caller_context = coerce_request_context(request_context)
-        tracing = coerce_tracing_options(tracing_options)
+        tracing = with_parent_span(
+            coerce_tracing_options(tracing_options), coerce_tracing_context(tracing_context)
+        )
         running = self._hub.execution
         if running is not None:
             if not running.suspended_once:
@@ -430,6 +454,7 @@ class Run:
         for_each_index: int | None = None,
         request_context: RequestContext | Mapping[str, Any] | None = None,
         tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        tracing_context: Span | Mapping[str, Any] | None = None,
         runtime_context: Any = None,
     ) -> WorkflowResult:
         """Resume a suspended step and wait until the run suspends again or ends.
@@ -446,6 +471,7 @@ class Run:
             for_each_index=for_each_index,
             request_context=_deprecated_context(request_context, runtime_context),
             tracing_options=tracing_options,
+            tracing_context=tracing_context,
         )
         return await _wait(execution)
 
@@ -458,6 +484,7 @@ class Run:
         for_each_index: int | None = None,
         request_context: RequestContext | Mapping[str, Any] | None = None,
         tracing_options: TracingOptions | Mapping[str, Any] | None = None,
+        tracing_context: Span | Mapping[str, Any] | None = None,
         runtime_context: Any = None,
     ) -> RunOutput:
         """Like :meth:`resume`, returning a new :class:`RunOutput` for the resumed
@@ -469,6 +496,7 @@ class Run:
             for_each_index=for_each_index,
             request_context=_deprecated_context(request_context, runtime_context),
             tracing_options=tracing_options,
+            tracing_context=tracing_context,
         )
         return RunOutput(self, execution, close_on_suspend=True)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 
+from ._spans import Span
+
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -102,3 +104,51 @@ def coerce_tracing_options(value: TracingOptions | Mapping[str, Any] | None) -> 
     if isinstance(value, Mapping):
         return TracingOptions(**_snake_keys(value))
     raise TypeError(f"tracing_options must be a TracingOptions or a dict, got {value!r}")
+
+
+def coerce_tracing_context(value: Any) -> Span | None:
+    """The span a run's root span becomes a child of: a :class:`Span` (what
+    ``ctx.tracing_context`` gives a step), Mastra's ``{"currentSpan": span}`` (or
+    ``{"current_span": span}``), an object with a ``current_span`` attribute, or None.
+    TypeError naming ``tracing_context`` for anything else."""
+    if value is None or isinstance(value, Span):
+        return value
+    if isinstance(value, Mapping):
+        unknown = sorted(repr(k) for k in value if k not in ("currentSpan", "current_span"))
+        if unknown:
+            raise TypeError(
+                f"tracing_context: unknown key(s) {', '.join(unknown)}; expected currentSpan"
+            )
+        if "currentSpan" in value and "current_span" in value:
+            raise TypeError("tracing_context: give currentSpan or current_span, not both")
+        span = value.get("currentSpan", value.get("current_span"))
+    else:
+        span = getattr(value, "current_span", _MISSING)
+        if span is _MISSING:
+            raise TypeError(
+                "tracing_context must be a trioflow.tracing.Span, {'currentSpan': span} or "
+                f"None, got {value!r}"
+            )
+    if span is None or isinstance(span, Span):
+        return span
+    raise TypeError(f"tracing_context: currentSpan must be a trioflow.tracing.Span, got {span!r}")
+
+
+_MISSING = object()
+
+
+def with_parent_span(options: TracingOptions, parent: Span | None) -> TracingOptions:
+    """``options`` with the run's root span placed under ``parent``: its trace and its
+    span id (the parent wins over ``parent_span_id``). ValueError when ``trace_id`` names
+    another trace than the parent's."""
+    if parent is None:
+        return options
+    if options.trace_id is not None and options.trace_id != parent.trace_id:
+        raise ValueError(
+            f"tracing_options.trace_id {options.trace_id!r} differs from the trace of "
+            f"tracing_context's span ({parent.trace_id!r}): give one or make them agree"
+        )
+    try:
+        return attrs.evolve(options, trace_id=parent.trace_id, parent_span_id=parent.span_id)
+    except ValueError as exc:
+        raise ValueError(f"tracing_context: the span's ids cannot be used: {exc}") from None
