@@ -194,7 +194,6 @@ OVERSIZED_MODULES = {
     "trioflow/bridge/_client.py": "split by the browser issue",
     "trioflow/cli/_app.py": "a module per group of commands (issue 15 part 5, CLI session)",
     "trioflow/storage/sqlite.py": "split with storage schema v2 (issue 15 part 4)",
-    "trioflow/testing/_reference.py": "being split",
 }
 
 # Functions over MAX_COMPLEXITY today (ruff C901): {path::function: reason}.
@@ -205,8 +204,6 @@ COMPLEX_FUNCTIONS = {
     "trioflow/_engine.py::run_foreach": "engine: moves to the planner (issue 15)",
     "trioflow/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
     "trioflow/storage/sqlite.py::_run_writes": "split with storage schema v2 (issue 15 part 4)",
-    "trioflow/testing/_invariants.py::check_stream_invariants": "being split",
-    "trioflow/testing/_reference.py::_run_foreach": "being split",
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -80,143 +80,215 @@ def check_stream_invariants(
     going). ``allow_interrupted=True`` accepts an execution that stops without its finish
     when the next execution starts (a crashed process, continued by ``restart()``).
     """
+    checker = _Checker(from_start=from_start, allow_interrupted=allow_interrupted)
+    seen_any = False
+    for index, chunk in enumerate(chunks):
+        seen_any = True
+        problem = checker.check(_describe(index, chunk), chunk)
+        if problem is not None:
+            return problem
+    if not seen_any or not complete:
+        return None
+    return checker.at_end()
+
+
+_Handler = Callable[["_Checker", str, _Execution, Any], "str | None"]
+
+
+@attrs.define
+class _Checker:
+    """The state of one pass over a run's chunks: one method per rule."""
+
+    from_start: bool
+    allow_interrupted: bool
     previous_seq: int | None = None
     run_id: Any = None
     execution: _Execution | None = None
-    executions = 0
+    executions: int = 0
     final: str | None = None
     last_status: str | None = None
-    cancel_between = False
-    ever_suspended = not from_start
-    index = -1
-    for index, chunk in enumerate(chunks):
-        where = _describe(index, chunk)
-        seq = chunk.seq
-        if previous_seq is None:
-            if from_start and seq != 1:
-                return f"{where}: the log must start at seq 1"
-        elif seq != previous_seq + 1:
-            gap = "a gap" if seq > previous_seq + 1 else "not increasing"
-            return f"{where}: seq {seq} follows seq {previous_seq} ({gap})"
-        previous_seq = seq
-        if run_id is None:
-            run_id = chunk.run_id
-        elif chunk.run_id != run_id:
-            return f"{where}: run_id {chunk.run_id!r} differs from {run_id!r}"
-        if final is not None:
-            return f"{where}: comes after the final workflow-finish ({final})"
+    cancel_between: bool = False
+    ever_suspended: bool = attrs.field(
+        default=attrs.Factory(lambda self: not self.from_start, takes_self=True)
+    )
+
+    def check(self, where: str, chunk: Any) -> str | None:
+        problem = self._sequence(where, chunk) or self._same_run(where, chunk)
+        if problem is not None:
+            return problem
+        if self.final is not None:
+            return f"{where}: comes after the final workflow-finish ({self.final})"
         kind = chunk.type
         payload: Any = getattr(chunk, "payload", None)
-
         if kind == "workflow-start":
-            if cancel_between:
-                return (
-                    f"{where}: workflow-canceled between executions is not followed by its finish"
-                )
-            if execution is not None and not allow_interrupted:
-                return (
-                    f"{where}: execution {execution.number} (from seq "
-                    f"{execution.first_seq}) has no workflow-finish before this start"
-                )
-            executions += 1
-            execution = _Execution(executions, seq)
-            continue
+            return self._start(where, chunk.seq)
+        if self.execution is None:
+            return self._between_executions(where, kind, payload)
+        handler = _IN_EXECUTION.get(kind)
+        return None if handler is None else handler(self, where, self.execution, payload)
 
-        if execution is None:
-            # Between executions only the cancel of a suspended/paused/pending run.
-            if (
-                kind == "workflow-canceled"
-                and not cancel_between
-                and last_status
-                in (
-                    None,
-                    "suspended",
-                    "paused",
-                )
-            ):
-                cancel_between = True
-                continue
-            if kind == "workflow-finish" and cancel_between:
-                if payload.workflow_status != "canceled":
-                    return f"{where}: a cancel between executions must finish canceled"
-                final = "canceled"
-                cancel_between = False
-                continue
-            if executions == 0:
-                return f"{where}: comes before any workflow-start"
-            return f"{where}: comes between executions (after a workflow-finish, before a start)"
-
-        if kind == "workflow-step-start":
-            step = payload.id
-            execution.open[step] += 1
-            if execution.open[step] > 1:
-                execution.ambiguous.add(step)
-            items = payload.payload
-            execution.progress[step] = _Progress(
-                total=len(items)
-                if isinstance(items, list) and payload.resume_payload is None
-                else None
-            )
-        elif kind in ("workflow-step-result", "workflow-step-suspended"):
-            step = payload.id
-            if execution.open[step] > 0:
-                execution.open[step] -= 1
-            elif kind == "workflow-step-result" and execution.waiting[step] > 0:
-                execution.waiting[step] -= 1
-            else:
-                return f"{where}: no workflow-step-start for {step!r} is open in this execution"
-            if kind == "workflow-step-suspended":
-                execution.suspended = True
-        elif kind == "workflow-step-waiting":
-            execution.waiting[payload.id] += 1
-        elif kind == "workflow-step-progress":
-            step = payload.id
-            if execution.open[step] <= 0:
-                return f"{where}: progress of {step!r}, which is not running"
-            if step not in execution.ambiguous:
-                problem = _check_progress(execution.progress.setdefault(step, _Progress()), payload)
-                if problem:
-                    return f"{where}: {problem}"
-        elif kind == "workflow-step-output":
-            name = payload.step_name
-            if execution.open[name] <= 0:
-                return f"{where}: output written by {name!r}, which is not running"
-        elif kind == "workflow-canceled":
-            execution.canceled = True
-        elif kind == "workflow-paused":
-            execution.paused = True
-        elif kind == "workflow-finish":
-            status = payload.workflow_status
-            if +execution.open:
-                return (
-                    f"{where}: execution {execution.number} finishes with steps started and "
-                    f"never settled: {_pending(execution.open)}"
-                )
-            if +execution.waiting:
-                return f"{where}: sleeps never settled: {_pending(execution.waiting)}"
-            if status == "suspended" and not (execution.suspended or ever_suspended):
-                return f"{where}: finishes suspended, but no step of the run ever suspended"
-            ever_suspended = ever_suspended or execution.suspended
-            if status == "canceled" and not execution.canceled:
-                return f"{where}: finishes canceled without a workflow-canceled chunk"
-            if status == "paused" and not execution.paused:
-                return f"{where}: finishes paused without a workflow-paused chunk"
-            if status != "canceled" and execution.canceled:
-                return f"{where}: the execution was canceled but finishes {status}"
-            execution = None
-            last_status = status
-            if status in _TERMINAL:
-                final = status
-    if index < 0:
+    def _sequence(self, where: str, chunk: Any) -> str | None:
+        seq = chunk.seq
+        previous, self.previous_seq = self.previous_seq, seq
+        if previous is None:
+            if self.from_start and seq != 1:
+                return f"{where}: the log must start at seq 1"
+        elif seq != previous + 1:
+            gap = "a gap" if seq > previous + 1 else "not increasing"
+            return f"{where}: seq {seq} follows seq {previous} ({gap})"
         return None
-    if cancel_between and complete:
-        return "the stream ends after a workflow-canceled without its workflow-finish"
-    if execution is not None and complete:
-        return (
-            f"the stream ends inside execution {execution.number} (from seq "
-            f"{execution.first_seq}): no workflow-finish"
+
+    def _same_run(self, where: str, chunk: Any) -> str | None:
+        if self.run_id is None:
+            self.run_id = chunk.run_id
+        elif chunk.run_id != self.run_id:
+            return f"{where}: run_id {chunk.run_id!r} differs from {self.run_id!r}"
+        return None
+
+    def _start(self, where: str, seq: int) -> str | None:
+        if self.cancel_between:
+            return f"{where}: workflow-canceled between executions is not followed by its finish"
+        if self.execution is not None and not self.allow_interrupted:
+            return (
+                f"{where}: execution {self.execution.number} (from seq "
+                f"{self.execution.first_seq}) has no workflow-finish before this start"
+            )
+        self.executions += 1
+        self.execution = _Execution(self.executions, seq)
+        return None
+
+    def _between_executions(self, where: str, kind: str, payload: Any) -> str | None:
+        # Between executions only the cancel of a suspended/paused/pending run.
+        if (
+            kind == "workflow-canceled"
+            and not self.cancel_between
+            and self.last_status in (None, "suspended", "paused")
+        ):
+            self.cancel_between = True
+            return None
+        if kind == "workflow-finish" and self.cancel_between:
+            if payload.workflow_status != "canceled":
+                return f"{where}: a cancel between executions must finish canceled"
+            self.final = "canceled"
+            self.cancel_between = False
+            return None
+        if self.executions == 0:
+            return f"{where}: comes before any workflow-start"
+        return f"{where}: comes between executions (after a workflow-finish, before a start)"
+
+    def _step_start(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        step = payload.id
+        execution.open[step] += 1
+        if execution.open[step] > 1:
+            execution.ambiguous.add(step)
+        items = payload.payload
+        execution.progress[step] = _Progress(
+            total=len(items) if isinstance(items, list) and payload.resume_payload is None else None
         )
+        return None
+
+    def _step_result(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        step = payload.id
+        if execution.open[step] > 0:
+            execution.open[step] -= 1
+        elif execution.waiting[step] > 0:
+            execution.waiting[step] -= 1
+        else:
+            return f"{where}: no workflow-step-start for {step!r} is open in this execution"
+        return None
+
+    def _step_suspended(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        step = payload.id
+        if execution.open[step] <= 0:
+            return f"{where}: no workflow-step-start for {step!r} is open in this execution"
+        execution.open[step] -= 1
+        execution.suspended = True
+        return None
+
+    def _step_waiting(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        execution.waiting[payload.id] += 1
+        return None
+
+    def _step_progress(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        step = payload.id
+        if execution.open[step] <= 0:
+            return f"{where}: progress of {step!r}, which is not running"
+        if step in execution.ambiguous:
+            return None
+        problem = _check_progress(execution.progress.setdefault(step, _Progress()), payload)
+        return None if problem is None else f"{where}: {problem}"
+
+    def _step_output(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        name = payload.step_name
+        if execution.open[name] <= 0:
+            return f"{where}: output written by {name!r}, which is not running"
+        return None
+
+    def _canceled(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        execution.canceled = True
+        return None
+
+    def _paused(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        execution.paused = True
+        return None
+
+    def _finish(self, where: str, execution: _Execution, payload: Any) -> str | None:
+        status = payload.workflow_status
+        problem = _unsettled(where, execution) or self._finish_status(where, execution, status)
+        if problem is not None:
+            return problem
+        self.execution = None
+        self.last_status = status
+        if status in _TERMINAL:
+            self.final = status
+        return None
+
+    def _finish_status(self, where: str, execution: _Execution, status: str) -> str | None:
+        if status == "suspended" and not (execution.suspended or self.ever_suspended):
+            return f"{where}: finishes suspended, but no step of the run ever suspended"
+        self.ever_suspended = self.ever_suspended or execution.suspended
+        if status == "canceled" and not execution.canceled:
+            return f"{where}: finishes canceled without a workflow-canceled chunk"
+        if status == "paused" and not execution.paused:
+            return f"{where}: finishes paused without a workflow-paused chunk"
+        if status != "canceled" and execution.canceled:
+            return f"{where}: the execution was canceled but finishes {status}"
+        return None
+
+    def at_end(self) -> str | None:
+        """The stream is complete: nothing may be left open."""
+        if self.cancel_between:
+            return "the stream ends after a workflow-canceled without its workflow-finish"
+        if self.execution is not None:
+            return (
+                f"the stream ends inside execution {self.execution.number} (from seq "
+                f"{self.execution.first_seq}): no workflow-finish"
+            )
+        return None
+
+
+def _unsettled(where: str, execution: _Execution) -> str | None:
+    if +execution.open:
+        return (
+            f"{where}: execution {execution.number} finishes with steps started and "
+            f"never settled: {_pending(execution.open)}"
+        )
+    if +execution.waiting:
+        return f"{where}: sleeps never settled: {_pending(execution.waiting)}"
     return None
+
+
+_IN_EXECUTION: dict[str, _Handler] = {
+    "workflow-step-start": _Checker._step_start,
+    "workflow-step-result": _Checker._step_result,
+    "workflow-step-suspended": _Checker._step_suspended,
+    "workflow-step-waiting": _Checker._step_waiting,
+    "workflow-step-progress": _Checker._step_progress,
+    "workflow-step-output": _Checker._step_output,
+    "workflow-canceled": _Checker._canceled,
+    "workflow-paused": _Checker._paused,
+    "workflow-finish": _Checker._finish,
+}
 
 
 def _check_progress(state: _Progress, payload: Any) -> str | None:

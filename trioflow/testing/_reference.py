@@ -22,6 +22,19 @@ from typing import Any
 
 import attrs
 
+from ._reference_nodes import ModelError as ModelError  # the public name's home
+from ._reference_nodes import (
+    _combine,
+    _Level,
+    _Outcome,
+    _Rec,
+    _status_of,
+    _Target,
+    _type_name,
+    foreach_plan,
+    foreach_record,
+    step_record,
+)
 from ._spec import (
     BranchSpec,
     EntrySpec,
@@ -37,21 +50,13 @@ from ._spec import (
     condition_holds,
     digest,
     entry_id,
-    failure_message,
-    label_for,
     map_output,
-    matches,
-    output_number,
     state_key,
     state_value,
 )
 
 #: A chunk signature: ``(type, id, detail)``; see :func:`chunk_signature`.
 Signature = tuple[str, str, str]
-
-
-class ModelError(Exception):
-    """The spec (or the resume asked of the model) is outside what the model predicts."""
 
 
 @attrs.frozen(kw_only=True)
@@ -124,77 +129,6 @@ def chunk_signature(chunk: Any) -> Signature:
     if kind.startswith("data-"):
         return (kind, "", jsonish(getattr(chunk, "data", None)))
     return (kind, "", "")
-
-
-# --- what the model keeps between executions -------------------------------------------
-
-
-@attrs.define
-class _Rec:
-    """One node's stored result (a step, nested workflow, foreach container, map, sleep)."""
-
-    kind: str
-    status: str
-    output: Any = None
-    payload: Any = None
-    suspend_payload: Any = None
-    rounds: int = 0
-    label: str | None = None
-    level: _Level | None = None
-    items: list[_Rec | None] | None = None
-    iteration: int = 0
-    bailed: bool = False
-    errors: frozenset[str] = frozenset()
-
-
-@attrs.define
-class _Level:
-    spec: WorkflowSpec
-    prefix: str
-    input: Any
-    state: dict[str, Any]
-    results: dict[str, _Rec] = attrs.field(factory=dict)
-    suspended: dict[str, int] = attrs.field(factory=dict)
-    entry_input: Any = None
-
-
-@attrs.frozen
-class _Target:
-    """Where a resume goes, from the current level down."""
-
-    path: tuple[str, ...]
-    value: Any
-    index: int | None = None
-
-
-@attrs.frozen
-class _Outcome:
-    status: str
-    output: Any = None
-    errors: frozenset[str] = frozenset()
-
-
-def _status_of(rec: _Rec) -> _Outcome:
-    if rec.bailed:
-        return _Outcome("bailed", rec.output)
-    return _Outcome(rec.status, rec.output, rec.errors)
-
-
-def _combine(statuses: list[str]) -> str:
-    for status in ("failed", "suspended", "canceled"):
-        if status in statuses:
-            return status
-    return "success"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, dict):
-        return "dict"
-    return type(value).__name__
 
 
 class ReferenceModel:
@@ -464,40 +398,7 @@ class ReferenceModel:
             self._emit(
                 "workflow-step-output", chunk_id, jsonish({"s": spec.id, "w": i, "n": number})
             )
-        label = label_for(spec, number) if spec.label else None
-        rec: _Rec
-        if resume is not None:
-            target, stored = resume
-            done = stored.rounds
-            if done < spec.rounds:
-                payload = {"s": spec.id, "round": done + 1, "n": number, "got": target.value}
-                rec = _Rec("step", "suspended", None, value, payload, done + 1, label)
-            elif spec.after_resume == "fail":
-                message = failure_message(spec, number, resumed=True)
-                rec = _Rec("step", "failed", payload=value, errors=frozenset({message}))
-            else:
-                output = {
-                    "s": spec.id,
-                    "n": output_number(spec, number),
-                    "resumed": target.value,
-                    "round": done,
-                }
-                rec = _Rec("step", "success", output, value)
-        else:
-            action = spec.action if matches(spec.when, number) else "return"
-            if action == "fail":
-                message = failure_message(spec, number)
-                rec = _Rec("step", "failed", payload=value, errors=frozenset({message}))
-            elif action == "suspend":
-                payload = {"s": spec.id, "round": 1, "n": number}
-                rec = _Rec("step", "suspended", None, value, payload, 1, label)
-            elif action == "bail":
-                output = {"bailed": spec.id, "n": output_number(spec, number)}
-                rec = _Rec("step", "success", output, value, bailed=True)
-            else:
-                rec = _Rec(
-                    "step", "success", {"s": spec.id, "n": output_number(spec, number)}, value
-                )
+        rec = step_record(spec, number, value, resume)
         if spec.set_state and rec.status != "failed":
             level.state[state_key(spec, number)] = state_value(spec, number)
         if emit:
@@ -657,14 +558,7 @@ class ReferenceModel:
             if stored is not None and stored.items is not None
             else [None] * len(items)
         )
-        plan: list[tuple[int, tuple[_Target, _Rec] | None]] = []
-        for i, previous in enumerate(outcomes):
-            if previous is None:
-                plan.append((i, None))
-            elif previous.status == "suspended" and resume is not None:
-                wanted = resume[0].index
-                if wanted is None or wanted == i:
-                    plan.append((i, (_Target(resume[0].path, resume[0].value), previous)))
+        plan = foreach_plan(outcomes, resume)
         concurrency = entry.concurrency
         start = self._now
         workers = [start] * max(1, min(concurrency, len(plan)))
@@ -696,24 +590,7 @@ class ReferenceModel:
             if stop and concurrency > 1 and len(plan) > concurrency:
                 raise ModelError("a foreach whose items stop early depends on scheduling")
         self._now = max(workers)
-        rec = _Rec("foreach", "success", payload=items, items=outcomes)
-        if failed:
-            rec.status = "failed"
-            rec.errors = frozenset().union(*(r.errors for r in failed))
-            outcome = _Outcome("failed", errors=rec.errors)
-        elif bailed is not None:
-            rec.output = bailed.output
-            outcome = _Outcome("bailed", bailed.output)
-        elif any(o is not None and o.status == "suspended" for o in outcomes):
-            first = next(o for o in outcomes if o is not None and o.status == "suspended")
-            rec.status = "suspended"
-            rec.suspend_payload = first.suspend_payload
-            outcome = _Outcome("suspended")
-        elif any(o is None for o in outcomes):
-            raise ModelError("foreach ended with items never started")
-        else:
-            rec.output = [o.output for o in outcomes if o is not None]
-            outcome = _Outcome("success", rec.output)
+        rec, outcome = foreach_record(items, outcomes, failed, bailed)
         self._emit_settled(chunk_id, rec)
         self._settle(level, node.id, rec, idx)
         return outcome
