@@ -610,3 +610,37 @@ def test_run_methods_take_every_mastra_stream_parameter_we_support() -> None:
     ):
         accepted = {camel(p) for p in inspect.signature(ours).parameters}
         assert set(names[theirs]) - accepted == missing, theirs
+
+
+async def test_writer_chunks_match_mastras(rt: tf.Runtime) -> None:
+    # Items 6 and 7 (writer.json): workflow-step-output's payload is {output, runId,
+    # stepName}; a custom data chunk is from WORKFLOW.
+    expected = mastra("writer")
+
+    async def talker(ctx: tf.StepContext) -> dict[str, bool]:
+        await ctx.writer.write({"progress": 50})
+        await ctx.writer.custom("data-progress", {"percent": 75})
+        return {"done": True}
+
+    wf = tf.create_workflow(id="writer").then(tf.create_step(id="talker", execute=talker))
+    out = await (await wf.commit().create_run()).stream(input_data={})
+    chunks = [c async for c in out]
+    assert normalise([tf.to_wire(c) for c in chunks], out.run_id) == expected["chunks"]
+    (output,) = [c for c in chunks if isinstance(c, tf.WorkflowStepOutput)]
+    assert output.payload.run_id == out.run_id
+
+
+async def test_a_nested_workflows_writer_names_the_outer_run(rt: tf.Runtime) -> None:
+    async def talker(ctx: tf.StepContext) -> int:
+        await ctx.writer.write("hi")
+        return 1
+
+    inner = tf.create_workflow(id="inner").then(tf.create_step(id="talker", execute=talker))
+    wf = tf.create_workflow(id="outer").then(inner.commit()).commit()
+    out = await (await wf.create_run()).stream(input_data={})
+    (output,) = [c async for c in out if isinstance(c, tf.WorkflowStepOutput)]
+    assert tf.to_wire(output)["payload"] == {
+        "output": "hi",
+        "stepName": "inner.talker",
+        "runId": out.run_id,
+    }

@@ -96,7 +96,9 @@ class Writer:
             WorkflowStepOutput(
                 run_id=log.run_id,
                 seq=log.next_seq,
-                payload=StepOutputPayload(output=data, step_name=self._step_name),
+                payload=StepOutputPayload(
+                    output=data, step_name=self._step_name, run_id=log.run_id
+                ),
             ),
             size=data_size(data),
         )
