@@ -6,12 +6,12 @@ The exit statuses are in ``_session``; ``serve`` and ``watch`` live in ``_serve`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import functools
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 from collections.abc import (
@@ -40,6 +40,7 @@ from .._serde import to_jsonable, to_wire
 from .._version import __version__
 from .._workflow import Workflow
 from ..storage import Storage
+from ._hints import require_value, resume_commands, resume_schema_at, step_to_resume
 from ._load import WORKFLOW_REF_KEY, CliError, load_module_workflows, load_workflow, parse_json
 from ._serve import add_arguments as add_bridge_arguments
 from ._serve import cmd_serve, cmd_watch
@@ -120,13 +121,24 @@ def _result_json(result: WorkflowResult, workflow_id: str) -> dict[str, Any]:
     }
 
 
-def _resume_command(session: Session, result: WorkflowResult, data: Any | None) -> str:
-    """The command that resumes ``result``'s run (``data``: the resume data, if known)."""
-    data_text = "JSON" if data is None else shlex.quote(json.dumps(data))
-    step = ""
-    if len(result.suspended) > 1:
-        step = " --step " + shlex.quote(".".join(result.suspended[0]))
-    return f"trioflow resume {result.run_id}{session.db_option} --data {data_text}{step}"
+async def _resume_hints(
+    session: Session,
+    storage: Storage,
+    result: WorkflowResult,
+    workflow: Workflow | None,
+    data: Any | None = None,
+) -> list[str]:
+    """The commands that resume ``result``'s run (``data``: the resume data, if known)."""
+    snapshot = await storage.load_snapshot(result.run_id)
+    labels = snapshot.resume_labels if snapshot is not None else {}
+    return resume_commands(
+        result.run_id,
+        session.db_option,
+        result.suspended,
+        workflow=workflow,
+        labels=labels,
+        data=data,
+    )
 
 
 def _report(
@@ -134,15 +146,18 @@ def _report(
     result: WorkflowResult,
     workflow_id: str,
     *,
-    resume_data: Any | None = None,
+    hints: Sequence[str] = (),
+    data_known: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> int:
-    """Print how the execution ended; return the exit status."""
+    """Print how the execution ended; return the exit status. ``hints``: the commands
+    that resume a suspended run (``data_known``: they carry the data to give)."""
     status = result.status
     if session.json:
         body = _result_json(result, workflow_id)
-        if status is RunStatus.SUSPENDED:
-            body["resumeCommand"] = _resume_command(session, result, resume_data)
+        if status is RunStatus.SUSPENDED and hints:
+            body["resumeCommand"] = hints[0]
+            body["resumeCommands"] = list(hints)
         body.update(extra or {})
         session.emit_json(body)
         return exit_status(status)
@@ -167,8 +182,7 @@ def _report(
         for path, payload in _suspended(result):
             text = f"{path}: {compact(to_jsonable(payload), 400)}"
             session.say(f"  [yellow]{_escape(text)}[/]" if fancy else f"suspended {text}")
-        command = _resume_command(session, result, resume_data)
-        if resume_data is None:
+        if not data_known:
             session.say(
                 "Resume it (from any terminal) with:" if fancy else "to resume:", markup=False
             )
@@ -177,7 +191,8 @@ def _report(
                 "Finish it from another terminal with:" if fancy else "to finish it, run:",
                 markup=False,
             )
-        session.say(command, markup=False)
+        for command in hints:
+            session.say(command, markup=False)
     elif status is RunStatus.CANCELED:
         session.say("[bold yellow]■ canceled[/]" if fancy else "status: canceled")
     else:
@@ -297,7 +312,13 @@ async def _follow(
         await _show(session, chunks, until_any_finish=until_any_finish, workflow=workflow)
     run_id, session.active_run = session.active_run, None
     if results:
-        return _report(session, results[0], workflow.id, resume_data=resume_data)
+        result = results[0]
+        hints: list[str] = []
+        if result.status is RunStatus.SUSPENDED:
+            hints = await _resume_hints(session, storage, result, workflow, resume_data)
+        return _report(
+            session, result, workflow.id, hints=hints, data_known=resume_data is not None
+        )
     assert failures
     assert run_id is not None
     snapshot = await storage.load_snapshot(run_id)
@@ -317,6 +338,8 @@ async def _follow(
 async def cmd_run(session: Session, args: argparse.Namespace) -> int:
     workflow, ref = load_workflow(args.target)
     input_data = parse_json(args.input, "--input")
+    if args.input is None and workflow.validate_inputs:
+        require_value(workflow.input_schema, "--input", f"workflow {workflow.id!r}")
     context = parse_json(args.context, "--context")
     if context is None:
         context = {}
@@ -352,6 +375,8 @@ async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
                 f"run {args.run_id} is not suspended (its status is {snapshot.status.value})"
             )
         workflow, ref = _workflow_of(snapshot, args.ref)
+        if args.data is None:
+            _require_resume_data(snapshot, workflow, args)
         async with open_runtime(storage=storage, workflows=[workflow]) as rt:
             run = await rt.create_run(workflow, run_id=args.run_id)
             out = await run.resume_stream(
@@ -363,6 +388,17 @@ async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
             )
             session.active_run = run.run_id
             return await _follow_output(session, storage, out, workflow)
+
+
+def _require_resume_data(
+    snapshot: RunSnapshot, workflow: Workflow, args: argparse.Namespace
+) -> None:
+    """A resume without ``--data``: refused with an example when the step expects data."""
+    suspended = [list(path) for path in result_from_snapshot(snapshot).suspended]
+    path = step_to_resume(suspended, snapshot.resume_labels, args.step, args.label)
+    if path is not None and path in suspended:
+        schema = resume_schema_at(workflow, path)
+        require_value(schema, "--data", f"step {'.'.join(path)!r}")
 
 
 async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
@@ -455,16 +491,14 @@ def _table(
 
 
 async def cmd_runs(session: Session, args: argparse.Namespace) -> int:
-    if not session.db_exists():
-        await trio.lowlevel.checkpoint()
-        infos: list[RunInfo] = []
-    else:
-        async with session.storage(must_exist=True) as storage:
-            infos = await storage.list_runs(
-                workflow_id=args.workflow,
-                status=RunStatus(args.status) if args.status else None,
-                limit=args.limit,
-            )
+    if args.limit < 1:
+        raise CliError(f"--limit must be 1 or more (the most runs to list), got {args.limit}")
+    async with session.storage(must_exist=True) as storage:
+        infos: list[RunInfo] = await storage.list_runs(
+            workflow_id=args.workflow,
+            status=RunStatus(args.status) if args.status else None,
+            limit=args.limit,
+        )
     if session.json:
         session.emit_json(
             [
@@ -568,9 +602,26 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
         say(f"error     {error_text(snapshot.error)}")
     for item in suspended:
         say(f"suspended {item['path']}: {compact(item['payload'], 400)}")
-    if suspended:
-        say(f"resume    {_resume_command(session, result, None)}")
+    for command in _show_hints(session, snapshot, result):
+        say(f"resume    {command}")
     return EXIT_SUCCESS
+
+
+def _show_hints(session: Session, snapshot: RunSnapshot, result: WorkflowResult) -> list[str]:
+    if not result.suspended:
+        return []
+    workflow: Workflow | None = None
+    if snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
+        # Without the workflow the command still helps, only without example data.
+        with contextlib.suppress(CliError):
+            workflow, _ = _workflow_of(snapshot, None)
+    return resume_commands(
+        snapshot.run_id,
+        session.db_option,
+        result.suspended,
+        workflow=workflow,
+        labels=snapshot.resume_labels,
+    )
 
 
 async def cmd_events(session: Session, args: argparse.Namespace) -> int:
