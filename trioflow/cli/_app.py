@@ -49,6 +49,7 @@ from ._session import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_SUCCESS,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     Session,
     exit_status,
@@ -708,7 +709,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Run, resume, inspect and serve trioflow workflows.",
         epilog="exit status: 0 success, 1 failed, 2 usage error, 3 suspended, 4 canceled, "
-        "130 interrupted",
+        "130 interrupted, 143 terminated (SIGTERM)",
     )
     parser.add_argument("--version", action="version", version=f"trioflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -794,22 +795,53 @@ def user_error_text(exc: BaseException) -> str | None:
     return None
 
 
+#: Commands that drive a run's execution: SIGTERM stops them as Ctrl-C does.
+_DRIVES_A_RUN = frozenset({"run", "resume", "restart", "demo"})
+
+
+def _say_stopped(session: Session, how: str) -> None:
+    run_id = session.active_run
+    session.err.print(how if run_id else "stopped", highlight=False, markup=False)
+    if run_id is not None:
+        session.err.print(
+            f"run {run_id} stopped and can be continued with:\n"
+            f"trioflow restart {run_id}{session.db_option}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+async def _cancel_on_sigterm(
+    scope: trio.CancelScope, stopped: list[str], *, task_status: trio.TaskStatus[None]
+) -> None:
+    # A service manager, `kill` or a container stop sends SIGTERM: leave the runtime as
+    # Ctrl-C does (the run stays stored running, restartable), not silently with 143.
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            stopped.append("SIGTERM")
+            scope.cancel(reason="SIGTERM")
+            return
+
+
 async def _amain(session: Session, func: Command, args: argparse.Namespace) -> int:
     code = EXIT_INTERRUPTED
+    stopped: list[str] = []
     try:
-        code = await func(session, args)
+        async with trio.open_nursery() as nursery:
+            if args.command in _DRIVES_A_RUN:
+                await nursery.start(_cancel_on_sigterm, nursery.cancel_scope, stopped)
+            code = await func(session, args)
+            nursery.cancel_scope.cancel()
     except* KeyboardInterrupt:
-        run_id = session.active_run
-        session.err.print("interrupted" if run_id else "stopped", highlight=False)
-        if run_id is not None:
-            session.err.print(
-                f"run {run_id} stopped and can be continued with:\n"
-                f"trioflow restart {run_id}{session.db_option}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-    return code  # noqa: ASYNC910 - every command checkpoints; after Ctrl-C there is no need
+        _say_stopped(session, "interrupted")
+        code = EXIT_INTERRUPTED
+    else:
+        if stopped:
+            _say_stopped(session, "terminated (SIGTERM)")
+            code = EXIT_TERMINATED
+    return code
 
 
 class _OneLineFormatter(logging.Formatter):

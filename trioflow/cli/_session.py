@@ -3,7 +3,8 @@
 Exit statuses: 0 success, 1 failed (or tripwire), 2 the command could not do what was
 asked (a usage error, bad input, an unknown module/workflow/run, a run in the wrong
 status, a database it cannot use, a port it cannot listen on: one ``trioflow: error:``
-line), 3 suspended, 4 canceled, 130 interrupted (Ctrl-C).
+line), 3 suspended, 4 canceled, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the
+run is left as Ctrl-C leaves it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EXIT_USAGE = 2
 EXIT_SUSPENDED = 3
 EXIT_CANCELED = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 DEFAULT_DB = "trioflow.db"
 
