@@ -580,6 +580,7 @@ class Run:
             if events:
                 # Nothing was written: the chunks we took still need storing.
                 await storage.append_events(self.run_id, events)
+                hub.log.mark_stored(events[-1].seq)
         raise RuntimeError(f"could not cancel run {self.run_id}: its status keeps changing")
 
     async def begin_restart(self) -> Execution | WorkflowResult:
