@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
-
 from .._core._chunks import Chunk
-from .._core._model import RunSnapshot
 from .._core._status import RunStatus
 from .._errors import LeaseLostError
 from .._serde import to_wire
 from ._json import dumps_strict, loads_strict, snapshot_from_row
+from ._protocol import ClaimedRun
 
 if TYPE_CHECKING:
     import psycopg
@@ -29,19 +27,6 @@ MAX_RETRY_DELAY: Final = 300.0
 EVENTS_CHANNEL: Final = "trioflow_events"
 CANCEL_CHANNEL: Final = "trioflow_cancel"
 QUEUE_CHANNEL: Final = "trioflow_queue"
-
-
-@attrs.frozen(kw_only=True)
-class ClaimedRun:
-    """A runnable run a worker claimed (its lease is held by this storage)."""
-
-    snapshot: RunSnapshot
-    queued: bool
-    fencing_token: int
-    #: Executions of the run that died of an error so far (stored, across processes).
-    attempts: int = 0
-    #: The error the last of them died of (a serialized error as JSON), if any.
-    last_error: Any = None
 
 
 def dump_chunk(chunk: Chunk) -> str:

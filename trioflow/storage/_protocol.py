@@ -6,22 +6,35 @@ log keyed by ``(run_id, seq)``. Writes that change a run's status go through
 exactly one resume wins a suspension, also across processes. A snapshot and the chunks
 that describe it are written in one transaction.
 
-Optional capabilities, looked up with ``getattr`` (PostgresStorage has them): a run queue
-and leases for workers (``claim_runnable``, ``release_lease``, ``watch_queue``, ...), and
-``record_failed_attempt(run_id, error, *, retry_delay) -> int``, which counts an
-execution that died of an error, stores the error, releases the lease and keeps workers
-off the run for a doubling backoff; the runtime fails the run after
-``open_runtime(worker_max_attempts=...)`` such attempts.
+Optional capabilities are ``runtime_checkable`` protocols, asked with ``isinstance``
+(PostgresStorage has them all): :class:`EventWatchingStorage` (a notification when a run's
+stored log grows in another process), :class:`LeasingStorage` (leases on executing runs,
+kept alive by ``serve``), :class:`QueueStorage` (a run queue for workers, with leases), and
+:class:`AttemptCountingStorage` (``record_failed_attempt(run_id, error, *, retry_delay)
+-> int``, which counts an execution that died of an error, stores the error, releases the
+lease and keeps workers off the run for a doubling backoff; the runtime fails the run
+after ``open_runtime(worker_max_attempts=...)`` such attempts). Whether a storage is
+durable is not a capability but a value every storage states: ``Storage.durable``.
+
+On Python 3.11 ``isinstance`` with these protocols looks attributes up with ``hasattr``, so
+a wrapper forwarding through ``__getattr__`` (``trioflow.testing.ClockGuardStorage``) has
+the capabilities of what it wraps; from Python 3.12 it looks them up statically and such a
+wrapper must define the methods it forwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
 
 from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
+
+if TYPE_CHECKING:
+    import trio
 
 
 @runtime_checkable
@@ -86,4 +99,87 @@ class Storage(Protocol):
 
     async def aclose(self) -> None:
         """Release resources; the storage is unusable afterwards."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class ClaimedRun:
+    """A runnable run a worker claimed from a :class:`QueueStorage` (its lease is held by
+    this storage)."""
+
+    snapshot: RunSnapshot
+    queued: bool
+    fencing_token: int
+    #: Executions of the run that died of an error so far (stored, across processes).
+    attempts: int = 0
+    #: The error the last of them died of (a serialized error as JSON), if any.
+    last_error: Any = None
+
+
+@runtime_checkable
+class EventWatchingStorage(Protocol):
+    """Tells a waiting reader at once when a run's stored log grows in another process
+    (PostgreSQL's LISTEN/NOTIFY); other storages are polled."""
+
+    def watch_events(self, run_id: str, event: trio.Event) -> Callable[[], None]:
+        """Set ``event`` at the next notification that the run's log grew. Returns a
+        function that withdraws the request."""
+        ...
+
+
+@runtime_checkable
+class LeasingStorage(Protocol):
+    """Holds a lease on each run this process executes, so that another process takes
+    the run over when this one dies (and a late write of the old owner is refused)."""
+
+    def forget_lost_lease(self, run_id: str) -> None:
+        """The execution that lost the run's lease has ended: writes for it may resume."""
+        ...
+
+    async def release_lease(self, run_id: str, *, unqueue: bool = False) -> None:
+        """Give up this storage's lease on a run. Cancelling it may leave the lease held
+        until it expires."""
+        ...
+
+    async def release_leases(self) -> None:
+        """Give up every lease this storage holds (a runtime closing)."""
+        ...
+
+    async def serve(
+        self,
+        on_stop: Callable[[str, str], None],
+        *,
+        task_status: trio.TaskStatus[None] = ...,
+    ) -> None:
+        """Keep the leases alive (and listen for notifications) until cancelled;
+        ``on_stop(run_id, reason)`` for a run whose execution here must stop."""
+        ...
+
+
+@runtime_checkable
+class QueueStorage(LeasingStorage, Protocol):
+    """A run queue shared by workers: queued runs, and executing runs whose lease lapsed,
+    are claimed by exactly one worker."""
+
+    async def enqueue_run(self, snapshot: RunSnapshot) -> bool:
+        """Store a pending run for any worker to start. True when queued."""
+        ...
+
+    async def claim_runnable(self, workflow_ids: Iterable[str], *, limit: int) -> list[ClaimedRun]:
+        """Claim (take the lease of) up to ``limit`` runnable runs of these workflows."""
+        ...
+
+    def watch_queue(self, event: trio.Event) -> Callable[[], None]:
+        """Set ``event`` at the next notification that a run was queued."""
+        ...
+
+
+@runtime_checkable
+class AttemptCountingStorage(Protocol):
+    """Counts the executions of a run that died of an error, across processes."""
+
+    async def record_failed_attempt(self, run_id: str, error: Any, *, retry_delay: float) -> int:
+        """Count a failed execution, store ``error``, release the lease, keep workers off
+        the run for a backoff. Returns the stored number of failed attempts (0 when this
+        storage held no lease: nothing was written)."""
         ...

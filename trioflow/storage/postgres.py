@@ -79,7 +79,6 @@ from ._pg_sql import (
     MAX_RETRY_DELAY,
     QUEUE_CHANNEL,
     SAVE_SQL,
-    ClaimedRun,
     allowed_statuses,
     check_consecutive,
     claim_rows,
@@ -94,6 +93,7 @@ from ._pg_sql import (
     release_one,
     renew,
 )
+from ._protocol import ClaimedRun
 from ._sql import list_runs_query, run_infos
 
 if TYPE_CHECKING:
