@@ -162,8 +162,9 @@ def test_forbidden_is_decided_from_the_envelope_before_the_fields() -> None:
 
 
 def test_the_ops_and_error_codes_are_the_ones_spec_lists() -> None:
-    assert {"subscribe", "unsubscribe", "start", "resume", "cancel", "list"} == p.OPS
-    assert {"subscribe", "unsubscribe", "list"} == p.READ_OPS
+    read = {"subscribe", "unsubscribe", "list", "watch-runs", "unwatch-runs", "describe", "whoami"}
+    assert read == p.READ_OPS
+    assert read | {"start", "resume", "cancel"} == p.OPS
     assert {
         "bad-request",
         "unknown-op",
@@ -241,7 +242,10 @@ def test_arbitrary_json_raises_only_protocol_errors(message: Any) -> None:
         assert result in {"bad-request", "unknown-op"}
 
 
-REQUEST_TYPES = {"Subscribe", "Unsubscribe", "Start", "Resume", "Cancel", "ListRuns"}
+REQUEST_TYPES = {
+    "Subscribe", "Unsubscribe", "Start", "Resume", "Cancel", "ListRuns",
+    "WatchRuns", "UnwatchRuns", "Describe", "WhoAmI",
+}
 
 
 # --------------------------------------------------------------------------- server messages

@@ -48,7 +48,7 @@ class Credentials:
     malformed_header: bool = False
 
 
-def _header_token(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bool]:
+def header_token(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bool]:
     """The bearer token of the ``Authorization`` header; (None, True) when malformed."""
     for name, value in headers:
         if name.lower() != b"authorization":
@@ -71,7 +71,7 @@ def offered_credentials(
     so a token-carrying client must also offer ``trioflow.v1``), never the token itself.
     """
     subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed_subprotocols else None
-    header, malformed = _header_token(headers)
+    header, malformed = header_token(headers)
     if header is not None or malformed:
         return Credentials(header, "header" if header else None, subprotocol, malformed)
     for offered in proposed_subprotocols:

@@ -252,7 +252,7 @@ def _plain(text: str) -> bytes:
 
 
 async def _answer(
-    stream: trio.abc.Stream, conn: h11.Connection, head: RequestHead, site: StaticSite
+    stream: trio.abc.Stream, conn: h11.Connection, head: RequestHead, site: StaticSite | None
 ) -> None:
     if head.method not in (b"GET", b"HEAD"):
         await _respond(
@@ -264,7 +264,7 @@ async def _answer(
             extra=((b"Allow", b"GET, HEAD"),),
         )
         return
-    found = site.get(head.path)
+    found = site.get(head.path) if site is not None else None
     if found is None:
         await _respond(stream, conn, 404, _plain("not found"), "text/plain; charset=utf-8")
         return
@@ -281,14 +281,15 @@ async def _answer(
 
 async def serve_connection(
     stream: trio.abc.Stream,
-    site: StaticSite,
+    site: StaticSite | None,
     on_upgrade: UpgradeHandler | None,
     *,
     head_timeout: float = HEAD_TIMEOUT,
 ) -> None:
     """Serve one TCP connection: viewer files over HTTP/1.1 (keep-alive) until the
     client closes, stays idle ``head_timeout`` seconds, or sends a websocket upgrade, which
-    goes to ``on_upgrade(ReplayStream, head)`` (404 without one). A request with a body,
+    goes to ``on_upgrade(ReplayStream, head)`` (404 without one). With ``site=None`` (the
+    viewer turned off) every plain request gets 404. A request with a body,
     or a malformed head, is answered (400, 405, 431) and the connection closed.
 
     Does not close ``stream`` (the caller's listener does). Cancelling it abandons the

@@ -51,12 +51,16 @@ Role = Literal["read", "control"]
 ROLES: Final[frozenset[str]] = frozenset({"read", "control"})
 
 #: Operations a read-only token may use; a control token may use every operation.
-READ_OPS: Final[frozenset[str]] = frozenset({"subscribe", "unsubscribe", "list"})
+READ_OPS: Final[frozenset[str]] = frozenset(
+    {"subscribe", "unsubscribe", "list", "watch-runs", "unwatch-runs", "describe", "whoami"}
+)
 CONTROL_OPS: Final[frozenset[str]] = frozenset({"start", "resume", "cancel"})
 OPS: Final[frozenset[str]] = READ_OPS | CONTROL_OPS
 
 #: Server -> client message types that are not chunks.
-CONTROL_TYPES: Final[frozenset[str]] = frozenset({"caught-up", "end", "lagged", "reply", "error"})
+CONTROL_TYPES: Final[frozenset[str]] = frozenset(
+    {"caught-up", "end", "lagged", "reply", "error", "run-status"}
+)
 
 #: A request id: echoed as given (None when the request had none).
 RequestId = str | int | None
@@ -136,7 +140,43 @@ class ListRuns:
     offset: int = 0
 
 
-Request = Subscribe | Unsubscribe | Start | Resume | Cancel | ListRuns
+@attrs.frozen(kw_only=True)
+class WatchRuns:
+    """``watch-runs``: the matching runs now, then a ``run-status`` on each change."""
+
+    id: RequestId
+    workflow_id: str | None = None
+    status: RunStatus | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UnwatchRuns:
+    id: RequestId
+
+
+@attrs.frozen(kw_only=True)
+class Describe:
+    id: RequestId
+    workflow_id: str
+
+
+@attrs.frozen(kw_only=True)
+class WhoAmI:
+    id: RequestId
+
+
+Request = (
+    Subscribe
+    | Unsubscribe
+    | Start
+    | Resume
+    | Cancel
+    | ListRuns
+    | WatchRuns
+    | UnwatchRuns
+    | Describe
+    | WhoAmI
+)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -383,21 +423,35 @@ def _build(op: str, f: _Fields, request_id: RequestId) -> Request:
         )
     if op == "cancel":
         return Cancel(id=request_id, run_id=f.required_text("runId"))
+    if op == "whoami":
+        return WhoAmI(id=request_id)
+    if op == "unwatch-runs":
+        return UnwatchRuns(id=request_id)
+    if op == "describe":
+        return Describe(id=request_id, workflow_id=f.required_text("workflowId"))
+    status = _status_filter(op, f.text("status"), request_id)
+    if op == "watch-runs":
+        return WatchRuns(id=request_id, workflow_id=f.text("workflowId"), status=status)
     assert op == "list"
-    status = f.text("status")
-    if status is not None and status not in _STATUSES:
-        known = ", ".join(s.value for s in RunStatus)
-        raise ProtocolError(
-            "bad-request", f'list: unknown "status" {status[:64]!r} (known: {known})', request_id
-        )
     return ListRuns(
         id=request_id,
         workflow_id=f.text("workflowId"),
-        status=None if status is None else RunStatus(status),
+        status=status,
         resource_id=f.text("resourceId"),
         limit=f.integer("limit", 100, minimum=0, maximum=MAX_LIST_LIMIT),
         offset=f.integer("offset", 0, minimum=0),
     )
+
+
+def _status_filter(op: str, status: str | None, request_id: RequestId) -> RunStatus | None:
+    if status is None:
+        return None
+    if status not in _STATUSES:
+        known = ", ".join(s.value for s in RunStatus)
+        raise ProtocolError(
+            "bad-request", f'{op}: unknown "status" {status[:64]!r} (known: {known})', request_id
+        )
+    return RunStatus(status)
 
 
 def request_message(op: str, request_id: RequestId, **fields: Any) -> dict[str, Any]:
@@ -440,6 +494,17 @@ def end(run_id: str, seq: int) -> dict[str, Any]:
 
 def lagged(run_id: str, seq: int) -> dict[str, Any]:
     return {"type": "lagged", "runId": run_id, "seq": seq}
+
+
+def run_status(run_id: str, workflow_id: str, status: str, updated_at: int) -> dict[str, Any]:
+    """A ``run-status`` message of ``watch-runs``."""
+    return {
+        "type": "run-status",
+        "runId": run_id,
+        "workflowId": workflow_id,
+        "status": status,
+        "updatedAt": updated_at,
+    }
 
 
 def run_info(info: Any) -> dict[str, Any]:
