@@ -20,6 +20,8 @@ import inspect
 import json
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,7 +61,9 @@ def _import_file(path_text: str) -> tuple[ModuleType, str]:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise CliError(f"error while importing {path_text}: {_describe(exc)}") from exc
+        raise CliError(
+            f"error while importing {path_text}: {_describe(exc)}{where(exc)}"
+        ) from exc
     return module, str(path)
 
 
@@ -76,9 +80,9 @@ def _import_module(name: str) -> ModuleType:
                 f"cannot import module {name!r}: no module named {missing!r} "
                 f"(looked in {cwd} and the installed packages)"
             ) from exc
-        raise CliError(f"error while importing {name!r}: {_describe(exc)}") from exc
+        raise CliError(f"error while importing {name!r}: {_describe(exc)}{where(exc)}") from exc
     except Exception as exc:
-        raise CliError(f"error while importing {name!r}: {_describe(exc)}") from exc
+        raise CliError(f"error while importing {name!r}: {_describe(exc)}{where(exc)}") from exc
 
 
 def import_module(module: str) -> tuple[ModuleType, str]:
@@ -105,12 +109,66 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def load_workflow(ref: str) -> tuple[Workflow, str]:
-    """The workflow ``MODULE:WORKFLOW`` names, and the reference to store with its runs."""
+#: The most frames of the user's own code shown under an error raised while importing.
+MAX_FRAMES = 6
+_NOT_USER = (
+    str(Path(importlib.__file__).resolve().parent) + os.sep,
+    str(Path(__file__).resolve().parent.parent) + os.sep,
+)
+
+
+def _is_user_frame(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return False
+    try:
+        resolved = str(Path(filename).resolve())
+    except OSError:
+        return True
+    return not resolved.startswith(_NOT_USER)
+
+
+def where(exc: BaseException) -> str:
+    """Where ``exc`` was raised in the user's own code, as traceback lines (the frames of
+    trioflow and importlib left out; at most :data:`MAX_FRAMES`, the innermost), each
+    line starting with a newline; ``""`` when none of the frames is the user's."""
+    lines: list[str] = []
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_frame(f.filename)]
+    for frame in frames[-MAX_FRAMES:]:
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno is not None:
+        # The error is in the text itself: no frame of the traceback points at it.
+        lines.append(f'  File "{exc.filename}", line {exc.lineno}')
+        if exc.text and exc.text.strip():
+            lines.append(f"    {exc.text.strip()}")
+    return "".join("\n" + line for line in lines)
+
+
+def load_workflow(ref: str, workflow_id: str | None = None) -> tuple[Workflow, str]:
+    """The workflow ``MODULE:WORKFLOW`` names, and the reference to store with its runs.
+
+    With ``workflow_id`` (a stored run's), the attribute may also be a list of workflows
+    (as ``trioflow serve MODULE:ATTR`` takes): the one with that id."""
     module_text, sep, attr = ref.rpartition(":")
     if not sep or not module_text or not attr:
         raise CliError(f"expected MODULE:WORKFLOW (e.g. myapp.flows:orders), got {ref!r}")
     module, canonical = import_module(module_text)
+    value = _attribute(module, module_text, attr)
+    if not isinstance(value, Workflow) and _is_factory(value):
+        try:
+            value = value()
+        except Exception as exc:
+            raise CliError(f"{ref}() raised {_describe(exc)}{where(exc)}") from exc
+    if workflow_id is not None and isinstance(value, list | tuple):
+        value = next((w for w in value if getattr(w, "id", None) == workflow_id), value)
+    if not isinstance(value, Workflow):
+        raise CliError(f"{ref} is not a workflow (it is a {type(value).__name__})")
+    value.commit()
+    return value, f"{canonical}:{attr}"
+
+
+def _attribute(module: ModuleType, module_text: str, attr: str) -> Any:
     value: Any = module
     for part in attr.split("."):
         try:
@@ -120,42 +178,69 @@ def load_workflow(ref: str) -> tuple[Workflow, str]:
             raise CliError(
                 f"module {module_text!r} has no workflow {attr!r} (workflows there: {found})"
             ) from None
-    if not isinstance(value, Workflow) and _is_factory(value):
-        try:
-            value = value()
-        except Exception as exc:
-            raise CliError(f"{ref}() raised {_describe(exc)}") from exc
-    if not isinstance(value, Workflow):
-        raise CliError(f"{ref} is not a workflow (it is a {type(value).__name__})")
-    value.commit()
-    return value, f"{canonical}:{attr}"
+    return value
 
 
 def load_module_workflows(target: str) -> list[Workflow]:
     """``MODULE`` (every module-level workflow) or ``MODULE:ATTR`` (one workflow, or a list
-    of workflows)."""
+    of workflows), each made to store its reference with the runs it starts
+    (:func:`remember_ref`), so that ``trioflow resume``/``cancel``/``restart`` find it."""
     module_text, sep, attr = target.rpartition(":")
     if not sep:
         module_text, attr = target, ""
-    module, _ = import_module(module_text)
+    module, canonical = import_module(module_text)
     if not attr:
-        found = list({id(w): w for w in workflows_in(module).values()}.values())
-        if not found:
+        by_id: dict[int, Workflow] = {}
+        for name, workflow in workflows_in(module).items():
+            if id(workflow) not in by_id:
+                by_id[id(workflow)] = remember_ref(workflow.commit(), f"{canonical}:{name}")
+        if not by_id:
             raise CliError(f"module {module_text!r} defines no workflow")
-        return [w.commit() for w in found]
+        return list(by_id.values())
     value: Any = module
     for part in attr.split("."):
         try:
             value = getattr(value, part)
         except AttributeError:
             raise CliError(f"module {module_text!r} has no attribute {attr!r}") from None
+    ref = f"{canonical}:{attr}"
     if isinstance(value, Workflow):
-        return [value.commit()]
+        return [remember_ref(value.commit(), ref)]
     if isinstance(value, list | tuple) and value and all(isinstance(w, Workflow) for w in value):
-        return [w.commit() for w in value]
+        return [remember_ref(w.commit(), ref) for w in value]
     if _is_factory(value):
-        return [load_workflow(target)[0]]
+        return [remember_ref(*load_workflow(target))]
     raise CliError(f"{target} is not a workflow or a list of workflows")
+
+
+class _StoresRef:
+    """A workflow's ``on_start`` that puts the reference in the run's request context
+    (what ``on_start`` leaves there is stored), after the workflow's own ``on_start``."""
+
+    def __init__(self, ref: str, inner: Callable[..., Any] | None) -> None:
+        self.ref = ref
+        self.inner = inner
+
+    async def __call__(self, info: Any) -> None:
+        if self.inner is not None:
+            value = self.inner(info)
+            if inspect.isawaitable(value):
+                await value
+        # Set even when a client sent one: the serving process knows the module, and a
+        # reference from a client would make a later `trioflow resume` import its choice.
+        info.request_context[WORKFLOW_REF_KEY] = self.ref
+
+
+def remember_ref(workflow: Workflow, ref: str) -> Workflow:
+    """Make the runs this process starts of ``workflow`` (through ``trioflow serve``'s
+    bridge, or a ``trioflow worker`` starting queued runs) store ``ref`` as
+    :data:`WORKFLOW_REF_KEY` in their request context, as ``trioflow run`` does. The
+    workflow's own ``on_start`` still runs first; calling this again replaces the
+    reference."""
+    current = workflow.on_start
+    inner = current.inner if isinstance(current, _StoresRef) else current
+    workflow.on_start = _StoresRef(ref, inner)
+    return workflow
 
 
 def parse_json(text: str | None, option: str) -> Any:

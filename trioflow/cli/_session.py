@@ -21,6 +21,7 @@ import attrs
 from rich.console import Console
 
 from .._core._status import RunStatus
+from .._install import install_hint
 from ..storage import Storage
 from ..storage.postgres import PostgresStorage
 from ..storage.sqlite import SqliteStorage
@@ -119,7 +120,7 @@ class Session:
                 import psycopg  # noqa: F401
             except ImportError:
                 raise CliError(
-                    "a PostgreSQL --db needs the postgres extra: pip install 'trioflow[postgres]'"
+                    f"a PostgreSQL --db needs the postgres extra: {install_hint('postgres')}"
                 ) from None
             async with PostgresStorage(self.db) as pg:
                 yield pg
