@@ -355,7 +355,9 @@ def test_json_of_a_suspended_run_lists_paths_payloads_and_the_resume_command(
     assert body["suspended"] == [
         {"path": "check", "payload": {"reason": "needs approval", "id": "o-5"}}
     ]
-    assert body["resumeCommand"] == f"trioflow resume {body['runId']} --data JSON"
+    assert body["resumeCommand"] == (
+        f"""trioflow resume {body['runId']} --data '{{"approved": true}}'"""
+    )
 
 
 # --- the demo -----------------------------------------------------------------------------------
@@ -446,7 +448,7 @@ def test_show_gives_steps_statuses_durations_and_suspended_payloads(
 
     text = cli(workdir, "show", suspended_run).stdout
     assert 'suspended check: {"reason": "needs approval", "id": "o-1"}' in text
-    assert f"trioflow resume {suspended_run} --data JSON" in text
+    assert f"""trioflow resume {suspended_run} --data '{{"approved": true}}'""" in text
 
 
 def test_events_json_is_the_wire_format_from_any_seq(workdir: Path, suspended_run: str) -> None:
