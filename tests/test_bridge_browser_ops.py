@@ -23,6 +23,7 @@ import trio
 import trio.testing
 import wsproto
 import wsproto.events as wse
+from test_bridge import WORKFLOWS
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -33,8 +34,6 @@ from trio_websocket import (
 import trioflow as tf
 import trioflow.bridge as bridge
 from trioflow.bridge._server import BridgeServer
-
-from test_bridge import WORKFLOWS
 
 CONTROL = "control-token"
 READ = "read-token"
@@ -442,7 +441,8 @@ async def test_a_peer_that_never_answers_pings_is_closed(
             events = list(conn.events())
             assert any(isinstance(e, wse.Ping) for e in events)
             closes = [e for e in events if isinstance(e, wse.CloseConnection)]
-            assert closes and closes[0].code == 1001, events
+            assert closes, events
+            assert closes[0].code == 1001
             assert trio.current_time() - t0 >= 10
             nursery.cancel_scope.cancel()
 
