@@ -23,6 +23,7 @@ import trio
 
 from ._core._chunks import Chunk, DataChunk, WorkflowFinish
 from ._errors import StorageError
+from .storage._protocol import EventWatchingStorage
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -114,7 +115,7 @@ class EventLog:
         self._subscriptions = 0
         self._storage_reads = 0
         # Durable storage: flush soon after the first unstored chunk, not after 1024.
-        self._flush_at = 1 if getattr(storage, "durable", False) else FLUSH_THRESHOLD
+        self._flush_at = 1 if storage.durable else FLUSH_THRESHOLD
         #: The in-process hub this log belongs to (kept alive by its subscriptions).
         self.owner: Any = None
 
@@ -282,7 +283,7 @@ class EventLog:
     def _may_poll(self) -> bool:
         owner = self.owner
         executing = owner is not None and getattr(owner, "execution", None) is not None
-        return not executing and bool(getattr(self.storage, "durable", False))
+        return not executing and self.storage.durable
 
     async def mirror_stored(self, *, only_while_idle: bool = True) -> bool:
         """Append the chunks storage holds after our end of the log (written by another
@@ -372,8 +373,9 @@ async def wait_stored_growth(
     """Wait until ``event`` is set, at most ``poll_interval`` seconds (then the caller
     polls storage). A storage that notifies (PostgreSQL's LISTEN/NOTIFY, ``watch_events``)
     sets it as soon as the run's stored log grows in another process."""
-    watch = getattr(storage, "watch_events", None)
-    unwatch = watch(run_id, event) if watch is not None else None
+    unwatch = (
+        storage.watch_events(run_id, event) if isinstance(storage, EventWatchingStorage) else None
+    )
     try:
         with trio.move_on_after(poll_interval):
             await event.wait()

@@ -11,7 +11,7 @@ and never executes more than ``capacity`` runs at once.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -23,22 +23,13 @@ from ._engine import Execution, now_ms
 from ._errors import LeaseLostError, TrioflowError
 from ._groups import is_fatal
 from ._serde import dump_error, load_error
+from .storage._protocol import AttemptCountingStorage, LeasingStorage, QueueStorage
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
-    from .storage.postgres import ClaimedRun
+    from .storage._protocol import ClaimedRun
 
 logger = logging.getLogger("trioflow.worker")
-
-
-class QueueStorage(Protocol):
-    """What a storage offers workers (PostgresStorage does)."""
-
-    async def claim_runnable(self, workflow_ids: Any, *, limit: int) -> list[ClaimedRun]: ...
-
-    async def release_lease(self, run_id: str, *, unqueue: bool = False) -> None: ...
-
-    def watch_queue(self, event: trio.Event) -> Any: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -183,16 +174,16 @@ async def after_execution_died(runtime: Runtime, run_id: str, failure: BaseExcep
     so a worker restarts it. Cancelling this call may leave the lease held until it
     expires."""
     storage = runtime.storage
-    record = getattr(storage, "record_failed_attempt", None)
-    if record is None or isinstance(failure, LeaseLostError):
+    if not isinstance(storage, AttemptCountingStorage) or isinstance(failure, LeaseLostError):
         # A lost lease: another process continues the run; not this run's failure.
-        release = getattr(storage, "release_lease", None)
-        if release is not None:
-            await release(run_id)
+        if isinstance(storage, LeasingStorage):
+            await storage.release_lease(run_id)
         else:
             await trio.lowlevel.checkpoint()
         return
-    attempts = await record(run_id, dump_error(failure), retry_delay=runtime.retry_delay)
+    attempts = await storage.record_failed_attempt(
+        run_id, dump_error(failure), retry_delay=runtime.retry_delay
+    )
     if attempts >= runtime.max_attempts:
         await give_up(runtime, run_id, dump_error_as_serialized(failure), attempts)
     elif attempts:

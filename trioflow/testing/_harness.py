@@ -78,7 +78,7 @@ class ClockGuardStorage:
 
     @property
     def durable(self) -> bool:
-        return bool(getattr(self.inner, "durable", True))
+        return bool(self.inner.durable)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
