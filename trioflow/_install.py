@@ -2,8 +2,8 @@
 
 trioflow is not published on a package index: it is installed from a checkout of its
 repository (``pip install -e "/path/to/trioflow[cli]"``) or from a wheel built there with
-``python -m build``. A hint that says ``pip install 'trioflow[bridge]'`` would send the
-user to a registry that does not have it, so hints come from :func:`install_hint`.
+``python -m build``. A hint naming the bare project with an extra would send the user to
+a package index that does not have it, so hints come from :func:`install_hint`.
 """
 
 from __future__ import annotations
