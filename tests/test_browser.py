@@ -44,7 +44,7 @@ from trioflow.bridge._describe import describe
 
 #: Flip to True once bridge/_server.py serves the viewer on its port and implements
 #: subprotocol auth (4401), allowed_origins (403), whoami, watch-runs and describe.
-SERVER_WIRED = False
+SERVER_WIRED = True
 
 needs_server = pytest.mark.xfail(
     not SERVER_WIRED,
@@ -522,17 +522,75 @@ def test_page_from_another_origin_cannot_connect(browser: webdriver.Chrome, real
     assert browser.execute_script("return window.states") == ["close 1006"]  # refused: 403
 
 
+GATED_FLOW = """
+import os
+import pathlib
+
+import attrs
+import trio
+
+import trioflow as tf
+
+MARK = pathlib.Path(os.environ["TRIOFLOW_TEST_GATE"])
+
+
+async def produce(ctx):
+    for i in range(12):
+        await ctx.writer.write(i)
+    return 12
+
+
+async def gate(ctx):
+    # The first execution blocks here for good (the test kills its process); the
+    # restarted one goes through.
+    if not MARK.exists():
+        MARK.write_text("first execution")
+        await trio.sleep_forever()
+    return "through"
+
+
+@attrs.frozen
+class Approval:
+    approved: bool
+
+
+async def approve(ctx):
+    if ctx.resume_data is None:
+        return await ctx.suspend({"question": "ship?"})
+    return ctx.resume_data.approved
+
+
+gated = (
+    tf.create_workflow(id="gated")
+    .then(tf.create_step(id="produce", execute=produce))
+    .then(tf.create_step(id="gate", execute=gate))
+    .then(tf.create_step(id="approve", execute=approve, resume_schema=Approval))
+)
+"""
+
+
 @needs_server
 def test_kill_and_restart_mid_run_loses_and_repeats_nothing(
     browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
+    """``trioflow serve`` on SQLite is killed (SIGKILL) while a step of a run blocks, and
+    started again with ``--restart-active``: the page reconnects from its last seq and
+    shows every chunk once, through the restarted execution to the suspension."""
+    flow = tmp_path / "gated_flow.py"
+    flow.write_text(GATED_FLOW)
+    mark = tmp_path / "gate-mark"
     port = _free_port()
-    env = {**os.environ, "TRIOFLOW_TOKEN": CONTROL, "TRIOFLOW_DB": str(tmp_path / "t.db")}
-    command = [sys.executable, "-m", "trioflow", "serve", "trioflow._demo:demo_workflow",
+    env = {
+        **os.environ,
+        "TRIOFLOW_TOKEN": CONTROL,
+        "TRIOFLOW_DB": str(tmp_path / "t.db"),
+        "TRIOFLOW_TEST_GATE": str(mark),
+    }
+    command = [sys.executable, "-m", "trioflow", "serve", f"{flow}:gated",
                "--port", str(port), "--restart-active"]
 
     def launch() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
         process.stdout.readline()  # the "serving ..." line: listening
         return process
@@ -542,18 +600,28 @@ def test_kill_and_restart_mid_run_loses_and_repeats_nothing(
         _assert_serves_viewer(port)
         browser.get(f"http://127.0.0.1:{port}/#token={CONTROL}")
         wait_for(browser, lambda d: text_of(d, "conn-status") == "connected")
-        run_id = _start_demo(RealServer(tmp_path / "t.db", port), port)
+
+        async def start() -> str:
+            async with tf.bridge.connect(f"ws://127.0.0.1:{port}", token=CONTROL) as client:
+                return str(await client.start("gated", None))
+
+        run_id = trio.run(start)
         browser.execute_script(f"location.hash = '#/run/{run_id}'")
-        wait_for(browser, lambda d: any(s >= 10 for s in log_seqs(d)))
+        # the first execution blocks in "gate": the page shows its step start (seq 16)
+        wait_for(browser, lambda d: mark.exists() and max(log_seqs(d), default=0) >= 16)
         process.kill()
         process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
         wait_for(browser, lambda d: text_of(d, "conn-status").startswith("server down"))
         process = launch()
         wait_for(browser, lambda d: text_of(d, "run-status") == "SUSPENDED")
         seqs = log_seqs(browser)
         assert seqs == list(range(1, len(seqs) + 1))  # nothing missing, nothing twice
-        restarts = browser.find_elements(By.CSS_SELECTOR, "#log tr.restart-marker")
-        assert len(restarts) == 1
+        starts = browser.find_elements(By.CSS_SELECTOR, '#log tr[data-type="workflow-start"]')
+        assert len(starts) == 2  # the first execution and the restarted one
+        approve = browser.find_element(By.CSS_SELECTOR, '#graph li[data-step-id="approve"]')
+        assert approve.get_attribute("data-status") == "suspended"
     finally:
         process.kill()
         process.wait()

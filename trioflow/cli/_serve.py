@@ -187,8 +187,34 @@ async def _next_signal(signals: AsyncIterator[int]) -> str:
     raise AssertionError("a signal receiver never ends")  # pragma: no cover
 
 
+def allowed_origins(values: list[str] | None) -> list[str] | None:
+    """The ``--allowed-origin`` values, checked (None: the server's default, the
+    viewer's own origin)."""
+    if not values:
+        return None
+    normalize = importlib.import_module("trioflow.bridge._auth").normalize_origin
+    for value in values:
+        if value == "*":
+            continue
+        try:
+            normalize(value)
+        except ValueError as exc:
+            raise CliError(f"--allowed-origin {value!r}: {exc}") from None
+    return list(values)
+
+
+def viewer_url(host: str, port: int) -> str:
+    """The ``http://`` URL a browser opens (a wildcard bind is reached on loopback)."""
+    bare = host.strip("[]")
+    if bare in ("", "0.0.0.0", "::"):
+        bare = "127.0.0.1"
+    shown = f"[{bare}]" if ":" in bare else bare
+    return f"http://{shown}:{port}/"
+
+
 async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
     bridge = _bridge("serve")
+    origins = allowed_origins(args.allowed_origin)
     workflows = load_module_workflows(args.target)
     tokens = serve_tokens(session, args)
     generated = None
@@ -204,11 +230,20 @@ async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
                 storage=storage, workflows=workflows, restart_active_runs=args.restart_active
             ) as rt:
                 serve = functools.partial(
-                    bridge.serve, rt, host=args.host, port=args.port, tokens=tokens
+                    bridge.serve,
+                    rt,
+                    host=args.host,
+                    port=args.port,
+                    tokens=tokens,
+                    allowed_origins=origins,
+                    web=not args.no_web,
                 )
                 async with trio.open_nursery() as nursery:
                     port = await _start_server(nursery, serve, args.host, args.port)
-                    _announce(session, f"ws://{args.host}:{port}", port, workflows, generated)
+                    viewer = None if args.no_web else viewer_url(args.host, port)
+                    _announce(
+                        session, f"ws://{args.host}:{port}", port, workflows, generated, viewer
+                    )
                     name = await _next_signal(signals)
                     nursery.cancel_scope.cancel()
     if not session.json:
@@ -217,13 +252,25 @@ async def cmd_serve(session: Session, args: argparse.Namespace) -> int:
 
 
 def _announce(
-    session: Session, url: str, port: int, workflows: list[Any], generated: str | None
+    session: Session,
+    url: str,
+    port: int,
+    workflows: list[Any],
+    generated: str | None,
+    viewer: str | None,
 ) -> None:
     ids = [w.id for w in workflows]
+    # A generated token signs the viewer in from its URL fragment (never sent to the
+    # server): the one place it is printed.
+    sign_in = viewer if viewer is None or generated is None else f"{viewer}#token={generated}"
     if session.json:
-        session.emit_json({"url": url, "port": port, "workflows": ids, "token": generated})
+        session.emit_json(
+            {"url": url, "port": port, "workflows": ids, "token": generated, "viewer": sign_in}
+        )
         return
     session.say(f"serving {', '.join(ids)} on {url} (database {session.db_display})", markup=False)
+    if sign_in is not None:
+        session.say(f"web viewer: {sign_in}", markup=False)
     if generated is not None:
         session.say(f"control token (shown once): {generated}", markup=False)
     session.say("press Ctrl-C to stop", markup=False)
@@ -291,8 +338,14 @@ async def _as_context(connection: Any) -> AsyncIterator[Any]:
 def add_arguments(serve: argparse.ArgumentParser, watch: argparse.ArgumentParser) -> None:
     """The options of ``serve`` and ``watch`` (their positional arguments are set by the
     caller)."""
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        help="port of the websocket (ws://HOST:PORT) and of the web viewer "
+        "(http://HOST:PORT/, printed at start; 0: any free port)",
+    )
     serve.add_argument(
         "--token-file",
         metavar="FILE",
@@ -308,6 +361,19 @@ def add_arguments(serve: argparse.ArgumentParser, watch: argparse.ArgumentParser
         help="deprecated: use --token-file or TRIOFLOW_READ_TOKEN",
     )
     serve.add_argument("--restart-active", action="store_true", help="restart runs left running")
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (scheme://host[:port]) whose pages may connect, repeatable; '*' "
+        "allows any (default: the viewer's own origin, printed at start)",
+    )
+    serve.add_argument(
+        "--no-web",
+        action="store_true",
+        help="do not serve the web viewer (the websocket stays on the same port)",
+    )
     watch.add_argument(
         "--token-file", metavar="FILE", help="a token file as for serve (its first token)"
     )
