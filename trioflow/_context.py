@@ -10,7 +10,9 @@ import trio
 from ._broadcast import data_size
 from ._core._chunks import StepOutputPayload, WorkflowStepOutput
 from ._core._graph import get_path
+from ._core._json import JsonValueError
 from ._core._model import Usage
+from ._errors import NotJsonError
 from ._serde import to_jsonable, to_strict_jsonable, validate
 from .tracing._spans import current_span
 
@@ -21,8 +23,10 @@ if TYPE_CHECKING:
 class RequestContext(MutableMapping[str, Any]):
     """The run's mutable key/value context, persisted across suspend/resume.
 
-    Values must be JSON-like (they are stored with the run). ``get_path("user.id")``
-    reads nested values.
+    Values must be strict JSON once converted (they are stored with the run): setting
+    one that is not (``NaN``, bytes, an object) raises :class:`~trioflow.NotJsonError`
+    naming ``request_context.<key>`` and leaves the context as it was, so a step doing it
+    fails with that error. ``get_path("user.id")`` reads nested values.
     """
 
     __slots__ = ("_data",)
@@ -34,6 +38,16 @@ class RequestContext(MutableMapping[str, Any]):
         return self._data[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        # Refused here, where the step that sets it fails, rather than at the next write
+        # of the run, where the whole execution would fail with a StorageError.
+        where = f"request_context.{key}"
+        if not isinstance(key, str):
+            raise NotJsonError("Request context", where, "keys must be str")
+        try:
+            to_strict_jsonable(value)
+        except JsonValueError as exc:
+            path = f"{where}.{exc.path}" if exc.path and exc.path[0] != "[" else where + exc.path
+            raise NotJsonError("Request context value", path, exc.reason) from None
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
@@ -136,6 +150,7 @@ class StepContext:
         "_suspend_schema",
         "_suspended",
         "_writer",
+        "idempotency_key",
         "input_data",
         "iteration_count",
         "resume_data",
@@ -161,9 +176,12 @@ class StepContext:
         suspend_schema: Any = None,
         state_schema: Any = None,
         is_condition: bool = False,
+        idempotency_key: str = "",
     ) -> None:
         self._level = level
         self.step_id = step_id
+        #: Names this execution of this step (see docs/api.md "Idempotency keys").
+        self.idempotency_key = idempotency_key
         self.input_data = input_data
         # A private copy: mutating ctx.state in place must not leak into the workflow state.
         self.state = dict(state) if type(state) is dict else state

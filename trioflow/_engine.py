@@ -68,6 +68,7 @@ from ._core._json import JsonValueError
 from ._core._model import (
     ITERATION_COUNT,
     OLD_ITERATION_COUNT,
+    RESUME_COUNT,
     ResumeLabel,
     RunSnapshot,
     SerializedError,
@@ -91,6 +92,8 @@ from ._errors import (
 )
 from ._groups import is_cancellation, is_fatal, sole_exception, unwrap_groups
 from ._serde import (
+    _describe,
+    _safe_text,
     dump_error,
     load_error,
     serialize_error,
@@ -167,6 +170,8 @@ def dump_step_result(result: StepResult) -> dict[str, Any]:
             out[name] = value
     if result.error is not None:
         out["error"] = dump_error(result.error)
+    if result.retry_count:
+        out["retry_count"] = result.retry_count
     return out
 
 
@@ -184,6 +189,43 @@ def load_step_result(data: dict[str, Any]) -> StepResult:
         resume_payload=data.get("resume_payload"),
         resumed_at=data.get("resumed_at"),
         metadata=data.get("metadata"),
+        retry_count=data.get("retry_count") or 0,
+    )
+
+
+def all_step_results(
+    steps: dict[str, StepResult], stored: dict[str, dict[str, Any]]
+) -> dict[str, StepResult]:
+    """``WorkflowResult.all_steps``: the public ``steps`` (top level, already loaded) and
+    every other settled step of the stored run by its qualified key (``nested.inner``,
+    ``nested[2].inner``), with foreach items as ``step[i]``. Engine records (``@...``) and
+    items still in flight are left out."""
+    out = dict(steps)
+    for key, data in stored.items():
+        if key not in steps:
+            if key.rpartition(".")[2].startswith("@"):
+                continue
+            out[key] = public_step_result(load_step_result(data))
+        metadata = data.get("metadata")
+        if metadata and "foreach" in metadata:
+            outcomes = (metadata.get("foreach") or {}).get("outcomes") or []
+            for i, record in enumerate(outcomes):
+                if record and record.get("status") not in (None, "running"):
+                    out[f"{key}[{i}]"] = _item_result(record)
+    return out
+
+
+def _item_result(record: dict[str, Any]) -> StepResult:
+    """A foreach item's stored record as a StepResult (an item that bailed succeeded)."""
+    status = record["status"]
+    return StepResult(
+        status=_S.SUCCESS if status == "bailed" else StepStatus(status),
+        output=record.get("output"),
+        payload=record.get("payload"),
+        error=load_error(record.get("error")),
+        suspend_payload=record.get("suspend_payload"),
+        metadata=public_metadata(record.get("metadata")),
+        retry_count=record.get("retry_count") or 0,
     )
 
 
@@ -280,10 +322,14 @@ class Level:
         state: Any,
         is_root: bool,
         header: dict[str, Any] | None = None,
+        key_scope: str = "",
     ) -> None:
         self.execution = execution
         self.workflow = workflow
         self.key_prefix = key_prefix
+        #: This level's part of its steps' idempotency keys: ``key_prefix`` with the loop
+        #: iteration of every enclosing nested workflow (``body#2.``).
+        self.key_scope = key_scope
         self.chunk_prefix = chunk_prefix
         self.input = input
         self.state = state
@@ -452,6 +498,7 @@ class Level:
             resumed_at=result.resumed_at,
             step_call_id=call_id,
             metadata=public_metadata(result.metadata) if result.metadata else None,
+            retry_count=result.retry_count,
         )
         self.publish(WorkflowStepResult, body)
 
@@ -567,7 +614,24 @@ class Level:
             iteration_count=iteration,
             retry_count=-1 if is_condition else retry_count,
             is_condition=is_condition,
+            idempotency_key=self.idempotency_key(step_id, None, iteration, 0),
         )
+
+    def idempotency_key(
+        self, node_id: str, foreach_index: int | None, iteration: int, resumes: int
+    ) -> str:
+        """``ctx.idempotency_key``: the run, then the step's path with, at every depth, the
+        foreach index, the loop iteration and the resume count (each only when it applies):
+        ``run-1/digest[2].fetch``, ``run-1/poll#3``, ``run-1/approve@1``. Built only from
+        what the stored run records, so a restart re-running the step builds it again."""
+        key = f"{self.execution.run_id}/{self.key_scope}{node_id}"
+        if foreach_index is not None:
+            key += f"[{foreach_index}]"
+        if iteration:
+            key += f"#{iteration}"
+        if resumes:
+            key += f"@{resumes}"
+        return key
 
     # --- one node ---------------------------------------------------------------------------
 
@@ -648,7 +712,7 @@ class Level:
                         span.error = str(run.result.error)
                 return run
         except trio.Cancelled:
-            if record:
+            if record and not self.execution.interrupted_resume(resume):
                 # A nested workflow's progress record stays: a restart continues it.
                 prior = self.execution.stored.get(self.key_prefix + node.id)
                 canceled = _canceled_result(value, announced, resume, prior, iteration)
@@ -686,6 +750,7 @@ class Level:
             emit=emit,
             iteration=iteration,
             announced=announced,
+            foreach_index=foreach_index,
         )
 
     async def run_step(
@@ -698,6 +763,7 @@ class Level:
         emit: bool,
         iteration: int,
         announced: Announced | None = None,
+        foreach_index: int | None = None,
     ) -> StepRun:
         if announced is None:
             announced = self.announce(node, value, resume, chunk_id, emit=emit, iteration=iteration)
@@ -706,12 +772,17 @@ class Level:
         metadata = {ITERATION_COUNT: iteration} if iteration else None
         resume_data = None
         suspend_data = None
+        resumes = 0
         if resume is not None:
             stored = resume.stored or {}
             if "payload" in stored:
                 value = stored["payload"]
             suspend_data = stored.get("suspend_payload")
             resume_data = resume.data
+            resumes = _resume_count(stored) + 1
+            metadata = {**(metadata or {}), RESUME_COUNT: resumes}
+        key = self.idempotency_key(node.id, foreach_index, iteration, resumes)
+        attempt = 0
         base: dict[str, Any] = {
             "payload": value,
             "started_at": announced.started_at,
@@ -726,7 +797,9 @@ class Level:
             return run if run is not None else StepRun(result=result)
 
         def failed(error: BaseException, tripwire: TripwireInfo | None = None) -> StepRun:
-            result = StepResult(status=_S.FAILED, error=error, ended_at=now_ms(), **base)
+            result = StepResult(
+                status=_S.FAILED, error=error, ended_at=now_ms(), retry_count=attempt, **base
+            )
             return settle(result, StepRun(result=result, tripwire=tripwire))
 
         step_input = value
@@ -743,7 +816,6 @@ class Level:
 
         retries = node.retries if node.retries is not None else self.workflow.retry_config.attempts
         delay = self.workflow.retry_config.delay
-        attempt = 0
         while True:
             ctx = StepContext(
                 self,
@@ -757,6 +829,7 @@ class Level:
                 iteration_count=iteration,
                 suspend_schema=node.suspend_schema,
                 state_schema=node.state_schema,
+                idempotency_key=key,
             )
             try:
                 output = await _call_with_timeout(node, ctx)
@@ -766,7 +839,10 @@ class Level:
                 raise
             except TripwireError as exc:
                 info = TripwireInfo(
-                    reason=exc.reason, retry=exc.retry, metadata=exc.metadata, step_id=node.id
+                    reason=_safe_text(str(exc.reason)),
+                    retry=bool(exc.retry),
+                    metadata=_tripwire_metadata(exc.metadata),
+                    step_id=node.id,
                 )
                 return failed(exc, info)
             except NonRetryableError as exc:
@@ -810,16 +886,23 @@ class Level:
                 suspend_payload=ctx._suspend_payload,
                 suspend_output=output,
                 suspended_at=ended_at,
+                retry_count=attempt,
                 **base,
             )
             run = StepRun(result=result, labels=[_Label(n, []) for n in ctx._resume_labels])
             return settle(result, run)
         if ctx._bailed:
             result = StepResult(
-                status=_S.SUCCESS, output=ctx._bail_value, ended_at=ended_at, **base
+                status=_S.SUCCESS,
+                output=ctx._bail_value,
+                ended_at=ended_at,
+                retry_count=attempt,
+                **base,
             )
             return settle(result, StepRun(result=result, bailed=True))
-        result = StepResult(status=_S.SUCCESS, output=output, ended_at=ended_at, **base)
+        result = StepResult(
+            status=_S.SUCCESS, output=output, ended_at=ended_at, retry_count=attempt, **base
+        )
         return settle(result)
 
     def _emit_canceled(self, chunk_id: str, call_id: str | None, base: dict[str, Any]) -> None:
@@ -846,6 +929,8 @@ class Level:
         started_at = announced.started_at
         index = f"[{foreach_index}]" if foreach_index is not None else ""
         key_prefix = f"{self.key_prefix}{node.id}{index}."
+        loop = f"#{iteration}" if iteration else ""
+        key_scope = f"{self.key_scope}{node.id}{index}{loop}."
         stored = resume.stored if resume is not None else None
         header = nested_header(stored)
         if header is not None and stored is not None and "payload" in stored:
@@ -872,6 +957,7 @@ class Level:
                 state=header.get("state"),
                 is_root=False,
                 header=header,
+                key_scope=key_scope,
             )
             # The nested run continues with the parent's current state merged over its own.
             sub.state = (
@@ -910,6 +996,7 @@ class Level:
                 input=nested_input,
                 state=self.state,
                 is_root=False,
+                key_scope=key_scope,
             )
             inner_target = None
             start = 0
@@ -1379,6 +1466,8 @@ class Level:
                 record["metadata"] = to_jsonable(result.metadata)
             if result.payload is not None:
                 record["payload"] = to_jsonable(result.payload)
+            if result.retry_count:
+                record["retry_count"] = result.retry_count
             if run.bailed:
                 bailed = i if bailed is None else min(bailed, i)
                 stop = True
@@ -1420,6 +1509,7 @@ class Level:
 
         items_json = to_jsonable(items) if execution.durable else None
         pending = iter(plan)
+        log = execution.log
 
         async def worker() -> None:
             # A sliding window without a task per item: each of `concurrency` workers takes
@@ -1434,7 +1524,11 @@ class Level:
                 # Items whose steps never checkpoint must not make the run uncancellable
                 # (a cancel point per item) nor starve other tasks (a schedule point every
                 # few items: a full checkpoint per item would double the cost of an item).
-                if done % 32:
+                # Each item adds a progress chunk: past the bound of chunks waiting for
+                # storage (SPEC §3.0), the next item waits until storage commits some.
+                if not log.has_room():
+                    await log.wait_for_room()
+                elif done % 32:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 else:
                     await trio.lowlevel.checkpoint()
@@ -1709,6 +1803,10 @@ def _canceled_result(
         metadata = (prior or {}).get("metadata")
     else:
         metadata = {ITERATION_COUNT: iteration} if iteration else None
+        if resume is not None and _resume_count(prior):
+            # A restart replaying this resume counts from the resumes before it, so the
+            # step gets the same idempotency key again.
+            metadata = {**(metadata or {}), RESUME_COUNT: _resume_count(prior)}
     return StepResult(
         status=_S.CANCELED,
         payload=value,
@@ -1718,6 +1816,28 @@ def _canceled_result(
         resumed_at=announced.resumed_at,
         metadata=metadata,
     )
+
+
+def _resume_count(stored: dict[str, Any] | None) -> int:
+    """How many resumes a stored step result (or foreach item record) has had."""
+    count = ((stored or {}).get("metadata") or {}).get(RESUME_COUNT)
+    return count if type(count) is int else 0
+
+
+def _tripwire_metadata(metadata: Any) -> dict[str, Any] | None:
+    """A TripwireError's metadata as stored and sent: strict JSON values as they are, any
+    other value as its repr (as an error's attributes are), never a failure of its own."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return {"value": _describe(metadata)}
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        try:
+            out[_safe_text(str(key))] = to_strict_jsonable(value)
+        except Exception:
+            out[_safe_text(str(key))] = _describe(value)
+    return out
 
 
 class _Label:
@@ -1856,8 +1976,12 @@ class Execution:
         resume_data: Any = None,
         tracing: TracingOptions | None = None,
         resume_token: str | None = None,
+        restarted: bool = False,
     ) -> None:
         self.runtime = runtime
+        #: Begun by ``restart()`` (also when it replays the resume a crash interrupted):
+        #: its ``workflow-start`` says so (``payload.restart``).
+        self.restarted = restarted or kind == "restart"
         self.tracer = runtime.tracer
         self.tracing = tracing if tracing is not None else TracingOptions()
         self.root_span: Span | None = None
@@ -2000,6 +2124,17 @@ class Execution:
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage
 
+    def interrupted_resume(self, resume: NodeResume | None) -> bool:
+        """Whether the runtime (not a cancel of the run) interrupted a node it was
+        resuming: its stored suspended record and path stay as they were, so restart()
+        replays the resume as it was (its suspend data, its resume count)."""
+        return (
+            resume is not None
+            and not resume.restarting
+            and not self.cancel_requested
+            and self.pending_resume is not None
+        )
+
     def request_cancel(self, reason: str) -> None:
         """Cancel this execution (synchronous): its scope is cancelled at once."""
         self.cancel_requested = True
@@ -2111,7 +2246,9 @@ class Execution:
             WorkflowStart(
                 run_id=self.run_id,
                 seq=log.next_seq,
-                payload=WorkflowStartPayload(workflow_id=self.workflow.id),
+                payload=WorkflowStartPayload(
+                    workflow_id=self.workflow.id, restart=self.restarted
+                ),
             )
         )
 
@@ -2219,11 +2356,13 @@ class Execution:
         root = self.root
         status = _run_status(outcome)
         error = outcome.error
+        steps = {k: public_step_result(v) for k, v in root.results.items()}
         self.result = WorkflowResult(
             status=status,
             result=outcome.output if status is RunStatus.SUCCESS else None,
             error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
-            steps={k: public_step_result(v) for k, v in root.results.items()},
+            steps=steps,
+            all_steps=all_step_results(steps, self.stored),
             input=root.input,
             state=root.state,
             suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],

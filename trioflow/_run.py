@@ -412,6 +412,7 @@ class Run:
         tracing: TracingOptions | None = None,
         *,
         token: str | None = None,
+        restarted: bool = False,
     ) -> Execution:
         wf = self._workflow
         input_value = claimed.input
@@ -439,6 +440,7 @@ class Run:
             resume_data=data,
             tracing=tracing,
             resume_token=token,
+            restarted=restarted,
         )
         self._claimed = True
         execution.emit_workflow_start()
@@ -615,7 +617,14 @@ class Run:
             if schema is not None and self._workflow.validate_inputs:
                 data = validate(data, schema, "Invalid resume data:")
             return self._spawn_continuation(
-                claimed, "resume", context, trace_id, target, data, token=pending.get("token")
+                claimed,
+                "resume",
+                context,
+                trace_id,
+                target,
+                data,
+                token=pending.get("token"),
+                restarted=True,
             )
         return self._spawn_continuation(claimed, "restart", context, trace_id, None, None)
 

@@ -16,7 +16,13 @@ from ._broadcast import EventLog
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
 from ._core._resume import full_suspended_paths
 from ._core._status import RunStatus, is_terminal
-from ._engine import SHIELDED_WRITE_GRACE, call_maybe_async, load_step_result, now_ms
+from ._engine import (
+    SHIELDED_WRITE_GRACE,
+    all_step_results,
+    call_maybe_async,
+    load_step_result,
+    now_ms,
+)
 from ._errors import (
     NoRuntimeError,
     RunAlreadyStartedError,
@@ -131,6 +137,7 @@ def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
         result=snapshot.result if snapshot.status is RunStatus.SUCCESS else None,
         error=snapshot.error,
         steps=steps,
+        all_steps=all_step_results(steps, snapshot.steps),
         input=snapshot.input,
         state=snapshot.state,
         suspended=suspended,
@@ -369,6 +376,7 @@ class Runtime:
             input=snapshot.input,
             state=snapshot.state,
             steps=result.steps,
+            all_steps=result.all_steps,
             suspended=result.suspended,
             result=snapshot.result,
             error=snapshot.error,

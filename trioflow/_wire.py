@@ -120,6 +120,11 @@ def _tripwire_from_wire(data: Any, where: str) -> Any:
     )
 
 
+#: trioflow's own payload fields, left out of the wire dict at their default (``False``,
+#: ``0``) so that chunks stay as Mastra sends them unless they have something to say.
+_OMITTED_AT_DEFAULT = frozenset({"restart", "retry_count"})
+
+
 def _payload_to_wire(payload: Any, chunk_type: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in attrs.fields(type(payload)):
@@ -127,7 +132,7 @@ def _payload_to_wire(payload: Any, chunk_type: str) -> dict[str, Any]:
         if value is None:
             continue
         name = field.name
-        if name == "usage":
+        if name == "usage" or (name in _OMITTED_AT_DEFAULT and value == field.default):
             continue
         if name == "error":
             out["error"] = _error_to_wire(value)
@@ -203,6 +208,8 @@ def _check_scalar(value: Any, annotation: Any, where: str) -> Any:
         text = annotation.__name__
     else:
         text = str(annotation)
+    if text.startswith("bool") and not isinstance(value, bool):
+        raise ValueError(f"{where}: expected bool, got {type_name(value)}")
     if text.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{where}: expected int, got {type_name(value)}")
     if text.startswith("str") and not isinstance(value, str):

@@ -21,6 +21,10 @@ FROM_USER = "USER"
 @attrs.frozen(kw_only=True)
 class WorkflowStartPayload:
     workflow_id: str
+    #: True on the start of an execution that ``restart()`` began (the process running the
+    #: run died, or the runtime stopped, while it was executing): the chunks before it from
+    #: the interrupted execution stay in the log. On the wire ``restart`` only when true.
+    restart: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -93,6 +97,9 @@ class StepResultPayload:
     step_call_id: str | None = None
     tripwire: TripwireInfo | None = None
     metadata: dict[str, Any] | None = None
+    #: Retries before the step settled (``StepResult.retry_count``); on the wire
+    #: ``retryCount`` only when above 0 (Mastra sends no such field).
+    retry_count: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -83,6 +83,9 @@ class StepResult:
     resume_payload: Any = None
     resumed_at: int | None = None
     metadata: dict[str, Any] | None = None
+    #: How many times the step was retried in this execution before it settled (0 when
+    #: its first attempt settled it); trioflow's own, Mastra has no such field.
+    retry_count: int = 0
 
 
 #: The key of a loop body's iteration in ``StepResult.metadata`` (engine metadata is named
@@ -93,7 +96,11 @@ OLD_ITERATION_COUNT = "iteration_count"
 #: Keys of a stored step result's metadata that are the engine's own bookkeeping (foreach
 #: outcomes, a nested workflow's position): resume and restart read them from the stored
 #: run; they never appear in chunks or in public results.
-BOOKKEEPING_KEYS = frozenset({"foreach", "nested"})
+BOOKKEEPING_KEYS = frozenset({"foreach", "nested", "resumeCount"})
+#: The bookkeeping key of a stored step result that counts the resumes it has had: part of
+#: its ``ctx.idempotency_key``, read back when it is resumed again (or a crash replays the
+#: resume).
+RESUME_COUNT = "resumeCount"
 
 
 def public_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -134,6 +141,12 @@ class WorkflowResult:
     run_id: str = ""
     trace_id: str = ""
     step_execution_path: list[str] = attrs.field(factory=list)
+    #: Every settled step at every depth, by qualified key: top-level steps by id (as in
+    #: ``steps``), steps of nested workflows as ``"nested.inner"``, foreach items as
+    #: ``"step[2]"`` and steps of a nested workflow in foreach item 2 as
+    #: ``"nested[2].inner"``. A loop body keeps its last iteration. Left out of ``repr``
+    #: and ``==`` (``steps`` says what the run did at its own level).
+    all_steps: dict[str, StepResult] = attrs.field(factory=dict, repr=False, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -164,6 +177,8 @@ class RunState:
     error: SerializedError | None
     created_at: int
     updated_at: int
+    #: Every settled step at every depth, by qualified key (see ``WorkflowResult.all_steps``).
+    all_steps: dict[str, StepResult] = attrs.field(factory=dict, repr=False, eq=False)
 
 
 @attrs.frozen(kw_only=True)
