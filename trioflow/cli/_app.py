@@ -1,6 +1,8 @@
 """The ``trioflow`` command: argument parsing, the commands, errors.
 
-The exit statuses are in ``_session``; ``serve`` and ``watch`` live in ``_serve``.
+The exit statuses are in ``_session``; ``serve`` and ``watch`` live in ``_serve``; what
+the commands share (a stored run's workflow, the report of how an execution ended) in
+``_common``, the resume hints and examples of schemas in ``_hints``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._broadcast import Subscription, ends_at_terminal_finish
-from .._core._chunks import Chunk, WorkflowFinish
+from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
 from .._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
@@ -40,6 +42,16 @@ from .._serde import to_jsonable, to_wire
 from .._version import __version__
 from .._workflow import Workflow
 from ..storage import Storage
+from ._common import (
+    error_json,
+    escape,
+    load_snapshot,
+    report,
+    resume_hints,
+    show_chunks,
+    suspended_payloads,
+    workflow_of,
+)
 from ._hints import require_value, resume_commands, resume_schema_at, step_to_resume
 from ._load import WORKFLOW_REF_KEY, CliError, load_module_workflows, load_workflow, parse_json
 from ._serve import add_arguments as add_bridge_arguments
@@ -52,187 +64,10 @@ from ._session import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     Session,
-    exit_status,
 )
-from ._view import compact, error_text, make_view, plain_line
+from ._view import compact, error_text, plain_line
 
 DEMO_REF = "trioflow._demo:demo_workflow"
-
-
-# --- shared pieces -----------------------------------------------------------------------
-
-
-async def _load_snapshot(session: Session, storage: Storage, run_id: str) -> RunSnapshot:
-    snapshot = await storage.load_snapshot(run_id)
-    if snapshot is None:
-        raise CliError(f"no run {run_id} in {session.db_display}")
-    return snapshot
-
-
-def _workflow_of(snapshot: RunSnapshot, ref: str | None) -> tuple[Workflow, str]:
-    """The workflow a stored run belongs to: ``--ref`` or the reference stored with it."""
-    stored = snapshot.request_context.get(WORKFLOW_REF_KEY)
-    chosen = ref or (stored if isinstance(stored, str) else None)
-    if chosen is None:
-        raise CliError(
-            f"run {snapshot.run_id} (workflow {snapshot.workflow_id!r}) was not started by the "
-            "trioflow command, so its workflow module is unknown: pass --ref MODULE:WORKFLOW"
-        )
-    try:
-        workflow, canonical = load_workflow(chosen)
-    except CliError as exc:
-        if ref is None:
-            raise CliError(
-                f"cannot load the workflow of run {snapshot.run_id} ({chosen}): {exc} "
-                "(pass --ref MODULE:WORKFLOW)"
-            ) from None
-        raise
-    if workflow.id != snapshot.workflow_id:
-        raise CliError(
-            f"run {snapshot.run_id} belongs to workflow {snapshot.workflow_id!r}, "
-            f"but {chosen} is workflow {workflow.id!r}"
-        )
-    return workflow, canonical
-
-
-def _suspended(result: WorkflowResult) -> list[tuple[str, Any]]:
-    return [
-        (".".join(path), result.suspend_payload.get(".".join(path))) for path in result.suspended
-    ]
-
-
-def _error_json(error: Any) -> dict[str, Any] | None:
-    if error is None:
-        return None
-    if isinstance(error, BaseException):
-        return {"name": type(error).__name__, "message": str(error)}
-    return {"name": getattr(error, "name", "Error"), "message": getattr(error, "message", "")}
-
-
-def _result_json(result: WorkflowResult, workflow_id: str) -> dict[str, Any]:
-    return {
-        "runId": result.run_id,
-        "workflowId": workflow_id,
-        "status": result.status.value,
-        "result": to_jsonable(result.result),
-        "error": _error_json(result.error),
-        "suspended": [
-            {"path": path, "payload": to_jsonable(payload)} for path, payload in _suspended(result)
-        ],
-    }
-
-
-async def _resume_hints(
-    session: Session,
-    storage: Storage,
-    result: WorkflowResult,
-    workflow: Workflow | None,
-    data: Any | None = None,
-) -> list[str]:
-    """The commands that resume ``result``'s run (``data``: the resume data, if known)."""
-    snapshot = await storage.load_snapshot(result.run_id)
-    labels = snapshot.resume_labels if snapshot is not None else {}
-    return resume_commands(
-        result.run_id,
-        session.db_option,
-        result.suspended,
-        workflow=workflow,
-        labels=labels,
-        data=data,
-    )
-
-
-def _report(
-    session: Session,
-    result: WorkflowResult,
-    workflow_id: str,
-    *,
-    hints: Sequence[str] = (),
-    data_known: bool = False,
-    extra: dict[str, Any] | None = None,
-) -> int:
-    """Print how the execution ended; return the exit status. ``hints``: the commands
-    that resume a suspended run (``data_known``: they carry the data to give)."""
-    status = result.status
-    if session.json:
-        body = _result_json(result, workflow_id)
-        if status is RunStatus.SUSPENDED and hints:
-            body["resumeCommand"] = hints[0]
-            body["resumeCommands"] = list(hints)
-        body.update(extra or {})
-        session.emit_json(body)
-        return exit_status(status)
-    fancy = session.fancy
-    if status is RunStatus.SUCCESS:
-        session.say("[bold green]✔ success[/]" if fancy else "status: success")
-        if fancy:
-            _print_value(session, to_jsonable(result.result))
-        else:
-            session.say(f"result: {json.dumps(to_jsonable(result.result))}", markup=False)
-    elif status in (RunStatus.FAILED, RunStatus.TRIPWIRE):
-        reason = error_text(result.error)
-        if status is RunStatus.TRIPWIRE and result.tripwire is not None:
-            reason = result.tripwire.reason
-        if fancy:
-            session.say(f"[bold red]✖ {status.value}[/]: {_escape(reason)}")
-        else:
-            session.say(f"status: {status.value}", markup=False)
-            session.say(f"error: {reason}", markup=False)
-    elif status is RunStatus.SUSPENDED:
-        session.say("[bold yellow]⏸ suspended[/]" if fancy else "status: suspended")
-        for path, payload in _suspended(result):
-            text = f"{path}: {compact(to_jsonable(payload), 400)}"
-            session.say(f"  [yellow]{_escape(text)}[/]" if fancy else f"suspended {text}")
-        if not data_known:
-            session.say(
-                "Resume it (from any terminal) with:" if fancy else "to resume:", markup=False
-            )
-        else:
-            session.say(
-                "Finish it from another terminal with:" if fancy else "to finish it, run:",
-                markup=False,
-            )
-        for command in hints:
-            session.say(command, markup=False)
-    elif status is RunStatus.CANCELED:
-        session.say("[bold yellow]■ canceled[/]" if fancy else "status: canceled")
-    else:
-        session.say(f"status: {status.value}", markup=False)
-    return exit_status(status)
-
-
-def _print_value(session: Session, value: Any) -> None:
-    """A JSON value on a terminal: on one line when it fits, else indented."""
-    text = json.dumps(value, ensure_ascii=False)
-    if len(text) <= max(40, session.out.width - 4):
-        session.out.print_json(text, indent=None)
-    else:
-        session.out.print_json(text, indent=2)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-async def _show(
-    session: Session,
-    chunks: AsyncIterable[Chunk],
-    *,
-    until_any_finish: bool,
-    workflow: Workflow | None = None,
-) -> None:
-    """Show chunks as they come (nothing in --json mode: the summary says it all)."""
-    if session.json:
-        await trio.lowlevel.checkpoint()
-        return
-    view = make_view(session.out, workflow)
-    async with view.showing():
-        async for chunk in chunks:
-            view.handle(chunk)
-            if until_any_finish and isinstance(chunk, WorkflowFinish):
-                break
 
 
 # --- run / demo ----------------------------------------------------------------------------
@@ -310,14 +145,14 @@ async def _follow(
                 await trio.lowlevel.checkpoint()
 
         nursery.start_soon(wait)
-        await _show(session, chunks, until_any_finish=until_any_finish, workflow=workflow)
+        await show_chunks(session, chunks, until_any_finish=until_any_finish, workflow=workflow)
     run_id, session.active_run = session.active_run, None
     if results:
         result = results[0]
         hints: list[str] = []
         if result.status is RunStatus.SUSPENDED:
-            hints = await _resume_hints(session, storage, result, workflow, resume_data)
-        return _report(
+            hints = await resume_hints(session, storage, result, workflow, resume_data)
+        return report(
             session, result, workflow.id, hints=hints, data_known=resume_data is not None
         )
     assert failures
@@ -326,7 +161,7 @@ async def _follow(
     if snapshot is not None and snapshot.status is RunStatus.CANCELED:
         if not session.json:
             session.say(f"run {run_id} was canceled by another process", markup=False)
-        return _report(session, result_from_snapshot(snapshot), workflow.id)
+        return report(session, result_from_snapshot(snapshot), workflow.id)
     session.err.print(
         f"trioflow: error: run {run_id} stopped: {error_text(failures[0])}",
         markup=False,
@@ -356,7 +191,7 @@ async def cmd_demo(session: Session, args: argparse.Namespace) -> int:
     if not session.json:
         session.say(
             "[bold]trioflow demo[/]: parallel steps, a foreach with progress, custom output, "
-            f"a suspension for approval [dim](database {_escape(session.db_display)})[/]"
+            f"a suspension for approval [dim](database {escape(session.db_display)})[/]"
             if session.fancy
             else f"trioflow demo (database: {session.db_display})",
             markup=session.fancy,
@@ -370,12 +205,12 @@ async def cmd_demo(session: Session, args: argparse.Namespace) -> int:
 async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
     data = parse_json(args.data, "--data")
     async with session.storage(must_exist=True) as storage:
-        snapshot = await _load_snapshot(session, storage, args.run_id)
+        snapshot = await load_snapshot(session, storage, args.run_id)
         if snapshot.status is not RunStatus.SUSPENDED:
             raise CliError(
                 f"run {args.run_id} is not suspended (its status is {snapshot.status.value})"
             )
-        workflow, ref = _workflow_of(snapshot, args.ref)
+        workflow, ref = workflow_of(snapshot, args.ref)
         if args.data is None:
             _require_resume_data(snapshot, workflow, args)
         async with open_runtime(storage=storage, workflows=[workflow]) as rt:
@@ -404,12 +239,12 @@ def _require_resume_data(
 
 async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
     async with session.storage(must_exist=True) as storage:
-        snapshot = await _load_snapshot(session, storage, args.run_id)
+        snapshot = await load_snapshot(session, storage, args.run_id)
         status = snapshot.status
         if status in (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TRIPWIRE):
             if not session.json:
                 session.say(f"run {args.run_id} already ended", markup=False)
-            return _report(session, result_from_snapshot(snapshot), snapshot.workflow_id)
+            return report(session, result_from_snapshot(snapshot), snapshot.workflow_id)
         if status is RunStatus.SUSPENDED:
             raise CliError(
                 f"run {args.run_id} is suspended: continue it with "
@@ -417,7 +252,7 @@ async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
             )
         if status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
             raise CliError(f"run {args.run_id} is {status.value}: there is nothing to restart")
-        workflow, _ = _workflow_of(snapshot, args.ref)
+        workflow, _ = workflow_of(snapshot, args.ref)
         last = await storage.last_seq(args.run_id)
         async with open_runtime(storage=storage, workflows=[workflow]) as rt:
             run = await rt.create_run(workflow, run_id=args.run_id)
@@ -430,7 +265,7 @@ async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
 
 async def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
     async with session.storage(must_exist=True) as storage:
-        snapshot = await _load_snapshot(session, storage, args.run_id)
+        snapshot = await load_snapshot(session, storage, args.run_id)
         before = snapshot.status
         status: RunStatus = before
         if before is RunStatus.CANCELED:
@@ -440,7 +275,7 @@ async def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
                 f"run {args.run_id} already ended ({before.value}): there is nothing to cancel"
             )
         else:
-            workflow, _ = _workflow_of(snapshot, args.ref)
+            workflow, _ = workflow_of(snapshot, args.ref)
             async with open_runtime(storage=storage, workflows=[workflow]) as rt:
                 run = await rt.create_run(workflow, run_id=args.run_id)
                 await run.cancel()
@@ -487,7 +322,7 @@ def _table(
         # Ids, statuses and times are never wrapped; only a last free-text column is.
         table.add_column(name, no_wrap=i < len(header) - 1 or not name.startswith("OUTPUT"))
     for row in rows:
-        table.add_row(*(_escape(c) for c in row))
+        table.add_row(*(escape(c) for c in row))
     session.out.print(table)
 
 
@@ -540,7 +375,7 @@ def _duration_ms(step: StepResult) -> int | None:
 
 async def cmd_show(session: Session, args: argparse.Namespace) -> int:
     async with session.storage(must_exist=True) as storage:
-        snapshot = await _load_snapshot(session, storage, args.run_id)
+        snapshot = await load_snapshot(session, storage, args.run_id)
     result = result_from_snapshot(snapshot)
     steps = [
         {
@@ -550,12 +385,12 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
             "endedAt": step.ended_at,
             "durationMs": _duration_ms(step),
             "output": to_jsonable(step.output),
-            "error": _error_json(step.error),
+            "error": error_json(step.error),
             "suspendPayload": to_jsonable(step.suspend_payload),
         }
         for step_id, step in result.steps.items()
     ]
-    suspended = [{"path": p, "payload": to_jsonable(v)} for p, v in _suspended(result)]
+    suspended = [{"path": p, "payload": to_jsonable(v)} for p, v in suspended_payloads(result)]
     if session.json:
         session.emit_json(
             {
@@ -569,7 +404,7 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
                 "steps": steps,
                 "suspended": suspended,
                 "result": to_jsonable(snapshot.result),
-                "error": _error_json(snapshot.error),
+                "error": error_json(snapshot.error),
                 "createdAt": snapshot.created_at,
                 "updatedAt": snapshot.updated_at,
             }
@@ -615,7 +450,7 @@ def _show_hints(session: Session, snapshot: RunSnapshot, result: WorkflowResult)
     if snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
         # Without the workflow the command still helps, only without example data.
         with contextlib.suppress(CliError):
-            workflow, _ = _workflow_of(snapshot, None)
+            workflow, _ = workflow_of(snapshot, None)
     return resume_commands(
         snapshot.run_id,
         session.db_option,
@@ -629,7 +464,7 @@ async def cmd_events(session: Session, args: argparse.Namespace) -> int:
     if args.from_seq < 1:
         raise CliError("--from-seq must be 1 or more")
     async with session.storage(must_exist=True) as storage:
-        snapshot = await _load_snapshot(session, storage, args.run_id)
+        snapshot = await load_snapshot(session, storage, args.run_id)
         follow = args.follow and snapshot.status not in TERMINAL
         async with open_runtime(storage=storage) as rt:
             hub = rt.hub_for(snapshot)
@@ -812,7 +647,7 @@ def _say_stopped(session: Session, how: str) -> None:
         )
 
 
-async def _cancel_on_sigterm(
+async def _cancel_on_sigterm(  # noqa: ASYNC114 - started by _amain only
     scope: trio.CancelScope, stopped: list[str], *, task_status: trio.TaskStatus[None]
 ) -> None:
     # A service manager, `kill` or a container stop sends SIGTERM: leave the runtime as
@@ -841,7 +676,7 @@ async def _amain(session: Session, func: Command, args: argparse.Namespace) -> i
         if stopped:
             _say_stopped(session, "terminated (SIGTERM)")
             code = EXIT_TERMINATED
-    return code
+    return code  # noqa: ASYNC910 - the nursery checkpoints
 
 
 class _OneLineFormatter(logging.Formatter):

@@ -221,7 +221,7 @@ class _StoresRef:
         self.ref = ref
         self.inner = inner
 
-    async def __call__(self, info: Any) -> None:
+    async def __call__(self, info: Any) -> None:  # noqa: ASYNC910 - the run API checkpoints
         if self.inner is not None:
             value = self.inner(info)
             if inspect.isawaitable(value):
