@@ -157,14 +157,19 @@ def _text_block_after(markdown: str, marker: str) -> list[str]:
 
 
 def _same_output(documented: list[str], printed: list[str], run_id: str) -> None:
-    """``printed`` ends as ``documented`` does, after its ``…`` line (ids and durations
-    vary)."""
-    tail = documented[documented.index("…") + 1 :] if "…" in documented else documented
+    """``printed`` is what ``documented`` shows (ids and durations vary): line for line, or
+    where the page elides lines with ``…``, its lines before and after that."""
 
-    def norm(line: str) -> str:
-        return re.sub(r"\d+\.\d\ds", "N.NNs", line.replace("7e20…", run_id))
+    def norm(lines: list[str]) -> list[str]:
+        return [re.sub(r"\d+\.\d\ds", "N.NNs", line.replace("7e20…", run_id)) for line in lines]
 
-    assert [norm(line) for line in printed[-len(tail) :]] == [norm(line) for line in tail]
+    if "…" not in documented:
+        assert norm(printed) == norm(documented)
+        return
+    cut = documented.index("…")
+    head, tail = documented[:cut], documented[cut + 1 :]
+    assert norm(printed[: len(head)]) == norm(head)
+    assert norm(printed[len(printed) - len(tail) :]) == norm(tail)
 
 
 def test_the_tutorial_prints_what_the_page_shows(tmp_path: Path) -> None:
