@@ -51,6 +51,13 @@ def test_docs_build_strictly(tmp_path: Path) -> None:
         assert all(name in mastra for name in pair), pair
     for page in ("tutorial", "concepts", "cli", "performance"):
         assert (site / page / "index.html").is_file(), page
+    # Docstrings rendered in the API reference must stand alone too.
+    outside = {
+        path.relative_to(site).as_posix()
+        for path in site.rglob("*.html")
+        if OUTSIDE.search(path.read_text(encoding="utf-8"))
+    }
+    assert outside == set(PENDING_SITE), outside
 
 
 def _code_block(markdown: str, title: str) -> str:
@@ -105,6 +112,11 @@ REGISTRY_INSTALL = re.compile(r"""pip install\s+(?:-U\s+)?["']?trioflow(?:\[|\b(
 PENDING_OUTSIDE = {
     "docs/bridge.md": "cites SPEC §3.4 for the wire format (bridge docs, another session)",
 }
+#: Built pages that still point outside the project (docstrings of other sessions' code).
+PENDING_SITE = {
+    "api/index.html": "SPEC §3.0 in trioflow/_context.py (writer), SPEC §0 in NotJsonError",
+    "bridge/index.html": "docs/bridge.md, as above",
+}
 PENDING_REGISTRY_HINTS = {
     "trioflow/__main__.py": "the missing-rich hint (not owned by the CLI session)",
     "trioflow/cli/_serve.py": "the missing-bridge hint (serve/watch session)",
@@ -157,11 +169,16 @@ def _text_block_after(markdown: str, marker: str) -> list[str]:
 
 
 def _same_output(documented: list[str], printed: list[str], run_id: str) -> None:
-    """``printed`` is what ``documented`` shows (ids and durations vary): line for line, or
-    where the page elides lines with ``…``, its lines before and after that."""
+    """``printed`` is what ``documented`` shows: line for line, or where the page elides
+    lines with ``…``, its lines before and after that. Ids, durations and which of the
+    items packed two at a time comes first vary."""
 
     def norm(lines: list[str]) -> list[str]:
-        return [re.sub(r"\d+\.\d\ds", "N.NNs", line.replace("7e20…", run_id)) for line in lines]
+        out = []
+        for line in lines:
+            line = re.sub(r"\d+\.\d\ds", "N.NNs", line.replace("7e20…", run_id))
+            out.append(re.sub(r'"packed \w+"', '"packed ITEM"', line))
+        return out
 
     if "…" not in documented:
         assert norm(printed) == norm(documented)
