@@ -92,7 +92,11 @@ def exists(path: Path) -> bool:
     return path.exists()
 
 
-async def make_v1_file(path: Path) -> None:
+#: The schema version a migration appended by a test brings a file to.
+NEXT_VERSION = sqlite_module.SCHEMA_VERSION + 1
+
+
+async def make_current_file(path: Path) -> None:
     async with SqliteStorage(path) as storage:
         await storage.create_run(snap("kept", state={"v": 1}))
         await storage.append_events("kept", outs("kept", 1, 2))
@@ -380,7 +384,7 @@ async def test_sqlite_header_with_corrupt_body_is_rejected_and_untouched(tmp_pat
 
 
 async def test_corrupted_trioflow_file_is_rejected_and_untouched(db_path: Path) -> None:
-    await make_v1_file(db_path)
+    await make_current_file(db_path)
     data = bytearray(read(db_path))
     data[100:4096] = random.Random(6).randbytes(4096 - 100)  # the schema page
     write(db_path, bytes(data))
@@ -423,7 +427,7 @@ async def test_foreign_wal_database_in_use_is_not_checkpointed(db_path: Path) ->
 
 
 async def test_newer_schema_version_is_rejected_and_untouched(db_path: Path) -> None:
-    await make_v1_file(db_path)
+    await make_current_file(db_path)
     with raw(db_path) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
         conn.execute("PRAGMA user_version = 99")
@@ -436,7 +440,7 @@ async def test_newer_schema_version_is_rejected_and_untouched(db_path: Path) -> 
 async def test_migration_to_a_new_version_runs_on_open(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await make_v1_file(db_path)
+    await make_current_file(db_path)
 
     def add_notes(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE notes (run_id TEXT PRIMARY KEY, note TEXT)")
@@ -450,9 +454,9 @@ async def test_migration_to_a_new_version_runs_on_open(
         assert list(await storage.read_events("kept")) == outs("kept", 1, 2)
     with raw(db_path) as conn:
         assert conn.execute("SELECT run_id, note FROM notes").fetchall() == [("kept", "migrated")]
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (NEXT_VERSION,)
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "2",
+            str(NEXT_VERSION),
         )
     # the next open finds it current and migrates nothing again
     async with SqliteStorage(db_path) as storage:
@@ -472,13 +476,13 @@ async def test_new_file_runs_every_migration(
         await storage.create_run(snap("r"))
     assert applied == [2]
     with raw(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (NEXT_VERSION,)
 
 
 async def test_failed_migration_rolls_back_to_the_old_version(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await make_v1_file(db_path)
+    await make_current_file(db_path)
 
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half_done (x INTEGER)")
@@ -489,7 +493,7 @@ async def test_failed_migration_rolls_back_to_the_old_version(
     with pytest.raises(RuntimeError, match="migration bug"):
         await SqliteStorage(db_path).open()
     with raw(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "half_done" not in tables
     monkeypatch.undo()

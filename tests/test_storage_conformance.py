@@ -622,6 +622,88 @@ async def test_concurrent_create_run_of_one_id_inserts_once(storage: Storage) ->
     assert loaded.state == {"by": wins[0]}
 
 
+# --------------------------------------------------------------------------- changed_steps
+
+
+def rec(value: Any, status: str = "success") -> dict[str, Any]:
+    return {"status": status, "output": value, "started_at": 1, "ended_at": 2}
+
+
+async def test_save_with_changed_steps_stores_the_snapshot_in_dict_order(
+    storage: Storage,
+) -> None:
+    await storage.create_run(snap("r", status=S.RUNNING, steps={"a": rec(1), "b": rec(2)}))
+    steps = {"a": rec(10), "b": rec(2), "n.x": rec(3), "n[1].y": rec(4)}
+    new = snap("r", status=S.RUNNING, steps=steps, state={"k": 1})
+    assert await storage.save_snapshot(
+        new, outs("r", 1, 1), expected_status=S.RUNNING, changed_steps=["a", "n.x", "n[1].y"]
+    )
+    loaded = await storage.load_snapshot("r")
+    assert loaded == new
+    assert loaded is not None
+    assert list(loaded.steps) == ["a", "b", "n.x", "n[1].y"]
+    # a set of new keys: stored in the snapshot's order
+    more = dict(steps, z=rec(5), m=rec(6))
+    assert await storage.save_snapshot(snap("r", steps=more), changed_steps={"m", "z"})
+    loaded = await storage.load_snapshot("r")
+    assert loaded is not None
+    assert list(loaded.steps) == [*steps, "z", "m"]
+
+
+async def test_changed_steps_naming_a_key_no_longer_in_the_snapshot_deletes_it(
+    storage: Storage,
+) -> None:
+    await storage.create_run(snap("r", steps={"a": rec(1), "n.x": rec(2), "n.y": rec(3)}))
+    kept = snap("r", steps={"a": rec(1), "n.y": rec(3)})
+    assert await storage.save_snapshot(kept, changed_steps=("n.x",))
+    assert await storage.load_snapshot("r") == kept
+    # deleted, then added again: a whole write (None) puts it at the end, as the dict has it
+    moved = snap("r", steps={"a": rec(1), "n.y": rec(3), "n.x": rec(9)})
+    assert await storage.save_snapshot(moved, changed_steps=["n.x"])
+    again = snap("r", steps={"n.x": rec(9), "a": rec(1), "n.y": rec(3)})
+    assert await storage.save_snapshot(again)
+    loaded = await storage.load_snapshot("r")
+    assert loaded == again
+    assert loaded is not None
+    assert list(loaded.steps) == ["n.x", "a", "n.y"]
+
+
+async def test_refused_save_with_changed_steps_writes_no_step(storage: Storage) -> None:
+    before = snap("r", status=S.SUSPENDED, steps={"a": rec(1, "suspended")})
+    await storage.create_run(before)
+    after = snap("r", status=S.RUNNING, steps={"a": rec(2), "b": rec(3)})
+    assert not await storage.save_snapshot(
+        after, expected_status=S.RUNNING, changed_steps=["a", "b"]
+    )
+    assert await storage.load_snapshot("r") == before
+
+
+async def test_many_settled_steps_round_trip_through_incremental_writes(
+    storage: Storage,
+) -> None:
+    await storage.create_run(snap("r", status=S.RUNNING))
+    steps: dict[str, dict[str, Any]] = {}
+    for i in range(60):
+        steps[f"s{i}"] = rec({"i": i, "text": "é" * (i % 3)})
+        if i % 7 == 0:
+            steps["progress"] = rec(i, "running")  # updated in place, keeps its place
+        current = snap("r", status=S.RUNNING, steps=dict(steps), last_seq=i + 1)
+        changed = [f"s{i}", "progress"] if i % 7 == 0 else [f"s{i}"]
+        assert await storage.save_snapshot(
+            current, outs("r", i + 1, 1), expected_status=S.RUNNING, changed_steps=changed
+        )
+    loaded = await storage.load_snapshot("r")
+    assert loaded == current
+    assert loaded is not None
+    assert list(loaded.steps) == list(steps)
+    assert await storage.delete_run("r")
+    assert await storage.load_snapshot("r") is None
+    assert await storage.create_run(snap("r"))
+    reloaded = await storage.load_snapshot("r")
+    assert reloaded is not None
+    assert reloaded.steps == {}
+
+
 # --------------------------------------------------------------------------- compare-and-set
 
 
@@ -1139,3 +1221,40 @@ async def test_stored_rows_that_are_not_json_are_storage_errors(sql_backend: Sql
         )
         with pytest.raises(tf.StorageError, match=f"snapshot of run 'r' {problem}"):
             await storage.load_snapshot("r")
+
+
+async def test_changed_steps_writes_only_the_named_records(sql_backend: SqlBackend) -> None:
+    # Durable backends keep what is stored for a key not named (the caller's promise is
+    # that it did not change): a write costs what changed, not every earlier step.
+    storage = sql_backend.storage
+    await storage.create_run(snap("r", steps={"a": rec(1)}))
+    stale = snap("r", steps={"a": rec("not written"), "b": rec(2)})
+    assert await storage.save_snapshot(stale, changed_steps=["b"])
+    loaded = await storage.load_snapshot("r")
+    assert loaded is not None
+    assert loaded.steps == {"a": rec(1), "b": rec(2)}
+    with pytest.raises(TypeError, match="not a str"):
+        await storage.save_snapshot(stale, changed_steps="b")
+
+
+async def test_step_records_that_are_not_strict_json_are_refused(sql_backend: SqlBackend) -> None:
+    storage = sql_backend.storage
+    original = snap("r", steps={"a": rec(1)})
+    await storage.create_run(original)
+    bad = snap("r", steps={"a": rec(1), "b": rec(float("nan"))})
+    with pytest.raises(tf.StorageError, match=r"snapshot of run 'r' \(step 'b'\)"):
+        await storage.save_snapshot(bad, changed_steps=["b"])
+    assert await storage.load_snapshot("r") == original
+
+
+async def test_stored_step_rows_that_are_not_json_are_storage_errors(
+    sql_backend: SqlBackend,
+) -> None:
+    storage = sql_backend.storage
+    await storage.create_run(snap("r", steps={"a": rec(1)}))
+    steps = "trioflow_steps" if sql_backend.placeholder == "%s" else "steps"
+    await trio.to_thread.run_sync(
+        sql_backend.execute, f"UPDATE {steps} SET record = 'oops' WHERE step_key = 'a'", ()
+    )
+    with pytest.raises(tf.StorageError, match="snapshot of run 'r', step 'a', is not valid JSON"):
+        await storage.load_snapshot("r")

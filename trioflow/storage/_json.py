@@ -21,7 +21,13 @@ from .._core._model import RunSnapshot
 from .._errors import StorageError
 from .._serde import from_wire, snapshot_from_json, to_strict_jsonable
 
-__all__ = ["chunk_from_row", "dumps_strict", "loads_strict", "snapshot_from_row"]
+__all__ = [
+    "chunk_from_row",
+    "dumps_strict",
+    "loads_strict",
+    "snapshot_from_data",
+    "snapshot_from_row",
+]
 
 
 def _refuse_constant(name: str) -> Any:
@@ -91,6 +97,12 @@ def snapshot_from_row(text: object, where: str, run_id: str) -> RunSnapshot:
         raise StorageError(
             f"{what} is not a JSON object (a {type(data).__name__}); the row is damaged"
         )
+    return snapshot_from_data(data, what)
+
+
+def snapshot_from_data(data: dict[str, Any], what: str) -> RunSnapshot:
+    """The RunSnapshot whose JSON data is ``data`` (read from ``what``); StorageError when
+    it is not a run snapshot."""
     try:
         snapshot: RunSnapshot = snapshot_from_json(data)
     except (ValueError, TypeError, KeyError, RecursionError) as exc:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import StorageError
+from ._pg_steps import migrate_to_3
 
 if TYPE_CHECKING:
     import psycopg
@@ -75,7 +76,11 @@ def _migrate_to_2(cur: psycopg.Cursor[Any]) -> None:
 
 
 #: ``MIGRATIONS[k]`` brings the schema from version ``k`` to ``k + 1`` (0 = no tables).
-MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [_migrate_to_1, _migrate_to_2]
+MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [
+    _migrate_to_1,
+    _migrate_to_2,
+    migrate_to_3,
+]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 #: Serialises initialisation and migration across processes (pg_advisory_xact_lock key).
 _MIGRATION_LOCK: Final = 0x74666C77

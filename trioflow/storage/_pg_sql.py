@@ -14,8 +14,10 @@ from .._core._chunks import Chunk
 from .._core._status import RunStatus
 from .._errors import LeaseLostError
 from .._serde import to_wire
-from ._json import dumps_strict, loads_strict, snapshot_from_row
+from ._json import dumps_strict, loads_strict
+from ._pg_steps import RETURNING_STEPS, SAVE_STEPS_CTES, replace_steps, snapshot_from_load
 from ._protocol import ClaimedRun
+from ._steps import StepWrites
 
 if TYPE_CHECKING:
     import psycopg
@@ -62,7 +64,8 @@ def check_consecutive(run_id: str, seqs: list[int]) -> None:
             )
 
 
-SAVE_SQL: Final = """
+SAVE_SQL: Final = (
+    """
 WITH upd AS (
     UPDATE trioflow_runs SET
         status = %(status)s,
@@ -84,7 +87,9 @@ WITH upd AS (
       AND (NOT %(claim)s OR lease_owner IS NULL OR lease_owner = %(me)s
            OR lease_expires_at < now())
     RETURNING fencing_token
-), ins AS (
+)"""
+    + SAVE_STEPS_CTES
+    + """, ins AS (
     INSERT INTO trioflow_events (run_id, seq, chunk)
     SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
     WHERE EXISTS (SELECT 1 FROM upd)
@@ -96,6 +101,7 @@ WITH upd AS (
 SELECT (SELECT count(*) FROM upd) > 0, (SELECT fencing_token FROM upd),
        (SELECT count(*) FROM notified)
 """
+)
 
 APPEND_SQL: Final = """
 WITH upd AS (
@@ -115,7 +121,8 @@ SELECT (SELECT count(*) FROM upd) > 0, (SELECT count(*) FROM notified)
 
 #: Claim up to LIMIT runnable runs: queued pending ones, and executing ones whose lease
 #: lapsed; ``SKIP LOCKED`` so concurrent workers never claim the same run.
-CLAIM_SQL: Final = """
+CLAIM_SQL: Final = (
+    """
 WITH candidates AS (
     SELECT run_id FROM trioflow_runs
     WHERE workflow_id = ANY(%s)
@@ -135,8 +142,9 @@ SET lease_owner = %s,
     fencing_token = r.fencing_token + 1
 FROM candidates c WHERE r.run_id = c.run_id
 RETURNING r.run_id, r.snapshot, r.queued, r.fencing_token, r.attempts,
-          r.last_error
-"""
+          r.last_error, """
+    + RETURNING_STEPS
+)
 
 
 def explain_refused_save(
@@ -190,7 +198,12 @@ def explain_refused_append(
 
 
 def insert_run(
-    conn: psycopg.Connection[Any], params: tuple[Any, ...], *, queued: bool, run_id: str
+    conn: psycopg.Connection[Any],
+    params: tuple[Any, ...],
+    *,
+    queued: bool,
+    run_id: str,
+    steps: StepWrites,
 ) -> bool:
     cur = conn.execute(
         "INSERT INTO trioflow_runs (run_id, workflow_id, resource_id, status, "
@@ -198,29 +211,32 @@ def insert_run(
         "%s, %s) ON CONFLICT (run_id) DO NOTHING",
         params,
     )
-    if cur.rowcount == 1 and queued:
+    if cur.rowcount != 1:
+        return False
+    replace_steps(conn, run_id, steps, fresh=True)
+    if queued:
         conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, run_id))
-    return cur.rowcount == 1
+    return True
 
 
-ClaimRow = tuple[str, str, bool, int, int, str | None]
+ClaimRow = tuple[str, str, bool, int, int, str | None, list[Any], list[Any]]
 
 
 def claim_rows(
     conn: psycopg.Connection[Any], ids: list[str], limit: int, *, owner: str, ttl: float
 ) -> list[ClaimRow]:
     return [
-        (str(run), str(snap), bool(queued), int(token), int(attempts), error)
-        for run, snap, queued, token, attempts, error in conn.execute(
+        (str(run), str(snap), bool(queued), int(token), int(attempts), error, keys, records)
+        for run, snap, queued, token, attempts, error, keys, records in conn.execute(
             CLAIM_SQL, (ids, limit, owner, ttl)
         ).fetchall()
     ]
 
 
 def claimed_run(row: ClaimRow, where: str) -> ClaimedRun:
-    run_id, text, queued, token, attempts, error = row
+    run_id, text, queued, token, attempts, error, keys, records = row
     return ClaimedRun(
-        snapshot=snapshot_from_row(text, where, run_id),
+        snapshot=snapshot_from_load(text, keys, records, where, run_id),
         queued=queued,
         fencing_token=token,
         attempts=attempts,

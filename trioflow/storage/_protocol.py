@@ -24,7 +24,9 @@ wrapper must define the methods it forwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import inspect
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -59,11 +61,24 @@ class Storage(Protocol):
         events: Sequence[Chunk] = (),
         *,
         expected_status: RunStatus | Sequence[RunStatus] | None = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
         """Replace the run's snapshot and append ``events``, atomically.
 
         With ``expected_status``, only when the stored status is (one of) it; otherwise
         nothing is written and the result is False. Without a stored run: False.
+
+        ``changed_steps`` (None: all of them) names the keys of ``snapshot.steps`` that
+        changed since the run's last successful write: a durable backend stores only
+        those step records (a named key no longer in ``snapshot.steps`` is deleted) and
+        keeps the others as stored, so a write costs the same however many steps settled
+        before it. The caller promises that every other key is stored with the value it
+        has in ``snapshot``. What ``load_snapshot`` returns afterwards is ``snapshot``
+        either way, its steps in the dict's order: a stored key keeps its place, new keys
+        follow in the order ``changed_steps`` lists them (a ``set``: the snapshot's
+        order, at the cost of a pass over every step); a key deleted and added again
+        between two writes needs a whole write (None) to move to the end. A backend may
+        ignore it and store every step (MemoryStorage does).
         """
         ...
 
@@ -100,6 +115,47 @@ class Storage(Protocol):
     async def aclose(self) -> None:
         """Release resources; the storage is unusable afterwards."""
         ...
+
+
+_ACCEPTS_CHANGED_STEPS: dict[Any, bool] = {}
+
+
+def _accepts_changed_steps(save: Callable[..., Any]) -> bool:
+    func = getattr(save, "__func__", save)
+    try:
+        return _ACCEPTS_CHANGED_STEPS[func]
+    except (KeyError, TypeError):
+        pass
+    try:
+        parameter = inspect.signature(save).parameters.get("changed_steps")
+    except (TypeError, ValueError):
+        parameter = None
+    accepts = parameter is not None and parameter.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    with contextlib.suppress(TypeError):
+        _ACCEPTS_CHANGED_STEPS[func] = accepts
+    return accepts
+
+
+async def save_changed_steps(
+    storage: Storage,
+    snapshot: RunSnapshot,
+    events: Sequence[Chunk],
+    *,
+    expected_status: RunStatus | Sequence[RunStatus] | None,
+    changed_steps: Collection[str] | None,
+) -> bool:
+    """``storage.save_snapshot`` with ``changed_steps`` when its ``save_snapshot`` takes
+    that keyword (a storage written before it existed, or a wrapper that does not pass it
+    on, stores every step instead). Cancelling it is cancelling ``save_snapshot``."""
+    save = storage.save_snapshot
+    if changed_steps is not None and _accepts_changed_steps(save):
+        return await save(
+            snapshot, events, expected_status=expected_status, changed_steps=changed_steps
+        )
+    return await save(snapshot, events, expected_status=expected_status)
 
 
 @attrs.frozen(kw_only=True)

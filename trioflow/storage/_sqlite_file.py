@@ -31,6 +31,7 @@ from typing import Final, TypeVar
 import attrs
 
 from .._errors import StorageError
+from ._sqlite_steps import migrate_to_2
 
 T = TypeVar("T")
 
@@ -84,7 +85,7 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
 #: ``MIGRATIONS[k]`` brings a database from schema version ``k`` to ``k + 1`` (version 0
 #: is an empty file). A new schema version is a function appended here; opening a file
 #: applies every missing one, in order, in one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, migrate_to_2]
 #: The schema version this code writes (``len(MIGRATIONS)`` when the module was loaded).
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -3,18 +3,114 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
+from typing import Any
 
+import attrs
 import trio
 
 from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
+from .._serde import snapshot_to_json, to_wire
+from ._json import dumps_strict
+
+#: The payload fields of chunks that hold data (the rest are ids, statuses, timestamps).
+_DATA_FIELDS = frozenset(
+    {
+        "output",
+        "payload",
+        "suspend_payload",
+        "suspend_output",
+        "resume_payload",
+        "iteration_output",
+        "metadata",
+        "final_workflow_result",
+        "error",
+        "tripwire",
+    }
+)
+#: Snapshot fields that hold data, checked at every write that changes them.
+_RUN_FIELDS = (
+    "input",
+    "state",
+    "request_context",
+    "result",
+    "error",
+    "tripwire",
+    "active_input",
+    "resume",
+)
+
+
+def _plain(value: Any) -> bool:
+    """True when ``value`` is certainly strict JSON without walking it: the values a step
+    result's record or a chunk holds in the common case (ids, counts, timestamps, short
+    texts, None). False means "check it properly"."""
+    kind = type(value)
+    if kind is str:
+        return str.isascii(value)
+    if kind is int or kind is bool or value is None:
+        return True
+    return kind is float and math.isfinite(value)
+
+
+def _data_fields(payload_type: type[Any]) -> tuple[str, ...]:
+    names = _FIELDS.get(payload_type)
+    if names is None:
+        names = tuple(f.name for f in attrs.fields(payload_type) if f.name in _DATA_FIELDS)
+        _FIELDS[payload_type] = names
+    return names
+
+
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def check_snapshot(snapshot: RunSnapshot, previous: RunSnapshot | None) -> None:
+    """StorageError naming the path when what ``snapshot`` changes since ``previous`` is
+    not strict JSON (as SQLite and PostgreSQL refuse it). Step records and run fields
+    that are the very objects already stored are not checked again, and values that are
+    plainly JSON are not serialized: the check costs what the write changes."""
+    what = f"the snapshot of run {snapshot.run_id!r}"
+    if previous is None:
+        dumps_strict(snapshot_to_json(snapshot), what)
+        return
+    for name in _RUN_FIELDS:
+        value = getattr(snapshot, name)
+        if value is not getattr(previous, name) and not _plain(value):
+            dumps_strict(snapshot_to_json(snapshot)[name], f"{what}, field {name}")
+    before = previous.steps
+    for key, record in snapshot.steps.items():
+        if before.get(key) is record:
+            continue
+        for value in record.values():
+            if not _plain(value):
+                dumps_strict(record, f"{what}, step {key!r}")
+                break
+
+
+def check_events(run_id: str, events: Sequence[Chunk]) -> None:
+    """StorageError naming the chunk and the path when a chunk is not strict JSON."""
+    for chunk in events:
+        payload = getattr(chunk, "payload", None)
+        if payload is None:
+            values: tuple[Any, ...] = (getattr(chunk, "data", None),)
+        else:
+            values = tuple(getattr(payload, name) for name in _data_fields(type(payload)))
+        if not all(_plain(value) for value in values):
+            dumps_strict(to_wire(chunk), f"event seq {chunk.seq} of run {run_id!r}")
 
 
 class MemoryStorage:
     """Keeps snapshots and event logs in dicts. Every method is a checkpoint and atomic
-    with respect to cancellation (the change happens entirely or not at all)."""
+    with respect to cancellation (the change happens entirely or not at all).
+
+    Like the SQL backends, it refuses a snapshot or chunk that is not strict JSON with a
+    :class:`~trioflow.StorageError` naming the path, and then stores nothing of that
+    write. The check looks only at what a write changes (see :func:`check_snapshot`), so
+    it stays cheap on the engine's hot path.
+    """
 
     durable = False
 
@@ -34,6 +130,7 @@ class MemoryStorage:
         self._check_open()
         if snapshot.run_id in self._snapshots:
             return False
+        check_snapshot(snapshot, None)
         self._snapshots[snapshot.run_id] = snapshot
         self._events[snapshot.run_id] = []
         self._order[snapshot.run_id] = next(self._counter)
@@ -50,7 +147,9 @@ class MemoryStorage:
         events: Sequence[Chunk] = (),
         *,
         expected_status: RunStatus | Sequence[RunStatus] | None = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
+        # changed_steps is ignored: the snapshot (its steps included) is kept whole.
         await trio.lowlevel.checkpoint()
         self._check_open()
         current = self._snapshots.get(snapshot.run_id)
@@ -62,6 +161,8 @@ class MemoryStorage:
             )
             if current.status not in allowed:
                 return False
+        check_snapshot(snapshot, current)
+        check_events(snapshot.run_id, events)
         self._append(snapshot.run_id, events)
         self._snapshots[snapshot.run_id] = snapshot
         return True
@@ -82,6 +183,7 @@ class MemoryStorage:
         await trio.lowlevel.checkpoint()
         self._check_open()
         if run_id in self._snapshots:
+            check_events(run_id, events)
             self._append(run_id, events)
 
     async def read_events(

@@ -17,8 +17,9 @@ at once without a thread polling.
 
 Tables: ``trioflow_runs`` (one row per run: the snapshot, its status, ``last_seq`` of the
 log, and the lease: ``lease_owner``, ``lease_expires_at``, ``fencing_token``, ``queued``),
-``trioflow_events`` (``(run_id, seq)`` primary key) and ``trioflow_meta`` (schema
-version). Every write is one transaction; a snapshot and the events that describe it
+``trioflow_steps`` (one row per step record, ``(run_id, step_key)``: a write stores only
+the records that changed, see :mod:`trioflow.storage._steps`), ``trioflow_events``
+(``(run_id, seq)`` primary key) and ``trioflow_meta`` (schema version). Every write is one transaction; a snapshot and the events that describe it
 commit together, with one ``NOTIFY trioflow_events`` per transaction (payload: the run id)
 as a hint for followers in other processes.
 
@@ -56,7 +57,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -66,8 +67,8 @@ from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import LeaseLostError, StorageError
-from .._serde import snapshot_to_json
-from ._json import chunk_from_row, dumps_strict, snapshot_from_row
+from . import _pg_steps
+from ._json import chunk_from_row, dumps_strict
 from ._pg_listen import Notifications
 from ._pg_pool import ConnectionPool
 from ._pg_schema import MIGRATIONS, SCHEMA_VERSION
@@ -95,6 +96,7 @@ from ._pg_sql import (
 )
 from ._protocol import ClaimedRun
 from ._sql import list_runs_query, run_infos
+from ._steps import run_row_json, step_writes
 
 if TYPE_CHECKING:
     import psycopg
@@ -215,28 +217,25 @@ class PostgresStorage:
             RunStatus(snapshot.status).value,
             snapshot.created_at,
             snapshot.updated_at,
-            dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {snapshot.run_id!r}"),
+            run_row_json(snapshot),
             queued,
         )
+        steps = step_writes(snapshot, None)
 
         return await self._call(
-            lambda conn: insert_run(conn, params, queued=queued, run_id=snapshot.run_id),
+            lambda conn: insert_run(
+                conn, params, queued=queued, run_id=snapshot.run_id, steps=steps
+            ),
             write=True,
         )
 
     async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
         """The stored snapshot, or None."""
 
-        def job(conn: psycopg.Connection[Any]) -> str | None:
-            row = conn.execute(
-                "SELECT snapshot FROM trioflow_runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
-            return None if row is None else str(row[0])
-
-        text = await self._call(job, write=False)
-        if text is None:
+        loaded = await self._call(lambda conn: _pg_steps.load(conn, run_id), write=False)
+        if loaded is None:
             return None
-        return snapshot_from_row(text, self._where, run_id)
+        return _pg_steps.snapshot_from_load(*loaded, self._where, run_id)
 
     async def save_snapshot(
         self,
@@ -244,12 +243,14 @@ class PostgresStorage:
         events: Sequence[Chunk] = (),
         *,
         expected_status: RunStatus | Sequence[RunStatus] | None = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
         """Replace the run's snapshot and append ``events``, in one transaction.
 
         With ``expected_status``, only when the stored status is (one of) it; otherwise
         nothing is written and the result is False. Without a stored run: False. Events
         whose ``seq`` do not continue the log raise ValueError and nothing is written.
+        With ``changed_steps``, only those step records are written (see the protocol).
         Lease rules (module docstring): a claim refused because another process holds a
         live lease returns False; a write fenced out raises :class:`LeaseLostError`.
         """
@@ -257,7 +258,8 @@ class PostgresStorage:
         self._check_not_lost(run_id)
         status = RunStatus(snapshot.status).value
         allowed = allowed_statuses(expected_status)
-        data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {run_id!r}")
+        data = run_row_json(snapshot)
+        steps = _pg_steps.save_params(step_writes(snapshot, changed_steps))
         seqs = [chunk.seq for chunk in events]
         texts = [dump_chunk(chunk) for chunk in events]
         fence = self._fences.get(run_id)
@@ -283,6 +285,7 @@ class PostgresStorage:
             "notify_cancel": fence is None and status == RunStatus.CANCELED.value,
             "events_channel": EVENTS_CHANNEL,
             "cancel_channel": CANCEL_CHANNEL,
+            **steps,
         }
 
         def job(conn: psycopg.Connection[Any]) -> tuple[bool, int | None]:
@@ -407,6 +410,7 @@ class PostgresStorage:
 
         def job(conn: psycopg.Connection[Any]) -> bool:
             conn.execute("DELETE FROM trioflow_events WHERE run_id = %s", (run_id,))
+            conn.execute("DELETE FROM trioflow_steps WHERE run_id = %s", (run_id,))
             cur = conn.execute("DELETE FROM trioflow_runs WHERE run_id = %s", (run_id,))
             return cur.rowcount > 0
 
@@ -423,7 +427,8 @@ class PostgresStorage:
         exists and is not pending."""
         if RunStatus(snapshot.status) is not RunStatus.PENDING:
             raise ValueError(f"only a pending run can be queued, not a {snapshot.status} one")
-        data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {snapshot.run_id!r}")
+        data = run_row_json(snapshot)
+        steps = step_writes(snapshot, None)
         if await self._insert(snapshot, queued=True):
             return True
 
@@ -434,9 +439,11 @@ class PostgresStorage:
                 "AND lease_owner IS NULL",
                 (data, snapshot.updated_at, snapshot.run_id),
             )
-            if cur.rowcount == 1:
-                conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, snapshot.run_id))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            _pg_steps.replace_steps(conn, snapshot.run_id, steps, fresh=False)
+            conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, snapshot.run_id))
+            return True
 
         return await self._call(job, write=True)
 

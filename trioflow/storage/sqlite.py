@@ -18,8 +18,9 @@ with its own connection:
 A caller hands its job to a thread and sleeps (``trio.lowlevel.wait_task_rescheduled``);
 the thread reschedules it through the caller's trio token when the job's transaction has
 committed. Values are serialized on the calling task before the job is queued (the event
-log in the wire shape of :func:`trioflow.to_wire`, snapshots with
-:func:`trioflow._serde.snapshot_to_json`), so a job never looks at live engine objects.
+log in the wire shape of :func:`trioflow.to_wire`, a snapshot as its run row without steps
+and one row per step record that changed: see :mod:`trioflow.storage._steps`), so a job
+never looks at live engine objects.
 
 Cancellation
 ------------
@@ -60,7 +61,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
@@ -71,9 +72,9 @@ from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import StorageError
-from .._serde import snapshot_to_json, to_wire
-from . import _sqlite_file
-from ._json import chunk_from_row, dumps_strict, snapshot_from_row
+from .._serde import to_wire
+from . import _sqlite_file, _sqlite_steps
+from ._json import chunk_from_row, dumps_strict
 from ._sql import list_runs_query, run_infos
 from ._sqlite_file import (
     APPLICATION_ID,
@@ -83,6 +84,7 @@ from ._sqlite_file import (
     open_database,
     retry_busy,
 )
+from ._steps import run_row_json, step_writes
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
@@ -485,8 +487,9 @@ class SqliteStorage:
             RunStatus(snapshot.status).value,
             snapshot.created_at,
             snapshot.updated_at,
-            dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {snapshot.run_id!r}"),
+            run_row_json(snapshot),
         )
+        steps = step_writes(snapshot, None)
 
         def job(conn: sqlite3.Connection) -> bool:
             # ord: insertion order. max(rowid) is one b-tree seek, and every stored row has
@@ -498,20 +501,18 @@ class SqliteStorage:
                 "ON CONFLICT (run_id) DO NOTHING",
                 row,
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            _sqlite_steps.write_steps(conn, snapshot.run_id, steps)
+            return True
 
         return await self._write(job)
 
     async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
         """The stored snapshot, or None."""
 
-        def job(conn: sqlite3.Connection) -> RunSnapshot | None:
-            rows = conn.execute("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,)).fetchall()
-            if not rows:
-                return None
-            return snapshot_from_row(rows[0][0], f"SQLite storage {self._where}", run_id)
-
-        return await self._read(job)
+        where = f"SQLite storage {self._where}"
+        return await self._read(lambda conn: _sqlite_steps.load(conn, run_id, where))
 
     async def save_snapshot(
         self,
@@ -519,16 +520,19 @@ class SqliteStorage:
         events: Sequence[Chunk] = (),
         *,
         expected_status: RunStatus | Sequence[RunStatus] | None = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
         """Replace the run's snapshot and append ``events``, in one transaction.
 
         With ``expected_status``, only when the stored status is (one of) it; otherwise
         nothing is written and the result is False. Without a stored run: False. Events
         whose ``seq`` do not continue the log raise ValueError and nothing is written.
+        With ``changed_steps``, only those step records are written (see the protocol).
         """
         run_id = snapshot.run_id
         allowed = _allowed(expected_status)
-        data = dumps_strict(snapshot_to_json(snapshot), f"the snapshot of run {run_id!r}")
+        data = run_row_json(snapshot)
+        steps = step_writes(snapshot, changed_steps)
         rows = _event_rows(run_id, events)
         values = (RunStatus(snapshot.status).value, snapshot.updated_at, data, run_id)
 
@@ -545,6 +549,7 @@ class SqliteStorage:
                 "UPDATE runs SET status = ?, updated_at = ?, snapshot = ? WHERE run_id = ?",
                 values,
             )
+            _sqlite_steps.write_steps(conn, run_id, steps)
             return True
 
         return await self._write(job)
@@ -617,6 +622,7 @@ class SqliteStorage:
 
         def job(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+            _sqlite_steps.delete_steps(conn, run_id)
             return conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
 
         return await self._write(job)
