@@ -1,0 +1,297 @@
+"""The step journal (SPEC §4): step records stored as rows, written only when they change,
+and the migration of databases written before it (SQLite schema v1)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+import trioflow as tf
+from trioflow._core._model import RunSnapshot
+from trioflow.storage import _sqlite_file
+from trioflow.storage.sqlite import SqliteStorage
+
+# --------------------------------------------------------------------------- v1 files
+
+
+@contextlib.contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _schema(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    return {
+        (name, " ".join(sql.split()))
+        for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        )
+    }
+
+
+def v1_schema() -> set[tuple[str, str]]:
+    """The schema that version 1 of trioflow's SQLite storage created."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        _sqlite_file.MIGRATIONS[0](conn)
+        return _schema(conn)
+    finally:
+        conn.close()
+
+
+def downgrade_to_v1(path: Path) -> None:
+    """Rewrite a current database as schema v1 wrote it: every run's step records inside
+    its snapshot JSON (in their order), no step rows, schema version 1."""
+    with raw(path) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        runs = conn.execute("SELECT run_id, snapshot FROM runs").fetchall()
+        for run_id, text in runs:
+            data = json.loads(text)
+            data["steps"] = {
+                key: json.loads(record)
+                for key, record in conn.execute(
+                    "SELECT step_key, record FROM steps WHERE run_id = ? ORDER BY rowid",
+                    (run_id,),
+                )
+            }
+            conn.execute(
+                "UPDATE runs SET snapshot = ? WHERE run_id = ?",
+                (json.dumps(data, separators=(",", ":"), ensure_ascii=False), run_id),
+            )
+        conn.execute("DROP TABLE steps")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("COMMIT")
+        assert _schema(conn) == v1_schema()
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self.steps: list[str] = []
+        self.block = True
+
+
+def workflows(calls: Calls) -> list[tf.Workflow]:
+    async def prep(ctx: tf.StepContext) -> dict[str, int]:
+        calls.steps.append("prep")
+        ctx.set_state({"prepared": 1})
+        return {"amount": int(ctx.input_data["amount"]) * 2}
+
+    async def ask(ctx: tf.StepContext) -> dict[str, Any]:
+        calls.steps.append("ask")
+        if ctx.resume_data is None:
+            return await ctx.suspend({"reason": "approve?"})
+        return {"amount": ctx.input_data["amount"], "ok": ctx.resume_data["ok"]}
+
+    async def done(ctx: tf.StepContext) -> dict[str, Any]:
+        calls.steps.append("done")
+        return {"final": ctx.input_data, "state": dict(ctx.state)}
+
+    approval = (
+        tf.create_workflow(id="approval")
+        .then(tf.create_step(id="prep", execute=prep))
+        .then(tf.create_step(id="ask", execute=ask))
+        .then(tf.create_step(id="done", execute=done))
+        .commit()
+    )
+
+    async def item(ctx: tf.StepContext) -> int:
+        value = int(ctx.input_data)
+        calls.items.append(value)
+        if calls.block and value >= 3:
+            await trio.sleep_forever()
+        return value * 10
+
+    async def total(ctx: tf.StepContext) -> int:
+        return sum(ctx.input_data)
+
+    items = (
+        tf.create_workflow(id="items")
+        .then(tf.create_step(id="first", execute=_const([1, 2, 3, 4, 5])))
+        .foreach(tf.create_step(id="item", execute=item), concurrency=2)
+        .then(tf.create_step(id="total", execute=total))
+        .commit()
+    )
+
+    async def one(ctx: tf.StepContext) -> int:
+        calls.steps.append("one")
+        return int(ctx.input_data) + 1
+
+    async def two(ctx: tf.StepContext) -> int:
+        calls.steps.append("two")
+        return int(ctx.input_data) * 100
+
+    paced = (
+        tf.create_workflow(id="paced")
+        .then(tf.create_step(id="one", execute=one))
+        .then(tf.create_step(id="two", execute=two))
+        .commit()
+    )
+    return [approval, items, paced]
+
+
+def _const(value: Any) -> Any:
+    async def execute(ctx: tf.StepContext) -> Any:
+        return value
+
+    return execute
+
+
+async def _leave_runs(path: Path, calls: Calls) -> dict[str, str]:
+    """A suspended, a crashed (mid-foreach) and a paused run, written by this code."""
+    wfs = workflows(calls)
+    approval, items, paced = wfs
+    async with SqliteStorage(path) as storage:
+        async with tf.open_runtime(storage=storage, workflows=wfs) as runtime:
+            suspended = await runtime.create_run(approval)
+            assert (await suspended.start(input_data={"amount": 21})).status == "suspended"
+            paused = await runtime.create_run(paced)
+            assert (await paused.start(input_data=1, per_step=True)).status == "paused"
+            crashed = await runtime.create_run(items)
+            await crashed.stream(input_data=None)
+            with trio.fail_after(30):
+                while sorted(calls.items) != [1, 2, 3, 4] or _settled_items(
+                    await storage.load_snapshot(crashed.run_id)
+                ) != [10, 20]:
+                    await trio.testing.wait_all_tasks_blocked()
+            # Items 1 and 2 settled, 3 and 4 hang: leaving the runtime abandons the
+            # execution, as a killed process would.
+    return {"suspended": suspended.run_id, "crashed": crashed.run_id, "paused": paused.run_id}
+
+
+def _settled_items(snapshot: RunSnapshot | None) -> list[Any]:
+    """The outputs of the foreach items the stored run records as settled."""
+    record = (snapshot.steps if snapshot is not None else {}).get("item") or {}
+    outcomes = ((record.get("metadata") or {}).get("foreach") or {}).get("outcomes") or []
+    return [o.get("output") for o in outcomes if o is not None and o.get("status") == "success"]
+
+
+async def test_a_v1_database_migrates_and_its_runs_resume_and_restart(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    calls = Calls()
+    ids = await _leave_runs(path, calls)
+    async with SqliteStorage(path) as storage:
+        before: dict[str, RunSnapshot | None] = {
+            name: await storage.load_snapshot(run_id) for name, run_id in ids.items()
+        }
+    assert {name: s.status for name, s in before.items() if s is not None} == {
+        "suspended": "suspended",
+        "crashed": "running",
+        "paused": "paused",
+    }
+    downgrade_to_v1(path)
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+
+    calls = Calls()
+    calls.block = False
+    wfs = workflows(calls)
+    approval, items, paced = wfs
+    async with SqliteStorage(path) as storage:
+        for name, run_id in ids.items():
+            loaded = await storage.load_snapshot(run_id)
+            assert loaded == before[name]
+            assert loaded is not None
+            assert list(loaded.steps) == list(before[name].steps)  # type: ignore[union-attr]
+        with raw(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+            stored = conn.execute("SELECT count(*) FROM steps").fetchone()[0]
+            assert stored == sum(len(s.steps) for s in before.values() if s is not None)
+            for (text,) in conn.execute("SELECT snapshot FROM runs"):
+                assert json.loads(text)["steps"] == {}
+
+        async with tf.open_runtime(storage=storage, workflows=wfs) as runtime:
+            run = await runtime.create_run(approval, run_id=ids["suspended"])
+            result = await run.resume(resume_data={"ok": True}, step="ask")
+            assert result.status == "success", result
+            assert result.result == {
+                "final": {"amount": 42, "ok": True},
+                "state": {"prepared": 1},
+            }
+            assert calls.steps == ["ask", "done"]
+
+            run = await runtime.create_run(items, run_id=ids["crashed"])
+            with trio.fail_after(30):
+                result = await run.restart()
+            assert result.status == "success", result
+            assert result.result == 150
+            # the settled items are kept: exactly the ones that were running run again
+            assert sorted(calls.items) == [3, 4, 5]
+
+            calls.steps.clear()
+            run = await runtime.create_run(paced, run_id=ids["paused"])
+            result = await run.restart()
+            assert result.status == "success", result
+            assert result.result == 200
+            assert calls.steps == ["two"]
+            assert result.steps["one"].output == 2
+
+
+# --------------------------------------------------------------------------- PostgreSQL v2
+
+
+def _downgrade_pg_to_v2(dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        runs = conn.execute("SELECT run_id, snapshot FROM trioflow_runs").fetchall()
+        for run_id, text in runs:
+            data = json.loads(text)
+            data["steps"] = {
+                key: json.loads(record)
+                for key, record in conn.execute(
+                    "SELECT step_key, record FROM trioflow_steps WHERE run_id = %s ORDER BY ord",
+                    (run_id,),
+                )
+            }
+            conn.execute(
+                "UPDATE trioflow_runs SET snapshot = %s WHERE run_id = %s",
+                (json.dumps(data, separators=(",", ":"), ensure_ascii=False), run_id),
+            )
+        conn.execute("DROP TABLE trioflow_steps")
+        conn.execute("UPDATE trioflow_meta SET value = '2' WHERE key = 'schema_version'")
+
+
+async def test_a_postgres_v2_database_migrates_and_a_suspended_run_resumes(
+    postgres_db: str,
+) -> None:
+    calls = Calls()
+    wfs = workflows(calls)
+    approval = wfs[0]
+    async with tf.PostgresStorage(postgres_db) as storage:
+        async with tf.open_runtime(storage=storage, workflows=wfs) as runtime:
+            run = await runtime.create_run(approval)
+            assert (await run.start(input_data={"amount": 5})).status == "suspended"
+        ordered = RunSnapshot(
+            run_id="ordered",
+            workflow_id="wf",
+            steps={k: {"status": "success", "output": i} for i, k in enumerate("zyx")},
+        )
+        assert await storage.create_run(ordered)
+        before = await storage.load_snapshot(run.run_id)
+    await trio.to_thread.run_sync(_downgrade_pg_to_v2, postgres_db)
+    async with tf.PostgresStorage(postgres_db) as storage:
+        assert await storage.load_snapshot(run.run_id) == before
+        loaded = await storage.load_snapshot("ordered")
+        assert loaded == ordered
+        assert loaded is not None
+        assert list(loaded.steps) == ["z", "y", "x"]
+        async with tf.open_runtime(storage=storage, workflows=wfs) as runtime:
+            again = await runtime.create_run(approval, run_id=run.run_id)
+            result = await again.resume(resume_data={"ok": False}, step="ask")
+            assert result.status == "success", result
+            assert result.result["final"] == {"amount": 10, "ok": False}
