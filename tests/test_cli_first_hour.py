@@ -242,6 +242,15 @@ def test_several_suspended_steps_get_one_command_each_with_label_or_step(workdir
     assert cli(workdir, *shlex.split(decide)[1:]).returncode == 0
 
 
+def test_restart_of_a_suspended_run_points_at_the_filled_resume_command(workdir: Path) -> None:
+    assert cli(workdir, "run", "flows:approval", "--input", '{"id": "a", "amount": 1}').returncode == 3
+    run_id = only_run(workdir)
+    assert_one_line_error(
+        cli(workdir, "restart", run_id),
+        f"""is suspended: continue it with trioflow resume {run_id} --data '{{"approved": true}}'""",
+    )
+
+
 # --- item 5: a missing --input / --data ------------------------------------------------------------
 
 

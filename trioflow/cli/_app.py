@@ -248,7 +248,7 @@ async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
         if status is RunStatus.SUSPENDED:
             raise CliError(
                 f"run {args.run_id} is suspended: continue it with "
-                f"trioflow resume {args.run_id}{session.db_option} --data JSON"
+                + " or ".join(_stored_hints(session, snapshot, args.ref))
             )
         if status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
             raise CliError(f"run {args.run_id} is {status.value}: there is nothing to restart")
@@ -438,23 +438,26 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
         say(f"error     {error_text(snapshot.error)}")
     for item in suspended:
         say(f"suspended {item['path']}: {compact(item['payload'], 400)}")
-    for command in _show_hints(session, snapshot, result):
+    for command in _stored_hints(session, snapshot):
         say(f"resume    {command}")
     return EXIT_SUCCESS
 
 
-def _show_hints(session: Session, snapshot: RunSnapshot, result: WorkflowResult) -> list[str]:
-    if not result.suspended:
+def _stored_hints(session: Session, snapshot: RunSnapshot, ref: str | None = None) -> list[str]:
+    """The commands that resume a stored suspended run, with example data when its
+    workflow can be loaded (``ref``, or the reference stored with the run)."""
+    suspended = result_from_snapshot(snapshot).suspended
+    if not suspended:
         return []
     workflow: Workflow | None = None
-    if snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
+    if ref is not None or snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
         # Without the workflow the command still helps, only without example data.
         with contextlib.suppress(CliError):
-            workflow, _ = workflow_of(snapshot, None)
+            workflow, _ = workflow_of(snapshot, ref)
     return resume_commands(
         snapshot.run_id,
         session.db_option,
-        result.suspended,
+        suspended,
         workflow=workflow,
         labels=snapshot.resume_labels,
     )
