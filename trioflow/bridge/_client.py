@@ -26,13 +26,6 @@ from typing import Any, Final
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
 
 from .._core._model import RunInfo
 from .._core._status import RunStatus
@@ -40,6 +33,7 @@ from .._groups import leaves as exception_leaves
 from .._groups import unwrap_groups
 from . import _protocol as p
 from ._subscription import BridgeError, BridgeSubscription
+from ._wsclient import ClientWebSocket, HandshakeRefused, WebSocketClosed, open_client_websocket
 
 logger = logging.getLogger("trioflow.bridge")
 
@@ -47,6 +41,8 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_BUFFER_SIZE: Final = 1024
 DEFAULT_RECONNECT_ATTEMPTS: Final = 10
 CLOSE_GRACE: Final = 1.0
+#: Seconds the reader waits for a subscription's consumer to read half its buffer.
+READER_PATIENCE: Final = 0.05
 
 
 
@@ -123,22 +119,19 @@ def _connection_error(exc: BaseException, closed: Any = None) -> BridgeConnectio
     for leaf in leaves:
         if isinstance(leaf, BridgeConnectionError):
             return leaf
-        if isinstance(leaf, ConnectionRejected):
+        if isinstance(leaf, HandshakeRefused):
             if leaf.status_code == 401:
                 return BridgeAuthError("the server refused the token (HTTP 401)")
             return BridgeConnectionError(
                 f"the server refused the connection (HTTP {leaf.status_code})"
             )
     if closed is not None:
-        # E.g. trio-websocket closing with 1009 for a message over max_message_size (its
-        # reader may fail afterwards on the rest of that message).
+        # E.g. the reader closing with 1009 for a message over max_message_size.
         return _closed_error(closed)
     for leaf in leaves:
-        if isinstance(leaf, ConnectionClosed):
-            if leaf.reason is None:
-                return BridgeConnectionError("the connection closed")
+        if isinstance(leaf, WebSocketClosed):
             return _closed_error(leaf.reason)
-        if isinstance(leaf, OSError | HandshakeError | trio.BrokenResourceError):
+        if isinstance(leaf, OSError | trio.BrokenResourceError | trio.TooSlowError):
             return BridgeConnectionError(f"cannot connect: {leaf!r}")
     logger.error("trioflow bridge client: connection failed", exc_info=exc)
     return BridgeConnectionError(f"connection failed: {exc!r}")
@@ -176,11 +169,12 @@ class BridgeClient:
         self._pending: dict[int, _Pending] = {}
         self._sub_requests: dict[int, BridgeSubscription] = {}
         self._subs: dict[str, BridgeSubscription] = {}
-        self._ws: WebSocketConnection | None = None
+        self._ws: ClientWebSocket | None = None
         self._connected = trio.Event()
         self._needed = trio.Event()
         self._outbox: deque[str] = deque()
         self._outbox_ready = trio.Event()
+        self._room = trio.Event()
         self._failure: BridgeError | None = None
         self._lost: BridgeConnectionError | None = None
         self._closing = False
@@ -360,29 +354,31 @@ class BridgeClient:
         self._outbox.append(p.dumps(message))
         self._outbox_ready.set()
 
-    async def _sender(self, ws: WebSocketConnection) -> None:
+    async def _sender(self, ws: ClientWebSocket) -> None:
         while True:
             while not self._outbox:
                 self._outbox_ready = trio.Event()
                 await self._outbox_ready.wait()
             await ws.send_message(self._outbox.popleft())
 
-    async def _reader(self, ws: WebSocketConnection) -> None:
-        # Messages trio-websocket already queued are taken without a schedule point each.
-        receive_nowait = getattr(getattr(ws, "_recv_channel", None), "receive_nowait", None)
+    async def _reader(self, ws: ClientWebSocket) -> None:
+        # Every message of a socket read is dispatched without a schedule point each.
+        # Then, while a subscription's buffer is more than half full, its consumer gets
+        # up to READER_PATIENCE seconds to read before the next batch comes (TCP holds the
+        # rest): a consumer that keeps up never overflows; one that stopped reading
+        # overflows and is paused, and the others go on.
         dispatch = self._dispatch
         while True:
-            dispatch(await ws.get_message())
-            if receive_nowait is None:
-                continue
-            while True:
-                try:
-                    frame = receive_nowait()
-                except trio.WouldBlock:
-                    break
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    raise ConnectionClosed(ws.closed) from None
+            for frame in await ws.receive_batch():
                 dispatch(frame)
+            if any(sub.crowded for sub in self._subs.values()):
+                with trio.move_on_after(READER_PATIENCE):  # noqa: ASYNC912 - crowded: waits
+                    while any(sub.crowded for sub in self._subs.values()):
+                        self._room = trio.Event()
+                        await self._room.wait()
+
+    def _on_room(self) -> None:
+        self._room.set()
 
     def _dispatch(self, frame: str | bytes) -> None:
         try:
@@ -443,48 +439,42 @@ class BridgeClient:
         with trio.fail_after(self._connect_timeout):
             stream = await self._open_stream()
         try:
-            async with trio.open_nursery() as nursery:
-                ws: WebSocketConnection | None = None
-                with trio.move_on_after(self._connect_timeout):
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,  # type: ignore[arg-type]
-                        target.host_header,
-                        target.resource,
-                        subprotocols=[p.SUBPROTOCOL],
-                        extra_headers=[(b"Authorization", b"Bearer " + self._token.encode())],
-                        message_queue_size=64,
-                        max_message_size=self._max_message_size,
-                        receive_buffer_size=65536,
-                    )
-                if ws is None:
-                    raise BridgeConnectionError("the websocket handshake timed out")
-                done = trio.Event()
-                try:
-                    self._connected_to(ws, done)
-                    if task_status is not None:
-                        task_status.started()
-                    async with trio.open_nursery() as io:
-                        self._io_scope = io.cancel_scope
-                        io.start_soon(self._io_task, self._reader, ws, io)
-                        io.start_soon(self._io_task, self._sender, ws, io)
-                    raise self._lost or BridgeConnectionError("the connection closed")
-                finally:
-                    self._io_scope = None
-                    self._last_close = ws.closed
-                    self._disconnected()
-                    # The client closes (while trio-websocket's reader still runs to take
-                    # the server's answer; no socket is left open).
-                    with trio.move_on_after(CLOSE_GRACE, shield=True):
-                        await ws.aclose()
-                    nursery.cancel_scope.cancel()
-                    done.set()
+            ws: ClientWebSocket | None = None
+            with trio.move_on_after(self._connect_timeout):
+                ws = await open_client_websocket(
+                    stream,
+                    target.host_header,
+                    target.resource,
+                    subprotocols=[p.SUBPROTOCOL],
+                    extra_headers=[(b"Authorization", b"Bearer " + self._token.encode())],
+                    max_message_size=self._max_message_size,
+                )
+            if ws is None:
+                raise BridgeConnectionError("the websocket handshake timed out")
+            done = trio.Event()
+            try:
+                self._connected_to(ws, done)
+                if task_status is not None:
+                    task_status.started()
+                async with trio.open_nursery() as io:
+                    self._io_scope = io.cancel_scope
+                    io.start_soon(self._io_task, self._reader, ws, io)
+                    io.start_soon(self._io_task, self._sender, ws, io)
+                raise self._lost or BridgeConnectionError("the connection closed")
+            finally:
+                self._io_scope = None
+                self._last_close = ws.closed
+                self._disconnected()
+                # The client closes (the stream is closed below: no socket is left open).
+                with trio.move_on_after(CLOSE_GRACE, shield=True):
+                    await ws.aclose()
+                done.set()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
     async def _io_task(  # noqa: ASYNC910 - the task checkpoints
-        self, task: Any, ws: WebSocketConnection, io: trio.Nursery
+        self, task: Any, ws: ClientWebSocket, io: trio.Nursery
     ) -> None:
         try:
             await task(ws)
@@ -494,7 +484,7 @@ class BridgeClient:
         finally:
             io.cancel_scope.cancel()
 
-    def _connected_to(self, ws: WebSocketConnection, done: trio.Event) -> None:
+    def _connected_to(self, ws: ClientWebSocket, done: trio.Event) -> None:
         self._ws = ws
         self._connection_done = done
         self._lost = None

@@ -48,6 +48,8 @@ class ClientSide(Protocol):
 
     def _post(self, message: dict[str, Any]) -> None: ...
 
+    def _on_room(self) -> None: ...
+
 
 class BridgeSubscription:
     """An open subscription to one run: ``async for chunk in sub`` yields its chunks
@@ -98,6 +100,8 @@ class BridgeSubscription:
                     await trio.lowlevel.checkpoint()
                     raise item
                 self._buffered -= 1
+                if self._buffered == self._buffer_size // 2:
+                    self._client._on_room()
                 self.next_seq = item.seq + 1
                 if self._paused and self._buffered <= self._buffer_size // 2:
                     self._paused = False
@@ -163,6 +167,11 @@ class BridgeSubscription:
                     str(message.get("code")), str(message.get("message")), run_id=self.run_id
                 )
             )
+
+    @property
+    def crowded(self) -> bool:
+        """More than half of the buffer is unread (while the subscription is live)."""
+        return self._active and self._buffered > self._buffer_size // 2
 
     def _on_message(self, message_type: str, message: dict[str, Any]) -> None:
         if not self._active:

@@ -183,6 +183,7 @@ class RunWatch:
             return changed
 
     async def _follow(self, run_id: str, workflow_id: str, hub: RunHub) -> None:
+        await trio.lowlevel.checkpoint()
         try:
             self._seen(run_id, workflow_id, str(hub.status))
             while hub.status not in TERMINAL:
