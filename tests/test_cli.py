@@ -638,7 +638,7 @@ def test_without_rich_the_command_names_the_extra_to_install(workdir: Path) -> N
         text=True,
         timeout=30,
     )
-    assert_one_line_error(proc, "pip install 'trioflow[cli]'")
+    assert_one_line_error(proc, f"pip install -e {shlex.quote(f'{ROOT}[cli]')}")
 
 
 # --- the websocket bridge -------------------------------------------------------------------------

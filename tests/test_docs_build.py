@@ -114,14 +114,11 @@ PENDING_OUTSIDE = {
 }
 #: Built pages that still point outside the project (docstrings of other sessions' code).
 PENDING_SITE = {
-    "api/index.html": "SPEC §3.0 in trioflow/_context.py (writer), SPEC §0 in NotJsonError",
+    "api/index.html": "SPEC §3.0 in trioflow/_context.py (writer)",
     "bridge/index.html": "docs/bridge.md, as above",
 }
 PENDING_REGISTRY_HINTS = {
-    "trioflow/__main__.py": "the missing-rich hint (not owned by the CLI session)",
     "trioflow/cli/_serve.py": "the missing-bridge hint (serve/watch session)",
-    "trioflow/testing/__init__.py": "the missing-hypothesis hint (testing session)",
-    "trioflow/testing/strategies.py": "its docstring (testing session)",
 }
 
 

@@ -13,8 +13,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "rich":
             raise
+        from ._install import install_hint
+
         print(
-            "trioflow: error: the command line needs the 'cli' extra: pip install 'trioflow[cli]'",
+            f"trioflow: error: the command line needs the 'cli' extra: {install_hint('cli')}",
             file=sys.stderr,
         )
         return 2

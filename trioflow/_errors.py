@@ -35,7 +35,7 @@ class ValidationError(TrioflowError, ValueError):
 class NotJsonError(ValidationError):
     """A value a step produced (its output, suspend payload, bail value or state update)
     is not strict JSON, so it cannot be stored or sent: the step fails with this error and
-    the run ends ``failed`` (SPEC §0).
+    the run ends ``failed``.
 
     ``what`` names the value (``"Step output"``), ``path`` where it breaks the policy
     (``items[2]``; ``""`` is the value itself) and ``reason`` how; the message is one line,

@@ -142,8 +142,10 @@ def __getattr__(name: str) -> _Any:
         try:
             from . import strategies
         except ImportError as exc:  # pragma: no cover - depends on the environment
+            from .._install import install_hint
+
             raise ImportError(
-                f"trioflow.testing.{name} needs hypothesis: pip install 'trioflow[testing]'"
+                f"trioflow.testing.{name} needs hypothesis: {install_hint('testing')}"
             ) from exc
         return getattr(strategies, name)
     raise AttributeError(f"module 'trioflow.testing' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for trioflow (needs ``hypothesis``: ``pip install trioflow[testing]``).
+"""Hypothesis strategies for trioflow (needs ``hypothesis``: the ``testing`` extra).
 
 * :func:`workflows` draws random *valid* workflow graphs (then / parallel / branch /
   dowhile / dountil / foreach with concurrency / map / sleep / nested workflows, bounded
