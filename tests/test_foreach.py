@@ -951,3 +951,46 @@ async def test_resume_with_a_for_each_index_that_is_not_suspended_fails_before_r
         assert sorted(runs) == [0, 1, 2]
         done = await run.resume(resume_data={}, for_each_index=2)
         assert done.status == "suspended"
+
+
+class _GatedMemoryStorage(tf.MemoryStorage):
+    """MemoryStorage whose writes wait while ``gate`` is not set (storage that cannot keep
+    up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def save_snapshot(self, snapshot: Any, events: Any = (), **kwargs: Any) -> bool:
+        if events:
+            await self.gate.wait()
+        return await super().save_snapshot(snapshot, events, **kwargs)
+
+    async def append_events(self, run_id: str, events: Any) -> None:
+        await self.gate.wait()
+        await super().append_events(run_id, events)
+
+
+async def test_foreach_progress_chunks_wait_for_room_in_the_log() -> None:
+    """A foreach over more items than the log holds unstored chunks: between items it
+    waits while storage is behind (SPEC §3.0), as writer.write does, instead of passing
+    the bound with a progress chunk per item."""
+    from trioflow._broadcast import MAX_UNSTORED_CHUNKS
+
+    async def same(ctx: tf.StepContext) -> int:
+        return int(ctx.input_data)
+
+    items = list(range(MAX_UNSTORED_CHUNKS + 500))
+    wf = tf.create_workflow(id="many").foreach(tf.create_step(id="same", execute=same)).commit()
+    storage = _GatedMemoryStorage()
+    async with tf.open_runtime(storage=storage):
+        run = await wf.create_run()
+        out = await run.stream(input_data=items)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = run._hub.log.statistics()
+        assert stats.unflushed <= MAX_UNSTORED_CHUNKS
+        assert out.status == "running"  # waiting for storage, not finished
+        storage.gate.set()
+        result = await out.result()
+    assert result.status == "success"
+    assert result.result == items

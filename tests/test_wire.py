@@ -86,7 +86,9 @@ origins = st.sampled_from(["WORKFLOW", "USER"])
 seqs = st.integers(min_value=0, max_value=2**40)
 
 payload_strategies: dict[str, st.SearchStrategy[Any]] = {
-    "workflow-start": st.builds(chunks_mod.WorkflowStartPayload, workflow_id=texts),
+    "workflow-start": st.builds(
+        chunks_mod.WorkflowStartPayload, workflow_id=texts, restart=st.booleans()
+    ),
     "workflow-step-start": st.builds(
         chunks_mod.StepStartPayload,
         id=texts,
@@ -147,6 +149,7 @@ payload_strategies: dict[str, st.SearchStrategy[Any]] = {
         step_call_id=opt_texts,
         tripwire=st.none() | tripwires,
         metadata=st.none() | json_objects,
+        retry_count=st.integers(min_value=0, max_value=10),
     ),
     "workflow-paused": st.builds(chunks_mod.EmptyPayload),
     "workflow-canceled": st.builds(chunks_mod.EmptyPayload),
@@ -257,6 +260,38 @@ def test_workflow_start_wire_shape() -> None:
         "seq": 1,
         "payload": {"workflowId": "orders"},
     }
+
+
+def test_a_restarted_workflow_start_carries_restart_only_when_true() -> None:
+    restarted = tf.WorkflowStart(
+        run_id="r1",
+        seq=7,
+        payload=chunks_mod.WorkflowStartPayload(workflow_id="orders", restart=True),
+    )
+    assert tf.to_wire(restarted)["payload"] == {"workflowId": "orders", "restart": True}
+    round_trips(restarted)
+    plain = attrs.evolve(
+        restarted, payload=chunks_mod.WorkflowStartPayload(workflow_id="orders", restart=False)
+    )
+    assert tf.to_wire(plain)["payload"] == {"workflowId": "orders"}
+    round_trips(plain)
+    # A log stored before the field existed loads as a start that is not a restart.
+    old = {"type": "workflow-start", "runId": "r1", "seq": 1, "payload": {"workflowId": "o"}}
+    assert tf.from_wire(old).payload.restart is False
+    with pytest.raises(ValueError, match=r"payload\.restart: expected bool, got str"):
+        tf.from_wire({**old, "payload": {"workflowId": "o", "restart": "yes"}})
+
+
+def test_step_result_retry_count_is_on_the_wire_only_when_above_zero() -> None:
+    retried = step_result(id="s", step_name="s", status="success", output=1, retry_count=2)
+    assert tf.to_wire(retried)["payload"]["retryCount"] == 2
+    round_trips(retried)
+    first_time = step_result(id="s", step_name="s", status="success", output=1)
+    assert "retryCount" not in tf.to_wire(first_time)["payload"]
+    round_trips(first_time)
+    with pytest.raises(ValueError, match=r"payload\.retryCount: expected int, got bool"):
+        tf.from_wire({**tf.to_wire(first_time), "payload": {"id": "s", "retryCount": True,
+                                                           "status": "success"}})
 
 
 def test_step_start_fields_are_camel_case_and_none_fields_are_left_out() -> None:

@@ -141,6 +141,8 @@ class StepContext:
         "_bail_value",
         "_bailed",
         "_is_condition",
+        "_key",
+        "_key_args",
         "_level",
         "_new_state",
         "_resume_labels",
@@ -150,7 +152,6 @@ class StepContext:
         "_suspend_schema",
         "_suspended",
         "_writer",
-        "idempotency_key",
         "input_data",
         "iteration_count",
         "resume_data",
@@ -176,12 +177,13 @@ class StepContext:
         suspend_schema: Any = None,
         state_schema: Any = None,
         is_condition: bool = False,
-        idempotency_key: str = "",
+        key_args: tuple[str, int | None, int, int] | None = None,
     ) -> None:
         self._level = level
         self.step_id = step_id
-        #: Names this execution of this step (see docs/api.md "Idempotency keys").
-        self.idempotency_key = idempotency_key
+        # Built when first read: most steps never read it.
+        self._key: str | None = None
+        self._key_args = key_args
         self.input_data = input_data
         # A private copy: mutating ctx.state in place must not leak into the workflow state.
         self.state = dict(state) if type(state) is dict else state
@@ -210,6 +212,24 @@ class StepContext:
         return self._writer
 
     # identity
+    @property
+    def idempotency_key(self) -> str:
+        """Names this execution of this step: the run id, then the step's path with, at
+        every depth, the foreach index, the loop iteration and the resume count, e.g.
+        ``run-1/digest[2].fetch``, ``run-1/body#3.poll``, ``run-1/approve@1``. The same
+        when a crash makes the step run again (``restart()``) and across retries of a
+        failing attempt; different for a loop iteration or a resume. For making side
+        effects exactly-once (pass it to the other system as its idempotency key)."""
+        if self._key is None:
+            node_id, foreach_index, iteration, resumes = self._key_args or (
+                self.step_id,
+                None,
+                self.iteration_count,
+                0,
+            )
+            self._key = self._level.idempotency_key(node_id, foreach_index, iteration, resumes)
+        return self._key
+
     @property
     def run_id(self) -> str:
         return self._level.execution.run_id

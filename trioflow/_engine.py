@@ -23,7 +23,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -64,6 +64,7 @@ from ._core._graph import (
     StepEntry,
     get_path,
 )
+from ._core._journal import StepJournal
 from ._core._json import JsonValueError
 from ._core._model import (
     ITERATION_COUNT,
@@ -102,6 +103,7 @@ from ._serde import (
     validate,
 )
 from ._workflow import Step, Workflow
+from .storage._protocol import save_changed_steps
 from .tracing import TracingOptions
 from .tracing._spans import Span, current_span
 
@@ -213,6 +215,36 @@ def all_step_results(
                 if record and record.get("status") not in (None, "running"):
                     out[f"{key}[{i}]"] = _item_result(record)
     return out
+
+
+class AllSteps(Mapping[str, StepResult]):
+    """``WorkflowResult.all_steps`` of an execution: a read-only mapping built from the
+    stored records when first read (most callers never read it; building it for every
+    run would cost the step path a share of its time)."""
+
+    __slots__ = ("_built", "_steps", "_stored")
+
+    def __init__(self, steps: dict[str, StepResult], stored: dict[str, dict[str, Any]]) -> None:
+        self._steps = steps
+        self._stored = dict(stored)
+        self._built: dict[str, StepResult] | None = None
+
+    def _all(self) -> dict[str, StepResult]:
+        if self._built is None:
+            self._built = all_step_results(self._steps, self._stored)
+        return self._built
+
+    def __getitem__(self, key: str) -> StepResult:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
 
 
 def _item_result(record: dict[str, Any]) -> StepResult:
@@ -614,7 +646,6 @@ class Level:
             iteration_count=iteration,
             retry_count=-1 if is_condition else retry_count,
             is_condition=is_condition,
-            idempotency_key=self.idempotency_key(step_id, None, iteration, 0),
         )
 
     def idempotency_key(
@@ -781,7 +812,7 @@ class Level:
             resume_data = resume.data
             resumes = _resume_count(stored) + 1
             metadata = {**(metadata or {}), RESUME_COUNT: resumes}
-        key = self.idempotency_key(node.id, foreach_index, iteration, resumes)
+        key_args = (node.id, foreach_index, iteration, resumes)
         attempt = 0
         base: dict[str, Any] = {
             "payload": value,
@@ -829,7 +860,7 @@ class Level:
                 iteration_count=iteration,
                 suspend_schema=node.suspend_schema,
                 state_schema=node.state_schema,
-                idempotency_key=key,
+                key_args=key_args,
             )
             try:
                 output = await _call_with_timeout(node, ctx)
@@ -2003,7 +2034,8 @@ class Execution:
         self.emit_step_events = workflow.emit_step_events
         self.input_json = to_jsonable(input)
         self.usage = Usage()
-        self.stored: dict[str, dict[str, Any]] = dict(base.steps)
+        #: Step records by qualified key; remembers what changed since the last write.
+        self.stored = StepJournal(base.steps)
         self.cancel_requested = False
         #: A step suspended during this execution (it is heading for ``suspended``).
         self.suspended_once = False
@@ -2196,17 +2228,20 @@ class Execution:
             events = [*taken, *extra] if extra else taken
             last_seq = events[-1].seq if events else self.log.flushed_through
             snapshot = self.snapshot(status, last_seq=last_seq, **final)
+            changed = self.stored.take_changed()
             try:
-                written = await self.storage.save_snapshot(
-                    snapshot, events, expected_status=expected
+                written = await save_changed_steps(
+                    self.storage, snapshot, events, expected_status=expected, changed_steps=changed
                 )
             except (Exception, trio.Cancelled):
                 # Storage wrote nothing (a cancelled or failed call writes nothing): the
                 # chunks are pending again, for the next write.
                 self.log.untake(taken)
+                self.stored.write_failed()
                 raise
             if not written:
                 self.log.untake(taken)
+                self.stored.write_failed()
             elif taken:
                 # Committed: only now may they leave memory (a subscriber behind the
                 # window reads them from storage).
@@ -2362,7 +2397,7 @@ class Execution:
             result=outcome.output if status is RunStatus.SUCCESS else None,
             error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
             steps=steps,
-            all_steps=all_step_results(steps, self.stored),
+            all_steps=AllSteps(steps, self.stored),
             input=root.input,
             state=root.state,
             suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -146,7 +147,7 @@ class WorkflowResult:
     #: ``"step[2]"`` and steps of a nested workflow in foreach item 2 as
     #: ``"nested[2].inner"``. A loop body keeps its last iteration. Left out of ``repr``
     #: and ``==`` (``steps`` says what the run did at its own level).
-    all_steps: dict[str, StepResult] = attrs.field(factory=dict, repr=False, eq=False)
+    all_steps: Mapping[str, StepResult] = attrs.field(factory=dict, repr=False, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -178,7 +179,7 @@ class RunState:
     created_at: int
     updated_at: int
     #: Every settled step at every depth, by qualified key (see ``WorkflowResult.all_steps``).
-    all_steps: dict[str, StepResult] = attrs.field(factory=dict, repr=False, eq=False)
+    all_steps: Mapping[str, StepResult] = attrs.field(factory=dict, repr=False, eq=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -7,30 +7,14 @@ import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import attrs
 import trio
 
-from .._core._chunks import Chunk
+from .._core._chunks import Chunk, DataChunk, WorkflowStepOutput
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
-from .._serde import snapshot_to_json, to_wire
+from .._serde import converter, to_wire
 from ._json import dumps_strict
 
-#: The payload fields of chunks that hold data (the rest are ids, statuses, timestamps).
-_DATA_FIELDS = frozenset(
-    {
-        "output",
-        "payload",
-        "suspend_payload",
-        "suspend_output",
-        "resume_payload",
-        "iteration_output",
-        "metadata",
-        "final_workflow_result",
-        "error",
-        "tripwire",
-    }
-)
 #: Snapshot fields that hold data, checked at every write that changes them.
 _RUN_FIELDS = (
     "input",
@@ -56,49 +40,44 @@ def _plain(value: Any) -> bool:
     return kind is float and math.isfinite(value)
 
 
-def _data_fields(payload_type: type[Any]) -> tuple[str, ...]:
-    names = _FIELDS.get(payload_type)
-    if names is None:
-        names = tuple(f.name for f in attrs.fields(payload_type) if f.name in _DATA_FIELDS)
-        _FIELDS[payload_type] = names
-    return names
-
-
-_FIELDS: dict[type[Any], tuple[str, ...]] = {}
-
-
 def check_snapshot(snapshot: RunSnapshot, previous: RunSnapshot | None) -> None:
     """StorageError naming the path when what ``snapshot`` changes since ``previous`` is
     not strict JSON (as SQLite and PostgreSQL refuse it). Step records and run fields
     that are the very objects already stored are not checked again, and values that are
     plainly JSON are not serialized: the check costs what the write changes."""
     what = f"the snapshot of run {snapshot.run_id!r}"
-    if previous is None:
-        dumps_strict(snapshot_to_json(snapshot), what)
-        return
     for name in _RUN_FIELDS:
         value = getattr(snapshot, name)
-        if value is not getattr(previous, name) and not _plain(value):
-            dumps_strict(snapshot_to_json(snapshot)[name], f"{what}, field {name}")
-    before = previous.steps
+        if previous is not None and value is getattr(previous, name):
+            continue
+        if not _plain(value) and value != {}:
+            dumps_strict(converter.unstructure(value), f"{what}, field {name}")
+    before = previous.steps if previous is not None else {}
     for key, record in snapshot.steps.items():
         if before.get(key) is record:
             continue
         for value in record.values():
-            if not _plain(value):
+            if type(value) is not int and not _plain(value):
                 dumps_strict(record, f"{what}, step {key!r}")
                 break
 
 
 def check_events(run_id: str, events: Sequence[Chunk]) -> None:
-    """StorageError naming the chunk and the path when a chunk is not strict JSON."""
+    """StorageError naming the chunk and the path when data a step wrote into a chunk
+    (``writer.write``, ``writer.custom``) is not strict JSON. Every other value a chunk
+    carries is a copy of what the run's snapshot holds (a step's input, output, error,
+    suspend payload, the run's result and tripwire), which :func:`check_snapshot` checks
+    when that snapshot is written: checking each copy again would cost more than the
+    rest of the write (a 100-step chain: 4 us per step on top of 18)."""
+    value: Any
     for chunk in events:
-        payload = getattr(chunk, "payload", None)
-        if payload is None:
-            values: tuple[Any, ...] = (getattr(chunk, "data", None),)
+        if isinstance(chunk, WorkflowStepOutput):
+            value = chunk.payload.output
+        elif isinstance(chunk, DataChunk):
+            value = chunk.data
         else:
-            values = tuple(getattr(payload, name) for name in _data_fields(type(payload)))
-        if not all(_plain(value) for value in values):
+            continue
+        if not _plain(value):
             dumps_strict(to_wire(chunk), f"event seq {chunk.seq} of run {run_id!r}")
 
 
