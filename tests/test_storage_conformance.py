@@ -12,7 +12,7 @@ conformance (the same workflows give equal results and event logs on every backe
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +134,11 @@ class Recording:
         events: Sequence[ch.Chunk] = (),
         *,
         expected_status: tf.RunStatus | Sequence[tf.RunStatus] | None = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
-        ok = await self.inner.save_snapshot(snapshot, events, expected_status=expected_status)
+        ok = await self.inner.save_snapshot(
+            snapshot, events, expected_status=expected_status, changed_steps=changed_steps
+        )
         if ok:
             self.snapshots[snapshot.run_id] = snapshot
             self.events.setdefault(snapshot.run_id, []).extend(events)
