@@ -361,3 +361,43 @@ async def test_all_steps_of_plain_foreach_items_and_branches_leave_out_engine_re
     assert result.all_steps["double[0]"].output == 2
     assert result.all_steps["double[1]"].status == "failed"
     assert str(result.all_steps["double[1]"].error) == "three"
+
+
+async def test_runtime_stopped_during_a_foreach_resume_restart_replays_it(
+    autojump_clock: Any,
+) -> None:
+    """restart() after the runtime stopped while foreach items were being resumed (was
+    KeyError: the foreach was no longer listed as suspended)."""
+    keys: list[str] = []
+    reached = trio.Event()
+
+    async def approve(ctx: tf.StepContext) -> Any:
+        keys.append(ctx.idempotency_key)
+        if ctx.resume_data is None:
+            return await ctx.suspend({})
+        if ctx.input_data == 1 and not reached.is_set():
+            reached.set()
+            await trio.sleep_forever()
+        return ctx.input_data
+
+    wf = (
+        tf.create_workflow(id="w")
+        .foreach(tf.create_step(id="approve", execute=approve), concurrency=2)
+        .commit()
+    )
+    storage = FaultyStorage(tf.MemoryStorage())
+    async with tf.open_runtime(storage=storage):
+        run = await wf.create_run(run_id="r")
+        await run.start(input_data=[0, 1])
+        await run.resume_stream(resume_data={})
+        await reached.wait()
+    async with tf.open_runtime(storage=storage):
+        run = await wf.create_run(run_id="r")
+        result = await run.restart()
+    assert result.status == "success", result
+    assert result.result == [0, 1]
+    # Item 1 was being resumed when the runtime stopped: the replay gives it the same key;
+    # item 0 had finished its resume and does not run again.
+    assert sorted(keys) == sorted(
+        ["r/approve[0]", "r/approve[1]", "r/approve[0]@1", "r/approve[1]@1", "r/approve[1]@1"]
+    )

@@ -1588,6 +1588,10 @@ class Level:
             if emit:
                 self.emit_settled(chunk_id, canceled, None)
             self.settle(node.id, StepRun(result=canceled), [idx])
+            if execution.interrupted_resume(resume):
+                # The runtime stopped during this resume: the foreach stays suspended, and
+                # restart() replays the resume on the items it had not finished.
+                self.suspended_paths[node.id] = [idx]
             raise
 
         if resume is None or execution.resume_token is not None:
