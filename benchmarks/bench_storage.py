@@ -16,7 +16,10 @@
   Beside it, the same with MemoryStorage (`memory_total_ms`): the engine without storage.
 - `chain-100-sqlite`: the 100-step chain of bench_chain.py with SqliteStorage beside
   MemoryStorage, in the same process: us per step of each and their ratio (a durable run
-  writes a snapshot after every step).
+  writes a snapshot after every step). With it, the durable chain at 100, 1,000 and
+  10,000 steps (`sqlite_us_per_step_<n>`) beside the raw-trio floor and a raw sqlite3
+  insert floor (see `_durable_chain.py`). Goal: <= 150 us/step at 100 and at 10,000.
+  `python bench_storage.py --chain [--quick]` prints that row alone.
 
 Every timed run is checked (status and result) so a broken run is never benchmarked.
 """
@@ -35,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _durable_chain
 import _harness
 import bench_chain
 import bench_floor
@@ -242,6 +246,7 @@ async def chain_beside_memory(quick: bool) -> dict[str, Any]:
             "memory_create_run_us": memory.create_run_us,
             "steps": steps,
             "repeats": repeats,
+            **await _durable_chain.durable_chain(quick),
             "peak_rss_mb": _harness.peak_rss_mb(),
         },
     )
@@ -323,5 +328,7 @@ def rss_child(argv: list[str]) -> None:
 if __name__ == "__main__":
     if "--rss-runs" in sys.argv[1:]:
         rss_child(sys.argv[1:])
+    elif "--chain" in sys.argv[1:]:
+        trio.run(chain_beside_memory, "--quick" in sys.argv[1:])
     else:
         _harness.cli(globals())
