@@ -32,6 +32,7 @@ from .._core._status import RunStatus
 from .._groups import leaves as exception_leaves
 from .._groups import unwrap_groups
 from . import _protocol as p
+from ._decoded import recent
 from ._subscription import BridgeError, BridgeSubscription
 from ._wsclient import ClientWebSocket, HandshakeRefused, WebSocketClosed, open_client_websocket
 
@@ -175,6 +176,7 @@ class BridgeClient:
         self._outbox: deque[str] = deque()
         self._outbox_ready = trio.Event()
         self._room = trio.Event()
+        self._recent = recent()
         self._failure: BridgeError | None = None
         self._lost: BridgeConnectionError | None = None
         self._closing = False
@@ -382,7 +384,7 @@ class BridgeClient:
 
     def _dispatch(self, frame: str | bytes) -> None:
         try:
-            message = p.parse_server_message(frame)
+            message = self._recent.parse(frame)
         except p.ProtocolError as exc:
             # Its subscription (if any) sees a gap in its seqs and re-subscribes, a bounded
             # number of times (BridgeSubscription._on_gap).

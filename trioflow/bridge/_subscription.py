@@ -13,8 +13,8 @@ import trio
 
 from .._core._chunks import Chunk
 from .._errors import TrioflowError
-from .._serde import from_wire
 from . import _protocol as p
+from ._decoded import recent
 
 logger = logging.getLogger("trioflow.bridge")
 
@@ -60,6 +60,7 @@ class BridgeSubscription:
 
     def __init__(self, client: ClientSide, run_id: str, from_seq: int, buffer_size: int) -> None:
         self._client = client
+        self._recent = recent()
         self.run_id = run_id
         self.next_seq = from_seq
         self.caught_up = False
@@ -187,7 +188,7 @@ class BridgeSubscription:
                 self._pause()
                 return
             try:
-                chunk = from_wire(message)
+                chunk = self._recent.chunk(message)
             except Exception as exc:
                 self._fail(BridgeError("bad-request", f"undecodable chunk {seq}: {exc}"))
                 return
