@@ -16,11 +16,11 @@ The wire protocol (one JSON object per text frame) is documented in docs/bridge.
 client can be written in any language. The core never imports this package.
 """
 
-from ._client import BridgeAuthError as BridgeAuthError
 from ._client import BridgeClient as BridgeClient
-from ._client import BridgeConnectionError as BridgeConnectionError
 from ._client import connect as connect
 from ._protocol import SUBPROTOCOL as SUBPROTOCOL
 from ._server import serve as serve
+from ._subscription import BridgeAuthError as BridgeAuthError
+from ._subscription import BridgeConnectionError as BridgeConnectionError
 from ._subscription import BridgeError as BridgeError
 from ._subscription import BridgeSubscription as BridgeSubscription

@@ -18,7 +18,6 @@ import itertools
 import logging
 import random
 import ssl
-import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -29,12 +28,18 @@ import trio
 
 from .._core._model import RunInfo
 from .._core._status import RunStatus
-from .._groups import leaves as exception_leaves
 from .._groups import unwrap_groups
 from . import _protocol as p
 from ._decoded import recent
-from ._subscription import BridgeError, BridgeSubscription
-from ._wsclient import ClientWebSocket, HandshakeRefused, WebSocketClosed, open_client_websocket
+from ._dial import connection_error as _connection_error
+from ._dial import parse_url as _parse_url
+from ._subscription import (
+    BridgeAuthError,
+    BridgeConnectionError,
+    BridgeError,
+    BridgeSubscription,
+)
+from ._wsclient import ClientWebSocket, open_client_websocket
 
 logger = logging.getLogger("trioflow.bridge")
 
@@ -45,25 +50,6 @@ CLOSE_GRACE: Final = 1.0
 #: Seconds the reader waits for a subscription's consumer to read half its buffer.
 READER_PATIENCE: Final = 0.05
 
-
-
-class BridgeConnectionError(BridgeError):
-    """The connection could not be opened or was lost (``code`` is ``"connection"``). A
-    request whose reply did not arrive raises it: it may or may not have been executed."""
-
-    def __init__(
-        self, message: str, *, code: str = "connection", close_code: int | None = None
-    ) -> None:
-        super().__init__(code, message)
-        #: The websocket close code, when the connection was closed with one.
-        self.close_code = close_code
-
-
-class BridgeAuthError(BridgeConnectionError):
-    """The server refused the token (HTTP 401); ``code`` is ``"unauthorized"``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="unauthorized")
 
 
 @attrs.define(eq=False)
@@ -77,65 +63,6 @@ class _Pending:
             self.reply = reply
             self.error = error
             self.done.set()
-
-
-@attrs.frozen
-class _Target:
-    host: str
-    port: int
-    resource: str
-    host_header: str
-    ssl: bool
-
-
-def _parse_url(url: str) -> _Target:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"the bridge URL must start with ws:// or wss://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"the bridge URL has no host: {url!r}")
-    secure = parts.scheme == "wss"
-    default = 443 if secure else 80
-    port = parts.port or default
-    resource = parts.path or "/"
-    if parts.query:
-        resource += "?" + parts.query
-    host = parts.hostname
-    shown = f"[{host}]" if ":" in host else host
-    host_header = shown if port == default else f"{shown}:{port}"
-    return _Target(host, port, resource, host_header, secure)
-
-
-def _closed_error(reason: Any) -> BridgeConnectionError:
-    detail = f": {reason.reason}" if reason.reason else ""
-    return BridgeConnectionError(
-        f"the connection closed ({reason.code} {reason.name}{detail})", close_code=reason.code
-    )
-
-
-def _connection_error(exc: BaseException, closed: Any = None) -> BridgeConnectionError:
-    """The BridgeConnectionError a failed or dropped connection amounts to (``closed``:
-    the websocket's close reason, when it had one)."""
-    leaves = exception_leaves(exc)
-    for leaf in leaves:
-        if isinstance(leaf, BridgeConnectionError):
-            return leaf
-        if isinstance(leaf, HandshakeRefused):
-            if leaf.status_code == 401:
-                return BridgeAuthError("the server refused the token (HTTP 401)")
-            return BridgeConnectionError(
-                f"the server refused the connection (HTTP {leaf.status_code})"
-            )
-    if closed is not None:
-        # E.g. the reader closing with 1009 for a message over max_message_size.
-        return _closed_error(closed)
-    for leaf in leaves:
-        if isinstance(leaf, WebSocketClosed):
-            return _closed_error(leaf.reason)
-        if isinstance(leaf, OSError | trio.BrokenResourceError | trio.TooSlowError):
-            return BridgeConnectionError(f"cannot connect: {leaf!r}")
-    logger.error("trioflow bridge client: connection failed", exc_info=exc)
-    return BridgeConnectionError(f"connection failed: {exc!r}")
 
 
 class BridgeClient:

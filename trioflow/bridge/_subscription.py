@@ -39,6 +39,25 @@ class BridgeError(TrioflowError):
         self.run_id = run_id
 
 
+class BridgeConnectionError(BridgeError):
+    """The connection could not be opened or was lost (``code`` is ``"connection"``). A
+    request whose reply did not arrive raises it: it may or may not have been executed."""
+
+    def __init__(
+        self, message: str, *, code: str = "connection", close_code: int | None = None
+    ) -> None:
+        super().__init__(code, message)
+        #: The websocket close code, when the connection was closed with one.
+        self.close_code = close_code
+
+
+class BridgeAuthError(BridgeConnectionError):
+    """The server refused the token (HTTP 401); ``code`` is ``"unauthorized"``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unauthorized")
+
+
 class ClientSide(Protocol):
     """What a subscription asks of its client (:class:`BridgeClient`)."""
 
