@@ -683,3 +683,97 @@ async def test_job_cancelled_while_running_completes_and_returns(store: SqliteSt
     assert box["value"] == "done"
     assert box["caught"] is True
     assert [r.resource_id for r in await store.list_runs()] == ["written"]
+
+
+# --------------------------------------------------------------------------- inline writes
+
+
+def count_submits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the workers jobs are handed to, from now on."""
+    names: list[str] = []
+    submit = sqlite_module._Worker._submit
+
+    def counting(self: Any, job: Any) -> None:
+        names.append(self._name.split()[0])
+        submit(self, job)
+
+    monkeypatch.setattr(sqlite_module._Worker, "_submit", counting)
+    return names
+
+
+async def test_small_writes_to_an_idle_writer_commit_without_a_thread_hop(
+    store: SqliteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create_run(snap("r", S.RUNNING))
+    submits = count_submits(monkeypatch)
+    before = store._writer.transactions
+    for seq in range(1, 11):
+        running = snap("r", S.RUNNING, steps={f"s{seq}": {"status": "success"}})
+        assert await store.save_snapshot(
+            running, outs("r", seq, 1), expected_status=S.RUNNING, changed_steps=[f"s{seq}"]
+        )
+    assert submits == []
+    assert store._writer.transactions == before + 10
+    with raw(store.path) as conn:  # committed: another connection sees it
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (10,)
+
+
+async def test_a_write_finding_another_process_writing_waits_on_the_thread(
+    store: SqliteStorage,
+) -> None:
+    await store.create_run(snap("r", S.RUNNING))
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        done = trio.Event()
+
+        async def save() -> None:
+            assert await store.save_snapshot(snap("r", S.SUCCESS), outs("r", 1, 1))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(save)
+            # the trio thread is free while the write waits (busy timeout) on its thread
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()
+            other.execute("COMMIT")
+        assert done.is_set()
+    finally:
+        other.close()
+    loaded = await store.load_snapshot("r")
+    assert loaded is not None
+    assert loaded.status == S.SUCCESS
+
+
+async def test_wal_checkpoints_run_off_the_trio_thread_and_bound_the_wal(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    checkpoint = sqlite_module._checkpoint
+
+    def recording(conn: sqlite3.Connection | None) -> None:
+        threads.append(threading.current_thread().name.split()[0])
+        checkpoint(conn)
+
+    monkeypatch.setattr(sqlite_module, "_checkpoint", recording)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 16)
+    monkeypatch.setattr(sqlite_module, "WRITER_CHECKPOINT_EVERY", 2)
+    async with SqliteStorage(db_path) as store:
+        await store.create_run(snap("r", S.RUNNING))
+        steps: dict[str, Any] = {}
+        for seq in range(1, 401):
+            steps[f"s{seq}"] = {"status": "success", "output": "x" * 200}
+            running = snap("r", S.RUNNING, steps=dict(steps))
+            await store.save_snapshot(running, outs("r", seq, 1), changed_steps=[f"s{seq}"])
+        await store.last_seq("r")  # after the queued checkpoints, on the same thread
+        await store.delete_run("nothing")  # the writer's too
+        assert len(threads) >= 400 // 16 - 1
+        # mostly in the background; every other one on the writer's thread, which lets
+        # the WAL start over
+        assert threads.count("trioflow-sqlite-reader") >= 400 // 32 - 1
+        assert threads.count("trioflow-sqlite-writer") >= 400 // 32 - 1
+        # without checkpoints the WAL would hold every commit (7.5 MB here)
+        assert (db_path.parent / (db_path.name + "-wal")).stat().st_size < 1_500_000
+        loaded = await store.load_snapshot("r")
+        assert loaded is not None
+        assert list(loaded.steps) == list(steps)

@@ -671,6 +671,24 @@ async def test_changed_steps_naming_a_key_no_longer_in_the_snapshot_deletes_it(
     assert list(loaded.steps) == ["n.x", "a", "n.y"]
 
 
+async def test_step_execution_path_grows_through_incremental_writes(storage: Storage) -> None:
+    await storage.create_run(snap("r", status=S.RUNNING, step_execution_path=["a"]))
+    path = ["a"]
+    for step in ("b", "c", "d"):
+        path.append(step)
+        current = snap("r", status=S.RUNNING, step_execution_path=list(path))
+        assert await storage.save_snapshot(current, changed_steps=[])
+        assert await storage.load_snapshot("r") == current
+    # a whole write replaces it, also with a shorter or different path
+    other = snap("r", status=S.RUNNING, step_execution_path=["x"])
+    assert await storage.save_snapshot(other)
+    assert await storage.load_snapshot("r") == other
+    # a shorter path with changed_steps (not the prefix promised) is still stored whole
+    empty = snap("r", status=S.RUNNING)
+    assert await storage.save_snapshot(empty, changed_steps=[])
+    assert await storage.load_snapshot("r") == empty
+
+
 async def test_refused_save_with_changed_steps_writes_no_step(storage: Storage) -> None:
     before = snap("r", status=S.SUSPENDED, steps={"a": rec(1, "suspended")})
     await storage.create_run(before)

@@ -77,8 +77,11 @@ class Storage(Protocol):
         either way, its steps in the dict's order: a stored key keeps its place, new keys
         follow in the order ``changed_steps`` lists them (a ``set``: the snapshot's
         order, at the cost of a pass over every step); a key deleted and added again
-        between two writes needs a whole write (None) to move to the end. A backend may
-        ignore it and store every step (MemoryStorage does).
+        between two writes needs a whole write (None) to move to the end. With
+        ``changed_steps``, the caller also promises that the stored
+        ``step_execution_path`` is a prefix of ``snapshot.step_execution_path`` (an
+        execution only appends to it): a backend may store only the new entries. A
+        backend may ignore all this and store every step (MemoryStorage does).
         """
         ...
 

@@ -30,9 +30,15 @@ __all__ = ["StepWrites", "run_row_json", "snapshot_from_rows", "split_legacy", "
 _NO_STEPS: Final[dict[str, dict[str, Any]]] = {}
 
 
-def run_row_json(snapshot: RunSnapshot) -> str:
-    """The run row's snapshot text: the snapshot without its steps, as strict JSON."""
-    bare = attrs.evolve(snapshot, steps=_NO_STEPS) if snapshot.steps else snapshot
+def run_row_json(snapshot: RunSnapshot, *, without_path: bool = False) -> str:
+    """The run row's snapshot text: the snapshot without its steps (and, ``without_path``,
+    without its ``step_execution_path``, stored as rows too), as strict JSON."""
+    bare = snapshot
+    if snapshot.steps or (without_path and snapshot.step_execution_path):
+        changes: dict[str, Any] = {"steps": _NO_STEPS}
+        if without_path:
+            changes["step_execution_path"] = []
+        bare = attrs.evolve(snapshot, **changes)
     return dumps_strict(snapshot_to_json(bare), f"the snapshot of run {snapshot.run_id!r}")
 
 
@@ -47,6 +53,11 @@ class StepWrites:
     upserts: list[tuple[str, str]]
     #: Keys whose rows are deleted (changed, but no longer in the snapshot).
     deletes: list[str]
+
+    @property
+    def size(self) -> int:
+        """The characters of text written."""
+        return sum(len(key) + len(record) for key, record in self.upserts)
 
 
 def step_writes(snapshot: RunSnapshot, changed_steps: Collection[str] | None) -> StepWrites:
@@ -76,10 +87,15 @@ def _dump(run_id: str, key: str, record: dict[str, Any]) -> tuple[str, str]:
 
 
 def snapshot_from_rows(
-    text: object, steps: Iterable[tuple[str, object]], where: str, run_id: str
+    text: object,
+    steps: Iterable[tuple[str, object]],
+    where: str,
+    run_id: str,
+    path: list[Any] | None = None,
 ) -> RunSnapshot:
     """The RunSnapshot stored as the run row ``text`` and the step rows ``(step_key,
-    record)`` in their stored order; StorageError naming the row when one is damaged."""
+    record)`` in their stored order (and, when stored as rows, its
+    ``step_execution_path``); StorageError naming the row when one is damaged."""
     what = f"{where}: the stored snapshot of run {run_id!r}"
     data = loads_strict(text, what)
     if not isinstance(data, dict):
@@ -92,13 +108,18 @@ def snapshot_from_rows(
         merged[key] = loads_strict(record_text, f"{what}, step {key!r},")
     if records is None or isinstance(records, dict):
         data["steps"] = merged  # else damaged: validation below names it
+    if path:
+        data["step_execution_path"] = path
     return snapshot_from_data(data, what)
 
 
-def split_legacy(text: str) -> tuple[str, list[tuple[str, str]]] | None:
+def split_legacy(
+    text: str, *, path: list[Any] | None = None
+) -> tuple[str, list[tuple[str, str]]] | None:
     """A v1 run row's snapshot text split into the run row without steps and the step
     rows (compact JSON, in the stored order); None when the text is not a JSON object
-    (a damaged row is left as it is: loading it says what is wrong)."""
+    (a damaged row is left as it is: loading it says what is wrong). With ``path`` (a
+    list), the ``step_execution_path`` moves out too, into ``path``."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -107,6 +128,10 @@ def split_legacy(text: str) -> tuple[str, list[tuple[str, str]]] | None:
         return None
     steps: dict[str, Any] = data["steps"]
     data["steps"] = {}
+    moved = data.get("step_execution_path")
+    if path is not None and isinstance(moved, list) and all(isinstance(p, str) for p in moved):
+        path.extend(moved)
+        data["step_execution_path"] = []
     rows = [(str(key), _compact(record)) for key, record in steps.items()]
     return _compact(data), rows
 

@@ -92,6 +92,20 @@ T = TypeVar("T")
 
 #: Write jobs executed in one transaction at most.
 MAX_GROUP: Final = 256
+#: With inline writes, a WAL checkpoint in the background after this many commits...
+CHECKPOINT_EVERY: Final = 128
+#: ... and every this many of those, one on the writer's thread (see _ask_checkpoint).
+WRITER_CHECKPOINT_EVERY: Final = 4
+#: Writes up to this many bytes of text run on the calling thread when the writer is idle.
+INLINE_BYTES: Final = 64 * 1024
+
+
+def _checkpoint(conn: sqlite3.Connection | None) -> None:
+    # A PASSIVE checkpoint never waits and never blocks the writer.
+    if conn is not None:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 
 
 # --- the worker threads -------------------------------------------------------------------
@@ -114,8 +128,8 @@ class _Job:
         self,
         fn: Callable[[sqlite3.Connection | None], object],
         kind: int,
-        task: trio.lowlevel.Task,
-        token: trio.lowlevel.TrioToken,
+        task: trio.lowlevel.Task | None,
+        token: trio.lowlevel.TrioToken | None,
     ) -> None:
         self.fn = fn
         self.kind = kind
@@ -129,6 +143,7 @@ def _deliver(jobs: list[_Job]) -> None:
     # Runs on the trio thread (via the token): wake every waiting task with its outcome.
     for job in jobs:
         assert job.outcome is not None
+        assert job.task is not None
         trio.lowlevel.reschedule(job.task, job.outcome)
 
 
@@ -149,7 +164,18 @@ class _Worker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.conn: sqlite3.Connection | None = None  # touched only by the thread
+        self.conn: sqlite3.Connection | None = None  # see _conn_lock
+        #: Held while a job or an inline write uses ``conn``.
+        self._conn_lock = threading.Lock()
+        #: Jobs queued or running (under ``_lock``): inline writes only when there are none,
+        #: so that writes stay in submission order.
+        self._busy = 0
+        #: Whether small writes may run on the calling thread (see :meth:`write_inline`).
+        self.inline = False
+        #: Commits since the last WAL checkpoint (the writer checkpoints, not the commits).
+        self._since_checkpoint = 0
+        #: Asks for a WAL checkpoint elsewhere (set by the storage when writes run inline).
+        self.checkpoint_due: Callable[[], None] | None = None
         #: Write transactions committed and jobs they held (for tests and benchmarks).
         self.transactions = 0
         self.grouped_jobs = 0
@@ -160,26 +186,142 @@ class _Worker:
 
     # -- trio side --
 
-    async def call(self, fn: Callable[[sqlite3.Connection | None], T], kind: int) -> T:
+    async def call(
+        self, fn: Callable[[sqlite3.Connection | None], T], kind: int, *, inline: bool = False
+    ) -> T:
         if self._stopping:
             raise RuntimeError("this SqliteStorage is closed")
+        if inline and self.inline and not self._busy:
+            # Cancelled before: nothing written; once written: returned, the cancellation
+            # is delivered at the caller's next checkpoint (as for a job on the thread).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                done, value = self.write_inline(cast(Callable[[sqlite3.Connection], T], fn))
+            except Exception:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise
+            if done:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return cast(T, value)
         if kind == _STOP:
             self._stopping = True
         job = _Job(fn, kind, trio.lowlevel.current_task(), trio.lowlevel.current_trio_token())
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
-            self._thread.start()
-        self._queue.put(job)
+        self._submit(job)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             if kind != _STOP:
                 with self._lock:
                     if job.state == _PENDING:
                         job.state = _WITHDRAWN
+                        self._busy -= 1
                         return trio.lowlevel.Abort.SUCCEEDED
             return trio.lowlevel.Abort.FAILED
 
         return cast(T, await trio.lowlevel.wait_task_rescheduled(abort))
+
+    def _submit(self, job: _Job) -> None:
+        with self._lock:
+            self._busy += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+
+    def write_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
+        """Run the write job ``fn`` on the calling thread, in its own transaction, when
+        this is cheap and safe: the thread has nothing queued or running, and the write
+        lock is free (busy timeout 0: when another process writes, the thread waits for it
+        instead). ``(False, None)`` when not run; else ``(True, its result)`` once
+        committed, or its error (nothing written).
+
+        A WAL commit with ``synchronous=NORMAL`` is a write into the page cache (~10-30
+        us), far less than handing the job to the thread and back; checkpoints, which
+        fsync, run on the reader's thread (the writer's auto-checkpoint is off), so
+        writes go on meanwhile."""
+        if not self.inline or self._busy or self._stopping:
+            return False, None
+        if not self._conn_lock.acquire(blocking=False):
+            return False, None
+        conn = self.conn
+        try:
+            if conn is None:
+                return False, None
+            refused = self._state.refused()
+            if refused is not None:
+                raise refused
+            if not self._begin_now(conn):
+                return False, None
+            try:
+                value = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise
+            self.transactions += 1
+            self.grouped_jobs += 1
+            due = self._note_commit()
+        except Exception as exc:
+            raise self._wrap(exc) from None
+        finally:
+            self._conn_lock.release()
+        if due:
+            self._ask_checkpoint(due)
+        return True, value
+
+    def _begin_now(self, conn: sqlite3.Connection) -> bool:
+        # The connection's busy timeout is 0 between the thread's transactions.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.ProgrammingError:
+            # A connection bound to its thread (made by a replaced _connect): no inline.
+            self.inline = False
+            return False
+        except sqlite3.Error as exc:
+            if _sqlite_file.is_busy(exc):
+                return False
+            raise
+        return True
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        # The thread waits up to the busy timeout for another process's write.
+        if not self.inline:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        conn.execute(f"PRAGMA busy_timeout = {int(self._state.timeout * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    def _note_commit(self) -> int:
+        # Holding _conn_lock: which checkpoint is due (0: none), see _ask_checkpoint.
+        if self.checkpoint_due is None:
+            return 0
+        self._since_checkpoint += 1
+        if self._since_checkpoint % CHECKPOINT_EVERY:
+            return 0
+        if self._since_checkpoint < CHECKPOINT_EVERY * WRITER_CHECKPOINT_EVERY:
+            return 1
+        self._since_checkpoint = 0
+        return 2
+
+    def _ask_checkpoint(self, due: int) -> None:
+        # A PASSIVE checkpoint in the background (1) copies most of the WAL while writes
+        # go on, but cannot let the WAL start over while this writer keeps appending; one
+        # on the writer's own thread (2) holds the writes back and completes, so the next
+        # write restarts the WAL (bounded at about WRITER_CHECKPOINT_EVERY * CHECKPOINT_EVERY
+        # commits), and has little left to copy.
+        if due == 1 and self.checkpoint_due is not None:
+            self.checkpoint_due()
+        elif due == 2:
+            self.submit_unawaited(_checkpoint)
+
+    def submit_unawaited(self, fn: Callable[[sqlite3.Connection | None], object]) -> None:
+        """Queue ``fn`` as a job nobody waits for (from any thread)."""
+        if not self._stopping:
+            self._submit(_Job(fn, _READ, None, None))
 
     # -- thread side --
 
@@ -197,14 +339,18 @@ class _Worker:
                 for job in jobs:
                     job.state = _RUNNING
             try:
-                stopping = self._execute(jobs)
+                with self._conn_lock:
+                    stopping = self._execute(jobs)
             except Exception as exc:  # a bug here must not leave callers asleep
                 for job in jobs:
                     if job.outcome is None:
                         job.outcome = outcome.Error(exc)
+            with self._lock:
+                self._busy -= len(jobs)
             by_token: dict[trio.lowlevel.TrioToken, list[_Job]] = collections.defaultdict(list)
             for job in jobs:
-                by_token[job.token].append(job)
+                if job.token is not None:  # else nobody waits (a checkpoint)
+                    by_token[job.token].append(job)
             for token, group in by_token.items():
                 with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
                     token.run_sync_soon(_deliver, group)
@@ -251,7 +397,7 @@ class _Worker:
             refused = self._state.refused()
             if refused is not None:
                 raise refused
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_waiting(conn)
         except Exception as exc:
             for job in jobs:
                 job.outcome = outcome.Error(self._wrap(exc))
@@ -282,6 +428,9 @@ class _Worker:
             conn.execute("COMMIT")
             self.transactions += 1
             self.grouped_jobs += len(jobs)
+            due = self._note_commit()
+            if due:
+                self._ask_checkpoint(due)
         except Exception as exc:
             # The transaction as a whole failed (disk full, I/O error...): nothing of it
             # is stored, so no job of the group succeeded.
@@ -307,6 +456,10 @@ def _event_rows(run_id: str, events: Sequence[Chunk]) -> list[tuple[str, int, st
         )
         for chunk in events
     ]
+
+
+def _size(rows: list[tuple[str, int, str]]) -> int:
+    return sum(len(text) for _, _, text in rows)
 
 
 def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> frozenset[str] | None:
@@ -380,8 +533,15 @@ class SqliteStorage:
     # --- opening and closing --------------------------------------------------------------
 
     def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        # check_same_thread: the writer's connection also serves inline writes on the
+        # trio thread, never at the same time (_Worker._conn_lock).
         return sqlite3.connect(
-            target, timeout=self._timeout, isolation_level=None, uri=uri, cached_statements=64
+            target,
+            timeout=self._timeout,
+            isolation_level=None,
+            uri=uri,
+            cached_statements=64,
+            check_same_thread=False,
         )
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -393,10 +553,18 @@ class SqliteStorage:
                 _sqlite_file.migrate(conn, self._where)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {self._where}: {exc}") from exc
+            self._writer.inline = True
             return conn
         opened = open_database(self._path, self._where, self._connect, self._timeout)
         self._read_target = opened.read_target
         self._state.refuse_writes = opened.refuse_writes
+        if opened.refuse_writes is None:
+            # Checkpoints run on the writer thread, and a write finding another process's
+            # write transaction goes there to wait (see _Worker.write_inline).
+            opened.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            opened.conn.execute("PRAGMA busy_timeout = 0")
+            self._writer.inline = True
+            self._writer.checkpoint_due = lambda: self._reader.submit_unawaited(_checkpoint)
         return opened.conn
 
     def _open_reader(self) -> sqlite3.Connection:
@@ -464,11 +632,16 @@ class SqliteStorage:
         with trio.CancelScope(shield=True):
             await self.aclose()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], size: int | None = None) -> T:
+        # size: the bytes of text the write stores; small writes may run inline.
         self._check_open()
         if not self._opened:
             await self._ensure_open()
-        return await self._writer.call(cast(Callable[[sqlite3.Connection | None], T], fn), _WRITE)
+        return await self._writer.call(
+            cast(Callable[[sqlite3.Connection | None], T], fn),
+            _WRITE,
+            inline=size is not None and size <= INLINE_BYTES,
+        )
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
@@ -487,9 +660,10 @@ class SqliteStorage:
             RunStatus(snapshot.status).value,
             snapshot.created_at,
             snapshot.updated_at,
-            run_row_json(snapshot),
+            run_row_json(snapshot, without_path=True),
         )
         steps = step_writes(snapshot, None)
+        path = snapshot.step_execution_path
 
         def job(conn: sqlite3.Connection) -> bool:
             # ord: insertion order. max(rowid) is one b-tree seek, and every stored row has
@@ -504,9 +678,10 @@ class SqliteStorage:
             if cursor.rowcount != 1:
                 return False
             _sqlite_steps.write_steps(conn, snapshot.run_id, steps)
+            _sqlite_steps.write_path(conn, snapshot.run_id, path, whole=True)
             return True
 
-        return await self._write(job)
+        return await self._write(job, len(row[6]) + steps.size)
 
     async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
         """The stored snapshot, or None."""
@@ -531,8 +706,9 @@ class SqliteStorage:
         """
         run_id = snapshot.run_id
         allowed = _allowed(expected_status)
-        data = run_row_json(snapshot)
+        data = run_row_json(snapshot, without_path=True)
         steps = step_writes(snapshot, changed_steps)
+        path = snapshot.step_execution_path
         rows = _event_rows(run_id, events)
         values = (RunStatus(snapshot.status).value, snapshot.updated_at, data, run_id)
 
@@ -550,9 +726,10 @@ class SqliteStorage:
                 values,
             )
             _sqlite_steps.write_steps(conn, run_id, steps)
+            _sqlite_steps.write_path(conn, run_id, path, whole=steps.replace_all)
             return True
 
-        return await self._write(job)
+        return await self._write(job, len(data) + steps.size + _size(rows))
 
     async def append_events(self, run_id: str, events: Sequence[Chunk]) -> None:
         """Append chunks (consecutive ``seq`` continuing the log: else ValueError and
@@ -568,7 +745,7 @@ class SqliteStorage:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchall():
                 _insert_events(conn, run_id, rows)
 
-        await self._write(job)
+        await self._write(job, _size(rows))
 
     async def read_events(
         self, run_id: str, *, from_seq: int = 1, limit: int | None = None
