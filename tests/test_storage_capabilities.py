@@ -72,3 +72,15 @@ def test_a_queue_implies_leases() -> None:
             return lambda: None
 
     assert _capabilities(OnlyWatches()) == {"EventWatchingStorage"}
+
+
+async def test_open_runtime_names_what_a_storage_lacks() -> None:
+    class HalfStorage:
+        durable = False
+
+        async def load_snapshot(self, run_id: str) -> None:
+            return None
+
+    with pytest.raises(TypeError, match=r"HalfStorage lacks .*append_events.*save_snapshot"):
+        async with tf.open_runtime(storage=HalfStorage()):  # type: ignore[arg-type]
+            pass

@@ -44,6 +44,7 @@ from ._errors import (
 )
 from ._serde import structure, to_stored_json, to_wire, validate
 from ._workflow import Workflow
+from .storage._protocol import QueueStorage
 from .tracing import (
     Span,
     TracingOptions,
@@ -249,8 +250,8 @@ class Run:
         run. Needs a storage with a queue (:class:`trioflow.PostgresStorage`): TypeError
         otherwise. RunAlreadyStartedError when the run is not pending (or already queued).
         """
-        enqueue = getattr(self._runtime.storage, "enqueue_run", None)
-        if enqueue is None:
+        storage = self._runtime.storage
+        if not isinstance(storage, QueueStorage):
             raise TypeError(
                 f"{type(self._runtime.storage).__name__} has no run queue: start_async() "
                 "needs a storage that workers share, such as PostgresStorage"
@@ -263,7 +264,7 @@ class Run:
             request_context=admitted.context_json,
             updated_at=now_ms(),
         )
-        if not await enqueue(queued):
+        if not await storage.enqueue_run(queued):
             raise RunAlreadyStartedError(f"run {self.run_id} already started or queued")
         self._claimed = True
 

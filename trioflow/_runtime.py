@@ -8,7 +8,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -32,6 +32,12 @@ from ._errors import (
 from ._groups import is_fatal, unwrap_groups
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
+from .storage._protocol import LeasingStorage, QueueStorage
+
+#: What ``isinstance(x, Storage)`` asks of a storage (named in the error when it fails).
+_STORAGE_MEMBERS = frozenset(
+    {"durable", *(name for name in vars(Storage) if not name.startswith("_"))}
+)
 
 if TYPE_CHECKING:
     from ._engine import Execution
@@ -277,7 +283,8 @@ class Runtime:
         process, or the lease on it was lost (another process continues it)."""
         hub = self._hubs.get(run_id)
         execution = hub.execution if hub is not None else None
-        forget = getattr(self.storage, "forget_lost_lease", None)
+        storage = self.storage
+        forget = storage.forget_lost_lease if isinstance(storage, LeasingStorage) else None
         if execution is None:
             if reason == "lease-lost" and forget is not None:
                 forget(run_id)
@@ -491,8 +498,14 @@ async def open_runtime(
         )
     owned = storage is None
     store: Storage = MemoryStorage() if storage is None else storage
-    serve = getattr(store, "serve", None)
-    if worker and getattr(store, "claim_runnable", None) is None:
+    if not isinstance(cast(object, store), Storage):  # the annotation is no guarantee
+        missing = sorted(name for name in _STORAGE_MEMBERS if not hasattr(store, name))
+        raise TypeError(
+            f"storage must implement trioflow.storage.Storage; {type(store).__name__} "
+            f"lacks {', '.join(missing)}"
+        )
+    serve = store.serve if isinstance(store, LeasingStorage) else None
+    if worker and not isinstance(store, QueueStorage):
         raise TypeError(
             f"worker=True needs a storage with a run queue (PostgresStorage), "
             f"not {type(store).__name__}"
@@ -515,9 +528,10 @@ async def open_runtime(
                     if worker:
                         from ._worker import Worker
 
+                        assert isinstance(store, QueueStorage)
                         runtime.worker = Worker(
                             runtime,
-                            store,  # type: ignore[arg-type]
+                            store,
                             capacity=worker_capacity,
                             poll_interval=worker_poll_interval,
                         )
@@ -532,11 +546,10 @@ async def open_runtime(
                     runtime.begin_closing()
                     nursery.cancel_scope.cancel(reason="trioflow runtime closed")
     finally:
-        release = getattr(store, "release_leases", None)
-        if release is not None:
+        if isinstance(store, LeasingStorage):
             with trio.CancelScope(shield=True):
                 try:
-                    await release()
+                    await store.release_leases()
                 except Exception as exc:  # the leases expire anyway
                     logger.warning("could not release the runs' leases: %s", exc)
         if owned:
