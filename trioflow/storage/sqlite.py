@@ -2,8 +2,7 @@
 
 Design
 ------
-No database call ever runs on the trio thread. A storage owns two dedicated threads, each
-with its own connection:
+A storage owns two dedicated threads, each with its own connection:
 
 * the **writer** executes every write (``create_run``, ``save_snapshot``,
   ``append_events``, ``delete_run``) in submission order. When several writes are queued
@@ -22,14 +21,27 @@ log in the wire shape of :func:`trioflow.to_wire`, a snapshot as its run row wit
 and one row per step record that changed: see :mod:`trioflow.storage._steps`), so a job
 never looks at live engine objects.
 
+One exception to "jobs run on the threads": a small write (``save_snapshot``,
+``create_run``, ``append_events`` of at most :data:`INLINE_BYTES` of text) made while the
+writer thread has nothing queued or running commits **inline**, on the calling thread, with
+the writer's connection: a WAL commit with ``synchronous=NORMAL`` writes into the page
+cache in ~10-30 us, where the hand-off to a thread and back costs 50-180 us. It waits for
+nothing: the connection's busy timeout is 0 outside the thread's transactions, so a write
+that finds another process's write transaction goes to the writer thread and waits there;
+and WAL checkpoints (which fsync) never run in a commit: every :data:`CHECKPOINT_EVERY`
+commits one runs on the reader's thread (PASSIVE, writes go on), and every
+:data:`WRITER_CHECKPOINT_EVERY`-th of them on the writer's thread, after which the WAL
+starts over. Durable steps therefore cost what the write costs, not a thread hop.
+
 Cancellation
 ------------
 Every method is a checkpoint. A call cancelled while its job still waits in the queue
 withdraws the job and raises ``trio.Cancelled``: nothing was done. Once the thread has
 started the job, the job runs to its end (its transaction commits, or rolls back entirely
 on an error) and the call returns its result; the cancellation is delivered at the
-caller's next checkpoint. So a call that raises ``Cancelled`` wrote nothing, and a call
-that returns wrote everything it reports.
+caller's next checkpoint (an inline write: cancelled before it starts, or returned and
+cancelled at the next checkpoint). So a call that raises ``Cancelled`` wrote nothing, and
+a call that returns wrote everything it reports.
 
 Files
 -----
