@@ -1,17 +1,14 @@
 """The ``trioflow`` command: argument parsing, the commands, errors.
 
-The exit statuses are in ``_session``; ``serve`` and ``watch`` live in ``_serve``; what
-the commands share (a stored run's workflow, the report of how an execution ended) in
-``_common``, the resume hints and examples of schemas in ``_hints``.
+The exit statuses are in ``_session``; ``serve`` and ``watch`` live in ``_serve``, the
+read-only ``runs``, ``show`` and ``events`` in ``_inspect``; what the commands share (a
+stored run's workflow, the report of how an execution ended) in ``_common``, the resume
+hints and examples of schemas in ``_hints``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as _dt
-import functools
-import json
 import logging
 import os
 import signal
@@ -26,33 +23,29 @@ from collections.abc import (
 from typing import Any
 
 import trio
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from .._broadcast import Subscription, ends_at_terminal_finish
 from .._core._chunks import Chunk
-from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
+from .._core._model import RunSnapshot, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
 from .._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
 from .._groups import leaves as exception_leaves
 from .._run import RunOutput
 from .._runtime import open_runtime, result_from_snapshot
-from .._serde import to_jsonable, to_wire
 from .._version import __version__
 from .._workflow import Workflow
 from ..storage import Storage
 from ._common import (
-    error_json,
     escape,
     load_snapshot,
     report,
     resume_hints,
     show_chunks,
-    suspended_payloads,
+    stored_hints,
     workflow_of,
 )
-from ._hints import require_value, resume_commands, resume_schema_at, step_to_resume
+from ._hints import require_value, resume_schema_at, step_to_resume
+from ._inspect import cmd_events, cmd_runs, cmd_show
 from ._load import WORKFLOW_REF_KEY, CliError, load_module_workflows, load_workflow, parse_json
 from ._serve import add_arguments as add_bridge_arguments
 from ._serve import cmd_serve, cmd_watch
@@ -65,7 +58,7 @@ from ._session import (
     EXIT_USAGE,
     Session,
 )
-from ._view import compact, error_text, plain_line
+from ._view import error_text
 
 DEMO_REF = "trioflow._demo:demo_workflow"
 
@@ -248,7 +241,7 @@ async def cmd_restart(session: Session, args: argparse.Namespace) -> int:
         if status is RunStatus.SUSPENDED:
             raise CliError(
                 f"run {args.run_id} is suspended: continue it with "
-                + " or ".join(_stored_hints(session, snapshot, args.ref))
+                + " or ".join(stored_hints(session, snapshot, args.ref))
             )
         if status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED):
             raise CliError(f"run {args.run_id} is {status.value}: there is nothing to restart")
@@ -292,203 +285,6 @@ async def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
                 markup=False,
             )
     return EXIT_SUCCESS if status is RunStatus.CANCELED else EXIT_FAILED
-
-
-# --- runs / show / events ----------------------------------------------------------------------
-
-
-def _when(ms: int | None) -> str:
-    if not ms:
-        return "-"
-    return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _plain_table(session: Session, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    for line in [header, *rows]:
-        session.say(
-            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
-        )
-
-
-def _table(
-    session: Session, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
-) -> None:
-    if not session.fancy:
-        _plain_table(session, header, rows)
-        return
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-    for i, name in enumerate(header):
-        # Ids, statuses and times are never wrapped; only a last free-text column is.
-        table.add_column(name, no_wrap=i < len(header) - 1 or not name.startswith("OUTPUT"))
-    for row in rows:
-        table.add_row(*(escape(c) for c in row))
-    session.out.print(table)
-
-
-async def cmd_runs(session: Session, args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise CliError(f"--limit must be 1 or more (the most runs to list), got {args.limit}")
-    async with session.storage(must_exist=True) as storage:
-        infos: list[RunInfo] = await storage.list_runs(
-            workflow_id=args.workflow,
-            status=RunStatus(args.status) if args.status else None,
-            limit=args.limit,
-        )
-    if session.json:
-        session.emit_json(
-            [
-                {
-                    "runId": i.run_id,
-                    "workflowId": i.workflow_id,
-                    "status": i.status.value,
-                    "createdAt": i.created_at,
-                    "updatedAt": i.updated_at,
-                }
-                for i in infos
-            ]
-        )
-        return EXIT_SUCCESS
-    if not infos:
-        session.say(f"no runs in {session.db_display}", markup=False)
-        return EXIT_SUCCESS
-    rows = [
-        [i.run_id, i.workflow_id, i.status.value, _when(i.created_at), _when(i.updated_at)]
-        for i in infos
-    ]
-    _table(
-        session,
-        f"runs in {session.db_display}",
-        ["RUN ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED"],
-        rows,
-    )
-    return EXIT_SUCCESS
-
-
-def _duration_ms(step: StepResult) -> int | None:
-    start = step.resumed_at or step.started_at
-    end = step.ended_at or step.suspended_at
-    if start is None or end is None:
-        return None
-    return max(0, end - start)
-
-
-async def cmd_show(session: Session, args: argparse.Namespace) -> int:
-    async with session.storage(must_exist=True) as storage:
-        snapshot = await load_snapshot(session, storage, args.run_id)
-    result = result_from_snapshot(snapshot)
-    steps = [
-        {
-            "id": step_id,
-            "status": step.status.value,
-            "startedAt": step.started_at,
-            "endedAt": step.ended_at,
-            "durationMs": _duration_ms(step),
-            "output": to_jsonable(step.output),
-            "error": error_json(step.error),
-            "suspendPayload": to_jsonable(step.suspend_payload),
-        }
-        for step_id, step in result.steps.items()
-    ]
-    suspended = [{"path": p, "payload": to_jsonable(v)} for p, v in suspended_payloads(result)]
-    if session.json:
-        session.emit_json(
-            {
-                "runId": snapshot.run_id,
-                "workflowId": snapshot.workflow_id,
-                "resourceId": snapshot.resource_id,
-                "status": snapshot.status.value,
-                "workflowRef": snapshot.request_context.get(WORKFLOW_REF_KEY),
-                "input": to_jsonable(snapshot.input),
-                "state": to_jsonable(snapshot.state),
-                "steps": steps,
-                "suspended": suspended,
-                "result": to_jsonable(snapshot.result),
-                "error": error_json(snapshot.error),
-                "createdAt": snapshot.created_at,
-                "updatedAt": snapshot.updated_at,
-            }
-        )
-        return EXIT_SUCCESS
-    say = functools.partial(session.say, markup=False)
-    say(f"run       {snapshot.run_id}")
-    say(f"workflow  {snapshot.workflow_id}")
-    say(f"status    {snapshot.status.value}")
-    say(f"created   {_when(snapshot.created_at)}")
-    say(f"updated   {_when(snapshot.updated_at)}")
-    say(f"input     {compact(to_jsonable(snapshot.input), 400)}")
-    rows = []
-    for step in steps:
-        took = step["durationMs"]
-        detail = (
-            error_text(result.steps[step["id"]].error)
-            if step["error"] is not None
-            else compact(step["output"], 80)
-        )
-        rows.append(
-            [step["id"], step["status"], "" if took is None else f"{took / 1000:.2f}s", detail]
-        )
-    if rows:
-        say("")
-        _table(session, "steps", ["STEP", "STATUS", "DURATION", "OUTPUT / ERROR"], rows)
-    say("")
-    if snapshot.status is RunStatus.SUCCESS:
-        say(f"result    {json.dumps(to_jsonable(snapshot.result))}")
-    elif snapshot.error is not None:
-        say(f"error     {error_text(snapshot.error)}")
-    for item in suspended:
-        say(f"suspended {item['path']}: {compact(item['payload'], 400)}")
-    for command in _stored_hints(session, snapshot):
-        say(f"resume    {command}")
-    return EXIT_SUCCESS
-
-
-def _stored_hints(session: Session, snapshot: RunSnapshot, ref: str | None = None) -> list[str]:
-    """The commands that resume a stored suspended run, with example data when its
-    workflow can be loaded (``ref``, or the reference stored with the run)."""
-    suspended = result_from_snapshot(snapshot).suspended
-    if not suspended:
-        return []
-    workflow: Workflow | None = None
-    if ref is not None or snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
-        # Without the workflow the command still helps, only without example data.
-        with contextlib.suppress(CliError):
-            workflow, _ = workflow_of(snapshot, ref)
-    return resume_commands(
-        snapshot.run_id,
-        session.db_option,
-        suspended,
-        workflow=workflow,
-        labels=snapshot.resume_labels,
-    )
-
-
-async def cmd_events(session: Session, args: argparse.Namespace) -> int:
-    if args.from_seq < 1:
-        raise CliError("--from-seq must be 1 or more")
-    async with session.storage(must_exist=True) as storage:
-        snapshot = await load_snapshot(session, storage, args.run_id)
-        follow = args.follow and snapshot.status not in TERMINAL
-        async with open_runtime(storage=storage) as rt:
-            hub = rt.hub_for(snapshot)
-            # Read straight from the run's log (no workflow needed); while following, the
-            # log polls storage for what the executing process appends.
-            sub = Subscription(
-                hub.log,
-                from_seq=args.from_seq,
-                ends_after=ends_at_terminal_finish,
-                follow=follow,
-            )
-            async with sub:
-                async for chunk in sub:
-                    if session.json:
-                        session.emit_json(to_wire(chunk))
-                    else:
-                        session.say(
-                            f"{chunk.seq:>5} {plain_line(chunk) or chunk.type}", markup=False
-                        )
-                        session.out.file.flush()
-    return EXIT_SUCCESS
 
 
 # --- workers -----------------------------------------------------------------------------------

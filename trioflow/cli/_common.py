@@ -3,6 +3,7 @@ execution ended (text or ``--json``, with the commands that resume a suspended r
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterable, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import trio
 from .._core._chunks import Chunk, WorkflowFinish
 from .._core._model import RunSnapshot, WorkflowResult
 from .._core._status import RunStatus
+from .._runtime import result_from_snapshot
 from .._serde import to_jsonable
 from .._workflow import Workflow
 from ..storage import Storage
@@ -99,6 +101,26 @@ async def resume_hints(
         workflow=workflow,
         labels=labels,
         data=data,
+    )
+
+
+def stored_hints(session: Session, snapshot: RunSnapshot, ref: str | None = None) -> list[str]:
+    """The commands that resume a stored suspended run, with example data when its
+    workflow can be loaded (``ref``, or the reference stored with the run)."""
+    suspended = result_from_snapshot(snapshot).suspended
+    if not suspended:
+        return []
+    workflow: Workflow | None = None
+    if ref is not None or snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
+        # Without the workflow the command still helps, only without example data.
+        with contextlib.suppress(CliError):
+            workflow, _ = workflow_of(snapshot, ref)
+    return resume_commands(
+        snapshot.run_id,
+        session.db_option,
+        suspended,
+        workflow=workflow,
+        labels=snapshot.resume_labels,
     )
 
 
