@@ -31,14 +31,14 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from .. import _errors as errors
 from .._broadcast import ends_at_terminal_finish
 from .._core._status import RunStatus
-from .._runtime import Runtime
 from . import _protocol as p
 from ._checks import check_resume, check_start, describe
 from ._corked import CorkedStream
 from ._describe import describe as describe_workflow
+from ._feed import LiveFeed
+from ._replies import error_for, forget_pending, frame_of
 from ._sources import Source, close_chunks
 
 if TYPE_CHECKING:
@@ -70,39 +70,13 @@ class _Subscription:
     delivered: int = 0
     #: Every seq up to this one is known to be in durable storage.
     stored: int = 0
+    #: The log's end when the subscription began, and whether ``caught-up`` was sent.
+    end_seq: int = 0
+    caught_up: bool = False
 
     def stop(self) -> None:
         self.active = False
         self.scope.cancel()
-
-
-def _error_for(exc: Exception, request_id: p.RequestId) -> dict[str, Any]:
-    """The ``error`` message for an exception an operation raised."""
-    if isinstance(exc, p.ProtocolError):
-        return p.error(
-            exc.request_id if exc.request_id is not None else request_id, exc.code, exc.message
-        )
-    if isinstance(exc, errors.ValidationError):
-        return p.error(request_id, "validation", str(exc))
-    if isinstance(exc, errors.SnapshotNotFoundError):
-        return p.error(request_id, "not-found", str(exc))
-    if isinstance(
-        exc,
-        errors.RunAlreadyStartedError
-        | errors.NotSuspendedError
-        | errors.ResumeAlreadyClaimedError
-        | errors.StepNotSuspendedError
-        | errors.MultipleSuspendedStepsError
-        | errors.RunNotActiveError
-        | errors.RuntimeClosedError,
-    ):
-        return p.error(request_id, "conflict", str(exc))
-    if isinstance(exc, ValueError | TypeError | errors.TrioflowError):
-        return p.error(request_id, "bad-request", str(exc))
-    logger.error(
-        "trioflow bridge: request %r failed: %s", request_id, describe(exc), exc_info=exc
-    )
-    return p.error(request_id, "internal", f"internal error ({type(exc).__name__})")
 
 
 @attrs.define(eq=False)
@@ -207,14 +181,14 @@ class Connection:
         """Send a reply or error (waits while the send buffer is full: back-pressure on
         the client's own requests)."""
         await self.out.wait_not_full()
-        self._append(_frame_of(message))
+        self._append(frame_of(message))
 
     def _notice(self, message: dict[str, Any]) -> None:
         """Send a small notice past the buffer's bound (one per ended subscription)."""
         with contextlib.suppress(
             ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
         ):
-            self._append(_frame_of(message))
+            self._append(frame_of(message))
 
     # --- requests ------------------------------------------------------------------------
 
@@ -243,7 +217,7 @@ class Connection:
             raise
         except Exception as exc:
             await trio.lowlevel.checkpoint()
-            return _error_for(exc, request_id)
+            return error_for(exc, request_id)
 
     async def _dispatch(self, request: p.Request) -> dict[str, Any] | None:
         server = self.server
@@ -323,7 +297,7 @@ class Connection:
                 # Refused for a reason the checks above do not know (on_start raised, a
                 # newer rule of the run API): nothing ran, leave no pending run behind.
                 with trio.CancelScope(shield=True):
-                    await _forget_pending(server.runtime, run.run_id)
+                    await forget_pending(server.runtime, run.run_id)
             raise
         await output.aclose()
         server.watch.follow(run.run_id, workflow.id, run._hub)
@@ -395,7 +369,7 @@ class Connection:
                     return
                 pending, watcher.pending = watcher.pending, {}
                 for message in pending.values():
-                    self._append(_frame_of(message))
+                    self._append(frame_of(message))
 
     # --- subscriptions -------------------------------------------------------------------
 
@@ -488,16 +462,88 @@ class Connection:
 
     async def _pump_chunks(self, sub: _Subscription, source: Source) -> None:
         run_id = sub.run_id
-        end_seq = source.end_seq
-        caught_up = False
-        if end_seq < sub.from_seq:
-            await self._put(sub, _frame_of(p.caught_up(run_id, end_seq)))
-            caught_up = True
-        chunks = source.chunks
-        if chunks is None:  # a finished run, nothing after from_seq
-            await self._put(sub, _frame_of(p.end(run_id, end_seq)))
+        sub.end_seq = source.end_seq
+        if source.end_seq < sub.from_seq:
+            await self._put(sub, frame_of(p.caught_up(run_id, source.end_seq)))
+            sub.caught_up = True
+        if source.chunks is None:  # a finished run, nothing after from_seq
+            await self._put(sub, frame_of(p.end(run_id, source.end_seq)))
             self._end(sub)
             return
+        while True:
+            if source.run is not None:
+                outcome = await self._ride_feed(sub, source)
+                if outcome == "ended":
+                    return
+                if outcome == "released":  # behind now: a cursor of its own again
+                    source.chunks = source.run.observe_stream(
+                        from_seq=sub.delivered + 1, follow=True
+                    )
+            if await self._own_cursor(sub, source):
+                return
+
+    async def _ride_feed(self, sub: _Subscription, source: Source) -> str | None:
+        """Follow the run's shared live feed while it hands out this subscription's
+        chunks ("ended": it sent the ``end``; "released": the pump takes over from
+        ``sub.delivered``, its own cursor closed; None: could not join, the feed is
+        elsewhere in the log, the own cursor stays)."""
+        run = source.run
+        assert run is not None
+        feeds = self.server.feeds
+        feed = feeds.get(sub.run_id)
+        if feed is None or feed.closed:
+            feed = LiveFeed(
+                run,
+                sub.delivered + 1,
+                gate=source.gate,
+                frames=self.server.frames,
+                marks=self.server.stored,
+                on_exit=self.server.forget_feed,
+            )
+            feeds[sub.run_id] = feed
+            assert self._nursery is not None
+            self._nursery.start_soon(feed.run_feed, name=f"trioflow bridge feed {sub.run_id}")
+        member = feed.join(self, sub)
+        if member is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        close_chunks(source)  # an idle cursor would only hold the log back
+        source.chunks = None
+        try:
+            await member.left.wait()
+        finally:
+            feed.leave(member)
+        return member.outcome
+
+    def _can_join(self, sub: _Subscription) -> bool:
+        feed = self.server.feeds.get(sub.run_id)
+        return feed is None or (not feed.closed and feed.next_seq == sub.delivered + 1)
+
+    def take_live(self, sub: _Subscription, seq: int, frame: bytes, terminal: bool) -> bool:
+        """A chunk from the run's shared feed; False when this connection cannot take it
+        now (send buffer full, subscription or connection gone): the pump takes over."""
+        if not sub.active or self.out.full() or sub.delivered + 1 != seq:
+            return False
+        try:
+            self._append(frame)
+            sub.delivered = seq
+            if not sub.caught_up and seq >= sub.end_seq:
+                self._append(frame_of(p.caught_up(sub.run_id, seq)))
+                sub.caught_up = True
+            if terminal:
+                self._append(frame_of(p.end(sub.run_id, seq)))
+                self._end(sub)
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def _own_cursor(self, sub: _Subscription, source: Source) -> bool:
+        """Send chunks from the subscription's own cursor: True once it sent ``end``;
+        False as soon as it may join the run's shared feed."""
+        run_id = sub.run_id
+        chunks = source.chunks
+        if chunks is None:
+            raise RuntimeError("a subscription without a cursor")  # pragma: no cover
         frames = self.server.frames
         marks = self.server.stored
         out = self.out
@@ -514,13 +560,15 @@ class Connection:
             else:
                 self._append(frame)
             sub.delivered = seq
-            if not caught_up and seq >= end_seq:
-                await self._put(sub, _frame_of(p.caught_up(run_id, seq)))
-                caught_up = True
+            if not sub.caught_up and seq >= sub.end_seq:
+                await self._put(sub, frame_of(p.caught_up(run_id, seq)))
+                sub.caught_up = True
             if ends_at_terminal_finish(chunk):
-                await self._put(sub, _frame_of(p.end(run_id, seq)))
+                await self._put(sub, frame_of(p.end(run_id, seq)))
                 self._end(sub)
-                return
+                return True
+            if source.run is not None and self._can_join(sub) and not out.full():
+                return False
         raise RuntimeError("the run's log ended before its terminal workflow-finish")
 
     async def _put(self, sub: _Subscription, frame: bytes) -> None:
@@ -537,36 +585,3 @@ class Connection:
         if not sub.active:
             raise _Stopped
         self._append(frame)
-
-
-async def _forget_pending(runtime: Runtime, run_id: str) -> None:
-    """Delete a run this request created and could not start (only while it is still
-    pending: another request may have started it meanwhile)."""
-    snapshot = await runtime.storage.load_snapshot(run_id)
-    if snapshot is not None and snapshot.status is RunStatus.PENDING:
-        try:
-            await runtime.delete_run(run_id)
-        except (RuntimeError, errors.StorageError) as exc:
-            logger.warning("trioflow bridge: cannot delete refused run %s: %s", run_id, exc)
-
-
-def _frame_of(message: dict[str, Any]) -> bytes:
-    """The frame of a server message: strict JSON always. A message that is not (a stored
-    value an older trioflow let through) becomes an ``internal`` error for its request."""
-    try:
-        return p.text_frame(p.encode(message))
-    except ValueError as exc:
-        kind = message.get("type")
-        logger.error("trioflow bridge: cannot send a %s message: %s", kind, exc)
-        request_id = message.get("id")
-        run_id = message.get("runId")
-        fallback = p.error(
-            request_id if isinstance(request_id, int | str) else None,
-            "internal",
-            f"the server cannot send its {kind} message: {exc}",
-            run_id=run_id if isinstance(run_id, str) else None,
-        )
-        try:
-            return p.text_frame(p.encode(fallback))
-        except ValueError:  # pragma: no cover - ids and run ids are checked when parsed
-            return p.text_frame(p.encode(p.error(None, "internal", "unsendable message")))

@@ -39,6 +39,7 @@ from . import _protocol as p
 from ._checks import describe
 from ._connection import Connection
 from ._corked import CLOSE_GRACE, CorkedStream
+from ._feed import LiveFeed
 from ._sources import FrameCache, Source, StoredChunks, StoredMarks, log_end
 from ._watch import RunWatch
 
@@ -188,7 +189,14 @@ class BridgeServer:
         self.frames = FrameCache()
         self.stored = StoredMarks(self.storage)
         self.watch = RunWatch(runtime)
+        #: The shared live pump of each run some subscription follows (bridge/_feed.py).
+        self.feeds: dict[str, LiveFeed] = {}
         self.connections: set[Connection] = set()
+
+    def forget_feed(self, feed: LiveFeed) -> None:
+        """A run's shared feed ended (the next subscription to join makes a new one)."""
+        if self.feeds.get(feed.run_id) is feed:
+            del self.feeds[feed.run_id]
 
     @property
     def has_tokens(self) -> bool:
@@ -310,4 +318,4 @@ class BridgeServer:
         if not self.durable:
             end_seq = max(end_seq, log_end(run))
         chunks = run.observe_stream(from_seq=from_seq, follow=True)
-        return Source(chunks, end_seq, gate=self.durable)
+        return Source(chunks, end_seq, gate=self.durable, run=run)

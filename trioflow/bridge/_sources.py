@@ -35,6 +35,9 @@ class Source:
     chunks: AsyncIterator[Chunk] | None  # None: a finished run with nothing after from_seq
     end_seq: int  # the log's end when the subscription began (for ``caught-up``)
     gate: bool  # send a chunk only once it is in durable storage
+    #: The run executing here whose log ``chunks`` follows (None: a stored log, or no
+    #: chunks): such a subscription may join the run's shared live feed.
+    run: Run | None = None
 
 
 class FrameCache:
