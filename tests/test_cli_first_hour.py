@@ -1,7 +1,8 @@
 """The command line as a new user meets it in the first hour (issue 14): runs started by
 ``serve`` continued without ``--ref``, errors while importing a workflow module say where,
 resume hints and missing options filled with an example of the schema, ``runs`` refusing
-what it cannot list, SIGTERM treated as Ctrl-C, install hints that work.
+what it cannot list, SIGTERM treated as Ctrl-C, ``show --all`` listing every step at every
+depth with its retries, install hints that work.
 
 Real subprocesses, as tests/test_cli.py (whose helpers these tests share).
 """
@@ -61,6 +62,40 @@ EXTRA_FLOWS = textwrap.dedent(
         ])
         .commit()
     )
+
+
+    async def fetch(ctx):
+        if ctx.input_data == 2 and ctx.retry_count == 0:
+            raise RuntimeError("flaky")
+        return ctx.input_data * 10
+
+
+    async def tally(ctx):
+        if ctx.retry_count < 2:
+            raise RuntimeError("not yet")
+        return sum(ctx.input_data)
+
+
+    async def label(ctx):
+        return f"total {ctx.input_data}"
+
+
+    async def crack(ctx):
+        raise ValueError(f"cracked on attempt {ctx.retry_count}")
+
+
+    digest = tf.create_workflow(id="digest").then(tf.create_step(id="fetch", execute=fetch, retries=1)).commit()
+    summary = tf.create_workflow(id="summary").then(tf.create_step(id="label", execute=label)).commit()
+    fragile = tf.create_workflow(id="fragile").then(tf.create_step(id="crack", execute=crack, retries=1)).commit()
+
+    deep = (
+        tf.create_workflow(id="deep")
+        .foreach(digest, concurrency=1)
+        .then(tf.create_step(id="tally", execute=tally, retries=3))
+        .then(summary)
+        .commit()
+    )
+    deep_failing = tf.create_workflow(id="deep_failing").then(fragile).commit()
     '''
 )
 
@@ -312,6 +347,108 @@ def test_sigterm_stops_the_run_as_ctrl_c_does_and_restart_finishes_it(workdir: P
     restarted = cli(workdir, "restart", run_id, env={"FLOWS_FAST": "1"})
     assert restarted.returncode == 0, restarted.stderr
     assert 'result: {"n": 8}' in restarted.stdout
+
+
+# --- item 8: show --all lists every step at every depth, with retries ----------------------------
+
+DEEP_KEYS = [
+    "digest",
+    "tally",
+    "summary",
+    "digest[0]",
+    "digest[1]",
+    "digest[0].fetch",
+    "digest[1].fetch",
+    "summary.label",
+]
+
+
+def _deep_run(workdir: Path) -> str:
+    proc = cli(workdir, "run", "flows:deep", "--input", "[1, 2]")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    return only_run(workdir)
+
+
+def _rows(stdout: str) -> dict[str, str]:
+    """The plain table's rows by their first column."""
+    return {line.split()[0]: line for line in stdout.splitlines() if line.strip()}
+
+
+def test_show_all_json_lists_every_settled_step_by_qualified_key(workdir: Path) -> None:
+    run_id = _deep_run(workdir)
+    body = json.loads(cli(workdir, "show", run_id, "--all", "--json").stdout)
+    every = body["allSteps"]
+    assert sorted(every) == sorted(DEEP_KEYS)
+    assert every["digest[1].fetch"]["status"] == "success"
+    assert every["digest[1].fetch"]["output"] == 20
+    assert every["digest[1].fetch"]["retryCount"] == 1
+    assert every["digest[0].fetch"]["retryCount"] == 0
+    assert every["digest[1]"]["output"] == 20
+    assert every["digest"]["output"] == [10, 20]
+    assert every["tally"]["retryCount"] == 2
+    assert every["summary.label"]["output"] == "total 30"
+    assert isinstance(every["tally"]["startedAt"], int)
+    assert "started_at" not in every["tally"]
+    # The top-level steps keep their own list, with their retries.
+    assert {s["id"]: s["retryCount"] for s in body["steps"]} == {
+        "digest": 0,
+        "tally": 2,
+        "summary": 0,
+    }
+    assert "allSteps" not in json.loads(cli(workdir, "show", run_id, "--json").stdout)
+
+
+def test_show_all_prints_every_step_with_outputs_errors_and_retries(workdir: Path) -> None:
+    run_id = _deep_run(workdir)
+    shown = cli(workdir, "show", run_id, "--all")
+    assert shown.returncode == 0, shown.stderr
+    rows = _rows(shown.stdout)
+    # Each step under its parent, foreach items in order.
+    assert [key for key in rows if key in DEEP_KEYS] == [
+        "digest",
+        "digest[0]",
+        "digest[0].fetch",
+        "digest[1]",
+        "digest[1].fetch",
+        "tally",
+        "summary",
+        "summary.label",
+    ], shown.stdout
+    assert "retried 1\N{MULTIPLICATION SIGN}" in rows["digest[1].fetch"]
+    assert "20" in rows["digest[1].fetch"]
+    assert "retried" not in rows["digest[0].fetch"]
+    assert "retried 2\N{MULTIPLICATION SIGN}" in rows["tally"]
+    assert '"total 30"' in rows["summary.label"]
+    assert "--all" not in shown.stdout
+
+    assert cli(workdir, "run", "flows:deep_failing").returncode == 1
+    failed_id = run_ids(workdir, "--workflow", "deep_failing")[0]
+    rows = _rows(cli(workdir, "show", failed_id, "--all").stdout)
+    assert "failed" in rows["fragile.crack"]
+    assert "retried 1\N{MULTIPLICATION SIGN}" in rows["fragile.crack"]
+    assert "ValueError: cracked on attempt 1" in rows["fragile.crack"]
+
+
+def test_show_all_orders_items_by_index_and_keeps_siblings_in_stored_order() -> None:
+    from trioflow.cli._inspect import tree_order
+
+    keys = ["x", "y", "x[10].a", "x[2].b", "x[2].a", "x[10]", "x[2]", "y.z"]
+    assert tree_order(keys) == ["x", "x[2]", "x[2].b", "x[2].a", "x[10]", "x[10].a", "y", "y.z"]
+
+
+def test_show_without_all_counts_the_inner_steps_and_shows_top_level_retries(
+    workdir: Path,
+) -> None:
+    run_id = _deep_run(workdir)
+    shown = cli(workdir, "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    rows = _rows(shown.stdout)
+    assert "retried 2\N{MULTIPLICATION SIGN}" in rows["tally"]
+    assert "digest[1].fetch" not in shown.stdout
+    assert (
+        f"5 inner steps (of nested workflows and foreach items): "
+        f"trioflow show {run_id} --all lists them"
+    ) in shown.stdout
 
 
 # --- item 1: install hints name a way to install that works ------------------------------------

@@ -386,6 +386,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("show", cmd_show, "show a stored run: steps, result, suspensions")
     p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every settled step at every depth, by qualified key (e.g. digest[2].fetch)",
+    )
 
     p = command("events", cmd_events, "print a run's event log")
     p.add_argument("run_id", metavar="RUN_ID")

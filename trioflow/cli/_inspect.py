@@ -9,19 +9,24 @@ import datetime as _dt
 import functools
 import json
 from collections.abc import Sequence
+from typing import Any
 
+import attrs
 from rich import box
 from rich.table import Table
 
 from .._broadcast import Subscription, ends_at_terminal_finish
-from .._core._model import RunInfo, StepResult
+from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
 from .._runtime import open_runtime, result_from_snapshot
-from .._serde import to_jsonable, to_wire
+from .._serde import camel, to_jsonable, to_wire
 from ._common import error_json, escape, load_snapshot, stored_hints, suspended_payloads
 from ._load import WORKFLOW_REF_KEY, CliError
 from ._session import EXIT_SUCCESS, Session
 from ._view import compact, error_text, plain_line
+
+#: The sign of "retried 2 times" (written as an escape: the source stays ASCII).
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 def _when(ms: int | None) -> str:
@@ -100,42 +105,124 @@ def _duration_ms(step: StepResult) -> int | None:
     return max(0, end - start)
 
 
+def _step_json(step_id: str, step: StepResult) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "status": step.status.value,
+        "startedAt": step.started_at,
+        "endedAt": step.ended_at,
+        "durationMs": _duration_ms(step),
+        "output": to_jsonable(step.output),
+        "error": error_json(step.error),
+        "suspendPayload": to_jsonable(step.suspend_payload),
+        "retryCount": step.retry_count,
+    }
+
+
+def _any_step_json(step: StepResult) -> dict[str, Any]:
+    """A step result of ``allSteps``: its fields in camelCase, as the wire names them, the
+    ones it has no value for left out (``retryCount`` is always there)."""
+    out: dict[str, Any] = {}
+    for field in attrs.fields(StepResult):
+        value = getattr(step, field.name)
+        if value is None:
+            continue
+        out[camel(field.name)] = error_json(value) if field.name == "error" else to_jsonable(value)
+    return out
+
+
+def _show_json(snapshot: RunSnapshot, result: WorkflowResult, *, every: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "runId": snapshot.run_id,
+        "workflowId": snapshot.workflow_id,
+        "resourceId": snapshot.resource_id,
+        "status": snapshot.status.value,
+        "workflowRef": snapshot.request_context.get(WORKFLOW_REF_KEY),
+        "input": to_jsonable(snapshot.input),
+        "state": to_jsonable(snapshot.state),
+        "steps": [_step_json(step_id, step) for step_id, step in result.steps.items()],
+        "suspended": _suspended_json(result),
+        "result": to_jsonable(snapshot.result),
+        "error": error_json(snapshot.error),
+        "createdAt": snapshot.created_at,
+        "updatedAt": snapshot.updated_at,
+    }
+    if every:
+        body["allSteps"] = {key: _any_step_json(step) for key, step in result.all_steps.items()}
+    return body
+
+
+def _suspended_json(result: WorkflowResult) -> list[dict[str, Any]]:
+    return [{"path": p, "payload": to_jsonable(v)} for p, v in suspended_payloads(result)]
+
+
+def _step_row(key: str, step: StepResult) -> list[str]:
+    took = _duration_ms(step)
+    status = step.status.value
+    if step.retry_count > 0:
+        status += f" (retried {step.retry_count}{TIMES})"
+    detail = (
+        error_text(step.error)
+        if step.error is not None
+        else compact(to_jsonable(step.output), 80)
+    )
+    return [key, status, "" if took is None else f"{took / 1000:.2f}s", detail]
+
+
+def _prefixes(key: str) -> list[str]:
+    """``digest[1].fetch`` -> ``digest``, ``digest[1]``, ``digest[1].fetch`` (ids never
+    contain ``.``, ``[`` or ``]``)."""
+    cuts = [i for i, c in enumerate(key) if c in ".["]
+    return [key[:i] for i in cuts] + [key]
+
+
+def tree_order(keys: Sequence[str]) -> list[str]:
+    """Qualified keys each after its parent, foreach items by index, other siblings in the
+    order given (all_steps lists the top level first, then the inner steps as stored)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        for prefix in _prefixes(key):
+            first.setdefault(prefix, i)
+
+    def position(key: str) -> list[tuple[int, int]]:
+        return [
+            (0, int(p[p.rindex("[") + 1 : -1])) if p.endswith("]") else (1, first[p])
+            for p in _prefixes(key)
+        ]
+
+    return sorted(keys, key=position)
+
+
+def _show_steps(session: Session, result: WorkflowResult, *, every: bool) -> None:
+    """The table of the run's top-level steps, or with ``every`` of all its steps at every
+    depth (by qualified key); without it, how many inner steps ``--all`` would add."""
+    steps = result.all_steps if every else result.steps
+    rows = [_step_row(key, steps[key]) for key in tree_order(list(steps))]
+    if rows:
+        session.say("")
+        _table(
+            session,
+            "all steps" if every else "steps",
+            ["STEP", "STATUS", "DURATION", "OUTPUT / ERROR"],
+            rows,
+        )
+    inner = 0 if every else len(result.all_steps) - len(result.steps)
+    if inner > 0:
+        session.say(
+            f"{inner} inner step{'s' if inner > 1 else ''} (of nested workflows and foreach "
+            f"items): trioflow show {result.run_id} --all{session.db_option} lists them",
+            markup=False,
+        )
+
+
 async def cmd_show(session: Session, args: argparse.Namespace) -> int:
     async with session.storage(must_exist=True) as storage:
         snapshot = await load_snapshot(session, storage, args.run_id)
+    # The result a stored run describes: Runtime.get_run_state reads the same (all_steps
+    # included) without a runtime to open.
     result = result_from_snapshot(snapshot)
-    steps = [
-        {
-            "id": step_id,
-            "status": step.status.value,
-            "startedAt": step.started_at,
-            "endedAt": step.ended_at,
-            "durationMs": _duration_ms(step),
-            "output": to_jsonable(step.output),
-            "error": error_json(step.error),
-            "suspendPayload": to_jsonable(step.suspend_payload),
-        }
-        for step_id, step in result.steps.items()
-    ]
-    suspended = [{"path": p, "payload": to_jsonable(v)} for p, v in suspended_payloads(result)]
     if session.json:
-        session.emit_json(
-            {
-                "runId": snapshot.run_id,
-                "workflowId": snapshot.workflow_id,
-                "resourceId": snapshot.resource_id,
-                "status": snapshot.status.value,
-                "workflowRef": snapshot.request_context.get(WORKFLOW_REF_KEY),
-                "input": to_jsonable(snapshot.input),
-                "state": to_jsonable(snapshot.state),
-                "steps": steps,
-                "suspended": suspended,
-                "result": to_jsonable(snapshot.result),
-                "error": error_json(snapshot.error),
-                "createdAt": snapshot.created_at,
-                "updatedAt": snapshot.updated_at,
-            }
-        )
+        session.emit_json(_show_json(snapshot, result, every=args.all))
         return EXIT_SUCCESS
     say = functools.partial(session.say, markup=False)
     say(f"run       {snapshot.run_id}")
@@ -144,26 +231,13 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
     say(f"created   {_when(snapshot.created_at)}")
     say(f"updated   {_when(snapshot.updated_at)}")
     say(f"input     {compact(to_jsonable(snapshot.input), 400)}")
-    rows = []
-    for step in steps:
-        took = step["durationMs"]
-        detail = (
-            error_text(result.steps[step["id"]].error)
-            if step["error"] is not None
-            else compact(step["output"], 80)
-        )
-        rows.append(
-            [step["id"], step["status"], "" if took is None else f"{took / 1000:.2f}s", detail]
-        )
-    if rows:
-        say("")
-        _table(session, "steps", ["STEP", "STATUS", "DURATION", "OUTPUT / ERROR"], rows)
+    _show_steps(session, result, every=args.all)
     say("")
     if snapshot.status is RunStatus.SUCCESS:
         say(f"result    {json.dumps(to_jsonable(snapshot.result))}")
     elif snapshot.error is not None:
         say(f"error     {error_text(snapshot.error)}")
-    for item in suspended:
+    for item in _suspended_json(result):
         say(f"suspended {item['path']}: {compact(item['payload'], 400)}")
     for command in stored_hints(session, snapshot):
         say(f"resume    {command}")
