@@ -10,6 +10,7 @@ Real subprocesses, as tests/test_cli.py (whose helpers these tests share).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -427,6 +428,26 @@ def test_show_all_prints_every_step_with_outputs_errors_and_retries(workdir: Pat
     assert "failed" in rows["fragile.crack"]
     assert "retried 1\N{MULTIPLICATION SIGN}" in rows["fragile.crack"]
     assert "ValueError: cracked on attempt 1" in rows["fragile.crack"]
+
+
+def test_the_show_all_example_of_the_cli_page_is_what_show_all_prints(workdir: Path) -> None:
+    run_id = _deep_run(workdir)
+    printed = cli(workdir, "show", run_id, "--all").stdout.splitlines()
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    example = page.split("$ trioflow show 2a1aeca3… --all\n", 1)[1].split("```", 1)[0]
+    documented = example.splitlines()
+
+    def table(lines: list[str]) -> list[str]:
+        start = next(i for i, line in enumerate(lines) if line.startswith("STEP "))
+        end = lines.index("", start)
+        return [re.sub(r"\d+\.\d\ds", "0.00s", line) for line in lines[start:end]]
+
+    assert table(printed) == table(documented)
+    assert printed[-1] == documented[-1]
+    plain = cli(workdir, "show", run_id).stdout
+    hint = re.search(r"`(\d+ inner steps \(.*? lists them)`", page)
+    assert hint is not None
+    assert hint.group(1).replace("2a1aeca3…", run_id) in plain
 
 
 def test_show_all_orders_items_by_index_and_keeps_siblings_in_stored_order() -> None:
