@@ -30,6 +30,12 @@ Scenarios (rows):
   `in_process_deliveries_per_s` (100 in-process subscribers). Goal: >= 100,000
   deliveries/s.
 
+Beside them, the raw-trio floor (`floor_events_per_s`, `floor_deliveries_per_s`): a
+plain trio TCP server with a hand-written websocket handshake sends the same number of
+chunk-shaped JSON text frames (each encoded once, `json.dumps` + framing, written in 64 KiB
+batches) to the same raw subscriber process: what delivering that many messages from trio
+costs with no engine and no bridge at all. `ratio_to_floor` is floor rate / bridge rate.
+
 The machine has 2 cores: the server process (which also executes the run) and the
 subscriber process each get about one.
 
@@ -46,6 +52,7 @@ subscriber process (prints `ready`, then one JSON line with what it received; MO
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import selectors
@@ -63,6 +70,7 @@ import trio
 
 import trioflow as tf
 import trioflow.bridge as bridge
+from trioflow.bridge._protocol import text_frame
 
 SCRIPT = os.path.abspath(__file__)
 TOKEN = "bench-token"
@@ -218,6 +226,7 @@ async def main(quick: bool) -> list[dict[str, Any]]:
             client_replay = await remote("client", single, 1, repeats, replay=True)
             raw_replay = await remote("raw", single, 1, repeats, replay=True)
             local_rate = await time_in_process(runtime, workflow, single, 1, repeats)
+            floor_single = await floor_rate(single + EXTRA_CHUNKS, 1, repeats)
             rows.append(
                 _harness.report(
                     "bridge-1",
@@ -227,6 +236,8 @@ async def main(quick: bool) -> list[dict[str, Any]]:
                         "replay_events_per_s": client_replay,
                         "raw_replay_events_per_s": raw_replay,
                         "in_process_events_per_s": local_rate,
+                        "floor_events_per_s": floor_single,
+                        "ratio_to_floor": floor_single / client_rate,
                         "goal_events_per_s": GOAL_EVENTS_PER_S,
                         "meets_goal": client_rate >= GOAL_EVENTS_PER_S,
                         "raw_meets_goal": raw_rate >= GOAL_EVENTS_PER_S,
@@ -243,6 +254,7 @@ async def main(quick: bool) -> list[dict[str, Any]]:
             local_fanout = await time_in_process(
                 runtime, workflow, fanout_writes, fanout_subs, repeats
             )
+            floor_fanout = await floor_rate(fanout_writes + EXTRA_CHUNKS, fanout_subs, repeats)
             rows.append(
                 _harness.report(
                     "bridge-fanout-100",
@@ -250,9 +262,11 @@ async def main(quick: bool) -> list[dict[str, Any]]:
                         "deliveries_per_s": raw_fanout,
                         "client_deliveries_per_s": client_fanout,
                         "in_process_deliveries_per_s": local_fanout,
+                        "floor_deliveries_per_s": floor_fanout,
+                        "ratio_to_floor": floor_fanout / client_fanout,
                         "goal_deliveries_per_s": GOAL_DELIVERIES_PER_S,
-                        "meets_goal": raw_fanout >= GOAL_DELIVERIES_PER_S,
-                        "client_meets_goal": client_fanout >= GOAL_DELIVERIES_PER_S,
+                        "meets_goal": client_fanout >= GOAL_DELIVERIES_PER_S,
+                        "raw_meets_goal": raw_fanout >= GOAL_DELIVERIES_PER_S,
                         "ratio_to_in_process": local_fanout / raw_fanout,
                         "subscribers": fanout_subs,
                         "writes": fanout_writes,
@@ -263,6 +277,100 @@ async def main(quick: bool) -> list[dict[str, Any]]:
             )
             nursery.cancel_scope.cancel()
     return rows
+
+
+# --------------------------------------------------------------------------- the raw-trio floor
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+FLOOR_RUN_ID = "floor-run"
+
+
+def _floor_frame(seq: int) -> bytes:
+    message = {
+        "type": "workflow-step-output",
+        "runId": FLOOR_RUN_ID,
+        "from": "USER",
+        "seq": seq,
+        "payload": {"output": seq, "runId": FLOOR_RUN_ID, "stepName": "writer"},
+    }
+    return text_frame(json.dumps(message, separators=(",", ":")).encode())
+
+
+async def _floor_connection(stream: trio.SocketStream, n_frames: int, cache: dict[int, bytes]) -> None:
+    """One subscriber of the floor server: handshake, wait for its subscribe, then every
+    frame (encoded once for all connections) and an `end`."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += await stream.receive_some(65536)
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    if not rest:
+        await stream.receive_some(65536)  # the subscribe frame
+    out = bytearray()
+    for seq in range(1, n_frames + 1):
+        frame = cache.get(seq)
+        if frame is None:
+            frame = cache[seq] = _floor_frame(seq)
+        out += frame
+        if len(out) >= 65536:
+            await stream.send_all(out)
+            out = bytearray()
+    end = json.dumps({"type": "end", "runId": FLOOR_RUN_ID, "seq": n_frames})
+    out += text_frame(end.encode())
+    await stream.send_all(out)
+    with trio.move_on_after(10):
+        while await stream.receive_some(65536):
+            pass
+
+
+async def floor_rate(n_frames: int, subs: int, repeats: int) -> float:
+    """Median deliveries per second of the floor server to `subs` raw subscribers in
+    another process (after one warm-up)."""
+
+    async def once() -> float:
+        cache: dict[int, bytes] = {}
+
+        async def handle(stream: trio.SocketStream) -> None:
+            await _floor_connection(stream, n_frames, cache)
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            command = [sys.executable, SCRIPT, "--subscriber", "raw", "live",
+                       f"ws://127.0.0.1:{port}", FLOOR_RUN_ID, str(subs)]
+            proc = await trio.to_thread.run_sync(
+                partial(subprocess.Popen, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+            try:
+                assert proc.stdout is not None
+                assert proc.stdin is not None
+                await trio.to_thread.run_sync(proc.stdout.readline)  # ready
+                t0 = time.perf_counter()
+                line = await trio.to_thread.run_sync(proc.stdout.readline)
+                elapsed = time.perf_counter() - t0
+                proc.stdin.close()
+                await trio.to_thread.run_sync(proc.wait)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            report = json.loads(line)
+            if report["count"] != [n_frames] * subs:
+                raise RuntimeError(f"floor subscribers got {report['count']}")
+            nursery.cancel_scope.cancel()
+        return elapsed
+
+    await once()
+    samples = [await once() for _ in range(repeats)]
+    return n_frames * subs / statistics.median(samples)
 
 
 # --------------------------------------------------------------------------- subscribers

@@ -32,7 +32,6 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .._broadcast import ends_at_terminal_finish
-from .._core._status import RunStatus
 from . import _protocol as p
 from ._checks import check_resume, check_start, describe
 from ._corked import CorkedStream
@@ -40,6 +39,7 @@ from ._describe import describe as describe_workflow
 from ._feed import LiveFeed
 from ._replies import error_for, forget_pending, frame_of
 from ._sources import Source, close_chunks
+from ._watch import RunWatcher
 
 if TYPE_CHECKING:
     from ._server import BridgeServer
@@ -73,27 +73,12 @@ class _Subscription:
     #: The log's end when the subscription began, and whether ``caught-up`` was sent.
     end_seq: int = 0
     caught_up: bool = False
+    #: Released from the run's feed because the send buffer was full.
+    behind: bool = False
 
     def stop(self) -> None:
         self.active = False
         self.scope.cancel()
-
-
-@attrs.define(eq=False)
-class _RunWatcher:
-    """A connection's ``watch-runs``: its filters and the ``run-status`` messages waiting
-    for room in the send buffer (the newest per run: a slow client gets the latest
-    status of each run, never an unbounded backlog)."""
-
-    workflow_id: str | None
-    status: RunStatus | None
-    pending: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    ready: trio.Event = attrs.field(factory=trio.Event)
-
-    def push(self, message: dict[str, Any]) -> None:
-        self.pending.pop(message["runId"], None)  # re-inserted last: order of changes
-        self.pending[message["runId"]] = message
-        self.ready.set()
 
 
 class Connection:
@@ -110,7 +95,7 @@ class Connection:
         self.subscriptions: dict[str, _Subscription] = {}
         self.idle_since = trio.current_time()
         self.close_code: tuple[int, str | None] = (1000, None)
-        self.watcher: _RunWatcher | None = None
+        self.watcher: RunWatcher | None = None
         self._nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
@@ -333,7 +318,7 @@ class Connection:
         """Reply with the matching runs, then send their changes: the watcher is
         registered before the runs are read, its messages held until the reply is out."""
         self._unwatch()
-        watcher = _RunWatcher(request.workflow_id, request.status)
+        watcher = RunWatcher(request.workflow_id, request.status)
         await self.server.watch.add(watcher)
         self.watcher = watcher
         try:
@@ -355,7 +340,7 @@ class Connection:
             if not self.subscriptions:
                 self.idle_since = trio.current_time()
 
-    async def _send_statuses(self, watcher: _RunWatcher) -> None:  # noqa: ASYNC910
+    async def _send_statuses(self, watcher: RunWatcher) -> None:  # noqa: ASYNC910
         with contextlib.suppress(
             ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
         ):
@@ -489,6 +474,9 @@ class Connection:
         elsewhere in the log, the own cursor stays)."""
         run = source.run
         assert run is not None
+        if not self._can_join(sub):
+            await trio.lowlevel.checkpoint()
+            return None
         feeds = self.server.feeds
         feed = feeds.get(sub.run_id)
         if feed is None or feed.closed:
@@ -516,13 +504,26 @@ class Connection:
         return member.outcome
 
     def _can_join(self, sub: _Subscription) -> bool:
+        """Whether the subscription may ride the run's feed now: it is live (caught up:
+        a replay keeps its own cursor), its connection's send buffer is not full (at most
+        half full after a release for a full buffer: no back and forth), and the feed's
+        next chunk is its next one (or there is no feed yet)."""
+        if not sub.caught_up or self.out.full():
+            return False
+        if sub.behind:  # released for a full buffer: back once it is half empty
+            if len(self.out) > self.server.max_send_buffer // 2:
+                return False
+            sub.behind = False
         feed = self.server.feeds.get(sub.run_id)
         return feed is None or (not feed.closed and feed.next_seq == sub.delivered + 1)
 
     def take_live(self, sub: _Subscription, seq: int, frame: bytes, terminal: bool) -> bool:
         """A chunk from the run's shared feed; False when this connection cannot take it
         now (send buffer full, subscription or connection gone): the pump takes over."""
-        if not sub.active or self.out.full() or sub.delivered + 1 != seq:
+        if self.out.full():
+            sub.behind = True
+            return False
+        if not sub.active or sub.delivered + 1 != seq:
             return False
         try:
             self._append(frame)
@@ -567,7 +568,7 @@ class Connection:
                 await self._put(sub, frame_of(p.end(run_id, seq)))
                 self._end(sub)
                 return True
-            if source.run is not None and self._can_join(sub) and not out.full():
+            if source.run is not None and self._can_join(sub):
                 return False
         raise RuntimeError("the run's log ended before its terminal workflow-finish")
 

@@ -68,6 +68,23 @@ def matches(watcher: Watcher, workflow_id: str, status: str, before: str | None)
     return wanted is None or wanted.value in (status, before)
 
 
+@attrs.define(eq=False)
+class RunWatcher:
+    """A connection's ``watch-runs``: its filters and the ``run-status`` messages waiting
+    for room in the send buffer (the newest per run: a slow client gets the latest
+    status of each run, never an unbounded backlog)."""
+
+    workflow_id: str | None
+    status: RunStatus | None
+    pending: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    ready: trio.Event = attrs.field(factory=trio.Event)
+
+    def push(self, message: dict[str, Any]) -> None:
+        self.pending.pop(message["runId"], None)  # re-inserted last: order of changes
+        self.pending[message["runId"]] = message
+        self.ready.set()
+
+
 class RunWatch:
     """The server's run-status watcher: :meth:`run` it in the server's nursery."""
 
