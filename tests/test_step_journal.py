@@ -401,3 +401,30 @@ async def test_every_shape_reads_back_what_the_engine_wrote(tmp_path: Path) -> N
         assert result.status == "success", result
         assert result.result == {"ask": {"v": 7}} or result.result == {"v": 7}
     assert any(c for c in storage.changed if c is not None)
+
+
+async def test_the_testing_wrappers_pass_the_changed_steps_on(tmp_path: Path) -> None:
+    """FaultyStorage and ClockGuardStorage (the crash-point harness) hand the engine's
+    ``changed_steps`` to the storage they wrap, so crash tests exercise journaled writes;
+    what FaultyStorage acknowledges is still the whole snapshot."""
+    from trioflow.testing import ClockGuardStorage, FaultyStorage
+
+    wf = tf.create_workflow(id="chain")
+    for i in range(6):
+        wf = wf.then(_step(f"s{i}", lambda ctx: int(ctx.input_data) + 1))
+    wf = wf.commit()
+    inner = CheckedSqlite(tmp_path / "wrapped.db")
+    faulty = FaultyStorage(inner)
+    storage = ClockGuardStorage(faulty)
+    async with inner, tf.open_runtime(storage=storage, workflows=[wf]) as runtime:
+        run = await runtime.create_run(wf, run_id="wrapped")
+        result = await run.start(input_data=0)
+        assert result.result == 6
+        stored = await inner.load_snapshot("wrapped")
+    assert [c for c in inner.changed if c is not None] != []
+    assert max(len(c) for c in inner.changed if c is not None) <= 1
+    acked = faulty.acknowledged("wrapped").snapshot
+    assert acked is not None
+    assert stored is not None
+    assert acked == stored
+    assert list(acked.steps) == [f"s{i}" for i in range(6)]

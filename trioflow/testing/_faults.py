@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -16,6 +16,7 @@ from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._serde import snapshot_to_json, to_wire
 from ..storage import Storage
+from ..storage._protocol import save_changed_steps
 
 
 class SimulatedCrash(BaseException):
@@ -133,11 +134,20 @@ class FaultyStorage:
         events: Sequence[Chunk] = (),
         *,
         expected_status: RunStatus | Sequence[RunStatus] | None = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
         hit = self._before()
+        # Acknowledged is the whole snapshot the engine passed, whatever part of it the
+        # inner storage rewrites: after the crash it must return all of it.
         saved = await self._snapshot_write(
             snapshot,
-            lambda: self.inner.save_snapshot(snapshot, events, expected_status=expected_status),
+            lambda: save_changed_steps(
+                self.inner,
+                snapshot,
+                events,
+                expected_status=expected_status,
+                changed_steps=changed_steps,
+            ),
         )
         if saved:
             self._ack_events(snapshot.run_id, events)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Literal, TypeVar
 
 import attrs
@@ -30,6 +30,7 @@ import trio.testing
 import trioflow as tf
 
 from .._groups import leaves
+from ..storage._protocol import save_changed_steps
 from ._compare import CrashState as CrashState
 from ._compare import RunRecord as RunRecord
 from ._compare import _json as _json
@@ -114,10 +115,20 @@ class ClockGuardStorage:
         return await self._call(self.inner.load_snapshot, run_id)
 
     async def save_snapshot(
-        self, snapshot: Any, events: Sequence[Any] = (), *, expected_status: Any = None
+        self,
+        snapshot: Any,
+        events: Sequence[Any] = (),
+        *,
+        expected_status: Any = None,
+        changed_steps: Collection[str] | None = None,
     ) -> bool:
         return await self._call(
-            self.inner.save_snapshot, snapshot, events, expected_status=expected_status
+            save_changed_steps,
+            self.inner,
+            snapshot,
+            events,
+            expected_status=expected_status,
+            changed_steps=changed_steps,
         )
 
     async def append_events(self, run_id: str, events: Sequence[Any]) -> None:
