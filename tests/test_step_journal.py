@@ -15,6 +15,7 @@ import trio.testing
 
 import trioflow as tf
 from trioflow._core._model import RunSnapshot
+from trioflow._core._status import RunStatus
 from trioflow.storage import _sqlite_file
 from trioflow.storage.sqlite import SqliteStorage
 
@@ -428,3 +429,62 @@ async def test_the_testing_wrappers_pass_the_changed_steps_on(tmp_path: Path) ->
     assert stored is not None
     assert acked == stored
     assert list(acked.steps) == [f"s{i}" for i in range(6)]
+
+
+class RecordingSqlite(SqliteStorage):
+    """Records, per write, the status it expected and the steps it named as changed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes: list[tuple[Any, list[str] | None]] = []
+
+    async def save_snapshot(
+        self,
+        snapshot: RunSnapshot,
+        events: Sequence[Any] = (),
+        *,
+        expected_status: Any = None,
+        changed_steps: Collection[str] | None = None,
+    ) -> bool:
+        self.writes.append(
+            (expected_status, None if changed_steps is None else list(changed_steps))
+        )
+        return await super().save_snapshot(
+            snapshot, events, expected_status=expected_status, changed_steps=changed_steps
+        )
+
+
+async def test_claims_and_cancels_name_no_changed_step(tmp_path: Path) -> None:
+    """The start and resume claims and the cancel of a suspended run change no step
+    record: they say so (``changed_steps=()``), and only each execution's first write
+    stores every record."""
+
+    async def ask(ctx: tf.StepContext) -> Any:
+        if ctx.resume_data is None:
+            return await ctx.suspend({})
+        return ctx.resume_data
+
+    wf = (
+        tf.create_workflow(id="ask")
+        .then(_step("first", lambda ctx: 1))
+        .then(tf.create_step(id="ask", execute=ask))
+        .commit()
+    )
+    storage = RecordingSqlite(tmp_path / "claims.db")
+    async with storage, tf.open_runtime(storage=storage, workflows=[wf]) as runtime:
+        resumed = await runtime.create_run(wf)
+        assert (await resumed.start(input_data=0)).status == "suspended"
+        assert (await resumed.resume(resume_data={"v": 1})).status == "success"
+        canceled = await runtime.create_run(wf)
+        assert (await canceled.start(input_data=0)).status == "suspended"
+        await canceled.cancel()
+        snapshot = await storage.load_snapshot(canceled.run_id)
+        assert snapshot is not None
+        assert snapshot.status == "canceled"
+        assert list(snapshot.steps) == ["first", "ask"]
+    claims = [
+        c for expected, c in storage.writes if expected in (RunStatus.PENDING, RunStatus.SUSPENDED)
+    ]
+    # start, resume, start, cancel
+    assert claims == [[], [], [], []]
+    assert [c for _, c in storage.writes].count(None) == 3  # the three executions

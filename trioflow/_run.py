@@ -44,7 +44,7 @@ from ._errors import (
 )
 from ._serde import structure, to_stored_json, to_wire, validate
 from ._workflow import Workflow
-from .storage._protocol import QueueStorage
+from .storage._protocol import QueueStorage, save_changed_steps
 from .tracing import (
     Span,
     TracingOptions,
@@ -178,8 +178,13 @@ class Run:
                 active_input=admitted.input_json,
                 updated_at=now_ms(),
             )
-            if not await self._runtime.storage.save_snapshot(
-                claimed, expected_status=RunStatus.PENDING
+            # A claim changes no step record: changed_steps=() (the same below).
+            if not await save_changed_steps(
+                self._runtime.storage,
+                claimed,
+                (),
+                expected_status=RunStatus.PENDING,
+                changed_steps=(),
             ):
                 if await self._runtime.storage.load_snapshot(self.run_id) is None:
                     raise SnapshotNotFoundError(wf.id, self.run_id)
@@ -393,7 +398,9 @@ class Run:
             },
             updated_at=now_ms(),
         )
-        if not await storage.save_snapshot(claimed, expected_status=RunStatus.SUSPENDED):
+        if not await save_changed_steps(
+            storage, claimed, (), expected_status=RunStatus.SUSPENDED, changed_steps=()
+        ):
             current = await storage.load_snapshot(self.run_id)
             if current is not None and current.status in (RunStatus.RUNNING, RunStatus.WAITING):
                 raise ResumeAlreadyClaimedError(self.run_id)
@@ -548,7 +555,14 @@ class Run:
                 canceled_here = attrs.evolve(
                     snapshot, status=RunStatus.CANCELED, updated_at=now_ms()
                 )
-                if await storage.save_snapshot(canceled_here, expected_status=snapshot.status):
+                # Steps are left as stored: the owner may have stored more since the load.
+                if await save_changed_steps(
+                    storage,
+                    canceled_here,
+                    (),
+                    expected_status=snapshot.status,
+                    changed_steps=(),
+                ):
                     hub.status = RunStatus.CANCELED
                     return
                 continue
@@ -569,8 +583,12 @@ class Run:
                     last_seq=finish.seq,
                     updated_at=now_ms(),
                 )
-                ok = await storage.save_snapshot(
-                    updated, [*events, canceled, finish], expected_status=snapshot.status
+                ok = await save_changed_steps(
+                    storage,
+                    updated,
+                    [*events, canceled, finish],
+                    expected_status=snapshot.status,
+                    changed_steps=(),
                 )
                 if ok:
                     log.publish_stored(canceled)
@@ -601,7 +619,9 @@ class Run:
         if self._hub.execution is not None:
             raise RunAlreadyStartedError(f"run {self.run_id} is executing in this process")
         claimed = attrs.evolve(snapshot, status=RunStatus.RUNNING, updated_at=now_ms())
-        if not await storage.save_snapshot(claimed, expected_status=snapshot.status):
+        if not await save_changed_steps(
+            storage, claimed, (), expected_status=snapshot.status, changed_steps=()
+        ):
             raise RunNotActiveError()
         context = RequestContext(snapshot.request_context)
         trace_id = snapshot.trace_id or new_trace_id()

@@ -23,7 +23,12 @@ from ._engine import Execution, now_ms
 from ._errors import LeaseLostError, TrioflowError
 from ._groups import is_fatal
 from ._serde import dump_error, load_error
-from .storage._protocol import AttemptCountingStorage, LeasingStorage, QueueStorage
+from .storage._protocol import (
+    AttemptCountingStorage,
+    LeasingStorage,
+    QueueStorage,
+    save_changed_steps,
+)
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -234,8 +239,13 @@ async def give_up(runtime: Runtime, run_id: str, error: SerializedError, attempt
         last_seq=finish.seq,
         updated_at=now_ms(),
     )
-    written = await storage.save_snapshot(
-        failed, [finish], expected_status=(RunStatus.RUNNING, RunStatus.WAITING)
+    # Steps stay as stored: only the run row and the finish chunk are written.
+    written = await save_changed_steps(
+        storage,
+        failed,
+        [finish],
+        expected_status=(RunStatus.RUNNING, RunStatus.WAITING),
+        changed_steps=(),
     )
     if written:
         logger.error("run %s: failed after %d attempts: %s", run_id, attempts, error.message)
