@@ -12,6 +12,9 @@ CLOSE_GRACE: Final = 1.0
 #: A corked stream writes once this many bytes are buffered, or when two scheduling turns
 #: in a row added nothing to its buffer.
 COALESCE_BYTES: Final = 64 * 1024
+#: Turns of growth after which the flusher waits TRICKLE_DELAY seconds between looks.
+TRICKLE_TURNS: Final = 16
+TRICKLE_DELAY: Final = 0.002
 
 
 class CorkedStream(trio.abc.Stream):
@@ -94,10 +97,18 @@ class CorkedStream(trio.abc.Stream):
         # writing (up to COALESCE_BYTES); write once two turns in a row added nothing (a
         # chunk takes a turn to go from the run to a subscription's pump). A burst leaves
         # in one system call, at the price of a schedule point per turn.
+        # A steady trickle (a live run: a frame or so per turn for TRICKLE_TURNS turns in
+        # a row) is written every TRICKLE_DELAY instead: the flusher then takes a turn per
+        # delay, not one per frame.
         size = len(self._buffer)
         idle_turns = 0
+        turns = 0
         while size < COALESCE_BYTES and idle_turns < 2:
-            await trio.lowlevel.checkpoint()
+            turns += 1
+            if turns > TRICKLE_TURNS:
+                await trio.sleep(TRICKLE_DELAY)
+            else:
+                await trio.lowlevel.checkpoint()
             grown = len(self._buffer)
             idle_turns = idle_turns + 1 if grown == size else 0
             size = grown
