@@ -10,6 +10,8 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -488,3 +490,48 @@ async def test_claims_and_cancels_name_no_changed_step(tmp_path: Path) -> None:
     # start, resume, start, cancel
     assert claims == [[], [], [], []]
     assert [c for _, c in storage.writes].count(None) == 3  # the three executions
+
+
+# --------------------------------------------------------------------------- MemoryStorage
+
+
+class Untouchable(dict[str, Any]):
+    """A step record the strict-JSON check must not walk."""
+
+    def values(self) -> Any:
+        raise AssertionError("a record not named in changed_steps was checked")
+
+
+def _snap(status: RunStatus, steps: dict[str, Any]) -> RunSnapshot:
+    return RunSnapshot(
+        run_id="r", workflow_id="wf", status=status, created_at=1, updated_at=1, steps=steps
+    )
+
+
+async def test_memory_storage_checks_only_the_named_step_records() -> None:
+    storage = tf.MemoryStorage()
+    first = {"status": "success", "output": 1}
+    assert await storage.create_run(_snap(RunStatus.PENDING, {"a": first}))
+    # A record not named is taken as stored (the caller's promise): the check does not
+    # walk it, so its cost does not grow with the steps settled before.
+    steps: dict[str, Any] = {"a": Untouchable(first), "b": {"status": "success", "output": 2}}
+    assert await storage.save_snapshot(_snap(RunStatus.RUNNING, steps), changed_steps=["b"])
+    # A named record that is not strict JSON is refused, naming the step; nothing stored.
+    bad = {**steps, "c": {"status": "success", "output": float("nan")}}
+    with pytest.raises(tf.StorageError, match=r"snapshot of run 'r', step 'c'"):
+        await storage.save_snapshot(_snap(RunStatus.RUNNING, bad), changed_steps=["c"])
+    loaded = await storage.load_snapshot("r")
+    assert loaded is not None
+    assert list(loaded.steps) == ["a", "b"]
+    with pytest.raises(TypeError, match="not a str"):
+        await storage.save_snapshot(_snap(RunStatus.RUNNING, steps), changed_steps="b")
+
+
+async def test_memory_storage_checks_every_new_record_of_a_whole_write() -> None:
+    storage = tf.MemoryStorage()
+    assert await storage.create_run(_snap(RunStatus.PENDING, {}))
+    bad = {"a": {"status": "success", "output": float("inf")}}
+    with pytest.raises(tf.StorageError, match=r"step 'a'"):
+        await storage.save_snapshot(_snap(RunStatus.RUNNING, bad))
+    with pytest.raises(tf.StorageError, match=r"step 'a'"):
+        await storage.create_run(attrs.evolve(_snap(RunStatus.PENDING, bad), run_id="other"))

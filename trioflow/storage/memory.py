@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -40,11 +40,18 @@ def _plain(value: Any) -> bool:
     return kind is float and math.isfinite(value)
 
 
-def check_snapshot(snapshot: RunSnapshot, previous: RunSnapshot | None) -> None:
+def check_snapshot(
+    snapshot: RunSnapshot,
+    previous: RunSnapshot | None,
+    changed_steps: Collection[str] | None = None,
+) -> None:
     """StorageError naming the path when what ``snapshot`` changes since ``previous`` is
     not strict JSON (as SQLite and PostgreSQL refuse it). Step records and run fields
     that are the very objects already stored are not checked again, and values that are
-    plainly JSON are not serialized: the check costs what the write changes."""
+    plainly JSON are not serialized: the check costs what the write changes. With
+    ``changed_steps`` (and a ``previous``), only those step records are looked at: the
+    caller promises the others are stored as they are (see ``Storage.save_snapshot``),
+    so the check does not grow with the steps settled before."""
     what = f"the snapshot of run {snapshot.run_id!r}"
     for name in _RUN_FIELDS:
         value = getattr(snapshot, name)
@@ -52,10 +59,27 @@ def check_snapshot(snapshot: RunSnapshot, previous: RunSnapshot | None) -> None:
             continue
         if not _plain(value) and value != {}:
             dumps_strict(converter.unstructure(value), f"{what}, field {name}")
-    before = previous.steps if previous is not None else {}
-    for key, record in snapshot.steps.items():
-        if before.get(key) is record:
-            continue
+    steps = snapshot.steps
+    if previous is None:
+        _check_records(what, steps, steps, {})
+    elif changed_steps is None:
+        _check_records(what, steps, steps, previous.steps)
+    elif isinstance(changed_steps, str):
+        raise TypeError("changed_steps must be a collection of step keys, not a str")
+    else:
+        _check_records(what, changed_steps, steps, previous.steps)
+
+
+def _check_records(
+    what: str,
+    keys: Iterable[str],
+    steps: Mapping[str, dict[str, Any]],
+    before: Mapping[str, dict[str, Any]],
+) -> None:
+    for key in keys:
+        record = steps.get(key)
+        if record is None or before.get(key) is record:
+            continue  # deleted, or the very record already stored
         for value in record.values():
             # _plain inlined for the kinds a record holds most (this loop runs per step).
             kind = type(value)
@@ -132,7 +156,8 @@ class MemoryStorage:
         expected_status: RunStatus | Sequence[RunStatus] | None = None,
         changed_steps: Collection[str] | None = None,
     ) -> bool:
-        # changed_steps is ignored: the snapshot (its steps included) is kept whole.
+        # The snapshot (its steps included) is kept whole: changed_steps only narrows
+        # the strict-JSON check.
         await trio.lowlevel.checkpoint()
         self._check_open()
         current = self._snapshots.get(snapshot.run_id)
@@ -144,7 +169,7 @@ class MemoryStorage:
             )
             if current.status not in allowed:
                 return False
-        check_snapshot(snapshot, current)
+        check_snapshot(snapshot, current, changed_steps)
         check_events(snapshot.run_id, events)
         self._append(snapshot.run_id, events)
         self._snapshots[snapshot.run_id] = snapshot
