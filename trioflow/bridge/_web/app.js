@@ -163,8 +163,13 @@ class RunsView {
   }
 
   update(run) {
-    const known = this.runs.get(run.runId) || {};
-    this.runs.set(run.runId, { ...known, ...run });
+    const known = this.runs.get(run.runId);
+    const merged = { ...(known || {}), ...run };
+    if (!known && merged.createdAt === undefined && (run.status === "pending" || run.status === "running")) {
+      // a run-status of a run the list had not seen: it was created about then
+      merged.createdAt = run.updatedAt;
+    }
+    this.runs.set(run.runId, merged);
     const ids = $("workflow-ids");
     if (run.workflowId && ![...ids.options].some((o) => o.value === run.workflowId)) {
       ids.append(el("option", { value: run.workflowId }));
