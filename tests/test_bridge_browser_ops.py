@@ -92,7 +92,11 @@ class Peer:
     async def until(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
         while True:
-            message = self._kept.pop(0) if self._kept else await self.recv()
+            if self._kept:
+                await trio.lowlevel.checkpoint()
+                message = self._kept.pop(0)
+            else:
+                message = await self.recv()
             seen.append(message)
             if predicate(message):
                 return seen

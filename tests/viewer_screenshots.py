@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from test_browser import CONTROL, TOKENS, TrioThread, text_of, wait_for  # the script's dir
 
 import trioflow as tf
 import trioflow._demo as demo
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_browser import CONTROL, TOKENS, TrioThread, text_of, wait_for  # noqa: E402
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
 
 HELD = {"tea", "spoon", "tray", "cosy"}  # the last 4 of the demo's 8 items
 
