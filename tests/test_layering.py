@@ -190,7 +190,6 @@ MAX_COMPLEXITY = 15
 OVERSIZED_MODULES = {
     "trioflow/_engine.py": "the engine: replaced by the planner and driver (issue 15 parts 1-2)",
     "trioflow/_run.py": "Run and RunOutput: split with the driver (issue 15)",
-    "trioflow/bridge/_client.py": "split by the browser issue",
     "trioflow/storage/sqlite.py": "split with storage schema v2 (issue 15 part 4)",
 }
 
