@@ -3,8 +3,10 @@ subscription pumps, its idle watcher, its heartbeat and its ``run-status`` sende
 
 A subscription's pump is a cursor into the run's log (``run.observe_stream``) that frames
 each chunk (``tf.to_wire`` as JSON, encoded once per chunk however many subscribers read
-it: :class:`FrameCache`) into the connection's send buffer; a flusher writes that buffer
-to the socket, a burst of frames in one system call (:class:`CorkedStream`).
+it: :class:`FrameCache`) into the connection's send buffer; once it is live (caught up)
+it joins the run's shared feed (:mod:`._feed`: one live pump per run) and sleeps while the
+feed hands its chunks out. A flusher writes the send buffer to the socket, a burst of
+frames in one system call (:class:`CorkedStream`).
 
 The send buffer is bounded (``max_send_buffer`` bytes). A pump that finds it full waits
 (the client's own back-pressure); one that cannot add to it for ``lag_timeout`` seconds

@@ -10,7 +10,8 @@ accepted and closed with 4401 at once (a browser sees only close codes); anythin
 without a valid token gets 401.
 
 One task tree per websocket (:mod:`._connection`), all inside the server's own nursery
-(never the runtime's): a reader answering requests in order, a pump per subscription,
+(never the runtime's): a reader answering requests in order, a pump per subscription
+(riding its run's shared live feed once caught up),
 a flusher writing the send buffer (:class:`CorkedStream`), an idle watcher, a heartbeat
 (``ping_interval``) and, while the client watches runs, a ``run-status`` sender fed by the
 server's single :class:`RunWatch`.
