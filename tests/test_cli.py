@@ -396,6 +396,8 @@ def test_demo_ends_suspended_and_its_printed_command_finishes_it_in_another_proc
     run_id = only_run(workdir)
     # The default database: no --db in the command.
     assert command == f'trioflow resume {run_id} --data \'{{"approved": true, "by": "you"}}\''
+    # ... and the command that serves the web viewer, to approve it in a browser.
+    assert "trioflow serve trioflow._demo:demo_workflow  (then open the web viewer" in out
 
     finished = _run_printed(command, workdir)
     assert finished.returncode == 0, finished.stderr
@@ -408,6 +410,7 @@ def test_demo_on_another_database_prints_the_db_option(workdir: Path, tmp_path: 
     assert demo.returncode == 3, demo.stderr
     command = _resume_line(demo.stdout)
     assert f"--db {shlex.quote(str(db))}" in command
+    assert f"trioflow serve trioflow._demo:demo_workflow --db {shlex.quote(str(db))}" in demo.stdout
     finished = _run_printed(command, workdir)  # no TRIOFLOW_DB in this terminal
     assert finished.returncode == 0, finished.stderr
 

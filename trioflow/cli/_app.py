@@ -9,6 +9,7 @@ hints and examples of schemas in ``_hints``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from .._core._model import RunSnapshot, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
 from .._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
 from .._groups import leaves as exception_leaves
+from .._install import install_hint
 from .._run import RunOutput
 from .._runtime import open_runtime, result_from_snapshot
 from .._version import __version__
@@ -54,6 +56,7 @@ from ._session import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_SUCCESS,
+    EXIT_SUSPENDED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     Session,
@@ -189,7 +192,19 @@ async def cmd_demo(session: Session, args: argparse.Namespace) -> int:
             else f"trioflow demo (database: {session.db_display})",
             markup=session.fancy,
         )
-    return await _start_and_show(session, workflow, ref, DEMO_INPUT, {}, resume_data=DEMO_APPROVAL)
+    status = await _start_and_show(
+        session, workflow, ref, DEMO_INPUT, {}, resume_data=DEMO_APPROVAL
+    )
+    if status == EXIT_SUSPENDED and not session.json:
+        session.say(
+            "or watch and approve it in a browser: "
+            f"trioflow serve {DEMO_REF}{session.db_option}  (then open the web viewer URL it "
+            "prints)",
+            markup=False,
+        )
+        if importlib.util.find_spec("trio_websocket") is None:
+            session.say(f"(serve needs the 'bridge' extra: {install_hint('bridge')})", markup=False)
+    return status
 
 
 # --- resume / restart / cancel -------------------------------------------------------------
