@@ -16,6 +16,8 @@ import trio
 import trio.testing
 
 import trioflow as tf
+from trioflow._core._handout import Handout
+from trioflow._core._journal import StepJournal
 from trioflow._core._model import RunSnapshot
 from trioflow._core._status import RunStatus
 from trioflow.storage import _sqlite_file
@@ -368,7 +370,10 @@ async def test_a_long_chain_writes_one_step_record_per_write(tmp_path: Path) -> 
     assert sum(c is None for c in storage.changed) <= 2
 
 
-async def test_every_shape_reads_back_what_the_engine_wrote(tmp_path: Path) -> None:
+def _shapes_workflow() -> tf.Workflow:
+    """A workflow of every shape: parallel, branch, a loop over a nested workflow (its
+    records deleted and written again), foreach over a nested workflow, a suspension."""
+
     async def ask(ctx: tf.StepContext) -> Any:
         if ctx.resume_data is None:
             return await ctx.suspend({"n": ctx.input_data})
@@ -382,7 +387,7 @@ async def test_every_shape_reads_back_what_the_engine_wrote(tmp_path: Path) -> N
     )
     asking = tf.create_workflow(id="asking").then(tf.create_step(id="ask", execute=ask)).commit()
     per_item = tf.create_workflow(id="per-item").then(_step("double", lambda c: c.input_data * 2))
-    wf = (
+    return (
         tf.create_workflow(id="shapes")
         .then(_step("start", lambda ctx: {"v": 1}))
         .parallel([_step("p1", lambda ctx: 1), _step("p2", lambda ctx: 2)])
@@ -395,6 +400,10 @@ async def test_every_shape_reads_back_what_the_engine_wrote(tmp_path: Path) -> N
         .then(asking)
         .commit()
     )
+
+
+async def test_every_shape_reads_back_what_the_engine_wrote(tmp_path: Path) -> None:
+    wf = _shapes_workflow()
     storage = CheckedSqlite(tmp_path / "shapes.db")
     async with storage, tf.open_runtime(storage=storage, workflows=[wf]) as runtime:
         run = await runtime.create_run(wf)
@@ -535,3 +544,123 @@ async def test_memory_storage_checks_every_new_record_of_a_whole_write() -> None
         await storage.save_snapshot(_snap(RunStatus.RUNNING, bad))
     with pytest.raises(tf.StorageError, match=r"step 'a'"):
         await storage.create_run(attrs.evolve(_snap(RunStatus.PENDING, bad), run_id="other"))
+
+
+# --------------------------------------------------------------------------- handing out
+
+
+def test_handout_reuses_only_replicas_nobody_holds() -> None:
+    journal = StepJournal()
+    path: list[str] = []
+    handout = Handout()
+    journal["a"] = {"v": 1}
+    path.append("a")
+    first, first_path = handout.take(journal, journal.take_changed(), path)
+    assert first == {"a": {"v": 1}}
+    assert first is not journal
+    kept = json.dumps([first, first_path])
+    journal["b"] = {"v": 2}
+    path.append("b")
+    second, second_path = handout.take(journal, journal.take_changed(), path)
+    # ``first`` is still held here: it was not touched, the write got another dict
+    assert second is not first
+    assert json.dumps([first, first_path]) == kept
+    assert list(second.items()) == list(journal.items())
+    assert second_path == path
+    assert second_path is not path
+    handed = {id(first), id(second)}
+    del first, first_path, second, second_path
+    journal["a"] = {"v": 3}
+    del journal["b"]
+    journal["c"] = {"v": 4}
+    path.append("c")
+    third, third_path = handout.take(journal, journal.take_changed(), path)
+    assert list(third.items()) == list(journal.items())
+    assert third_path == path
+    # nobody holds the earlier dicts any more: one of them was brought up to date
+    assert id(third) in handed
+
+
+def test_handout_replays_each_write_as_storage_applies_it() -> None:
+    # a key deleted in one write and added again in a later one moves to the end, as it
+    # does in the journal (and in storage): replicas replay write by write
+    journal = StepJournal({"x": {"v": 0}})
+    handout = Handout()
+    path: list[str] = []
+    held = []
+    ops: list[Any] = [
+        ("set", "a"),
+        ("set", "b"),
+        ("del", "a"),
+        ("set", "c"),
+        ("set", "a"),
+        ("set", "x"),
+        ("del", "c"),
+        ("set", "d"),
+        ("set", "c"),
+    ]
+    for i, (op, key) in enumerate(ops):
+        if op == "set":
+            journal[key] = {"v": i}
+        else:
+            del journal[key]
+        steps, _ = handout.take(journal, journal.take_changed(), path)
+        assert list(steps.items()) == list(journal.items()), (i, op, key)
+        if i % 3 == 0:
+            held.append((steps, json.dumps(list(steps.items()))))
+        del steps
+    for steps, text in held:
+        assert json.dumps(list(steps.items())) == text
+
+
+async def test_snapshots_handed_to_storage_never_change(tmp_path: Path) -> None:
+    """Every snapshot the engine hands to storage stays as it was handed, also while the
+    engine hands later writes the dicts of snapshots storage let go; and each equals the
+    journal at its write, step order included."""
+
+    class Keeping(SqliteStorage):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.kept: list[tuple[RunSnapshot, str]] = []
+            self.count = 0
+
+        async def save_snapshot(
+            self,
+            snapshot: RunSnapshot,
+            events: Sequence[Any] = (),
+            *,
+            expected_status: Any = None,
+            changed_steps: Collection[str] | None = None,
+        ) -> bool:
+            self.count += 1
+            if self.count % 3 == 0:  # keep some, let the others go
+                text = json.dumps([list(snapshot.steps.items()), snapshot.step_execution_path])
+                self.kept.append((snapshot, text))
+            return await super().save_snapshot(
+                snapshot, events, expected_status=expected_status, changed_steps=changed_steps
+            )
+
+    checked = 0
+    take = Handout.take
+
+    def checking(self: Handout, steps: Any, changed: Any, path: list[str]) -> Any:
+        nonlocal checked
+        handed, handed_path = take(self, steps, changed, path)
+        assert list(handed.items()) == list(steps.items())
+        assert handed_path == path
+        checked += 1
+        return handed, handed_path
+
+    wf = _shapes_workflow()
+    storage = Keeping(tmp_path / "kept.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Handout, "take", checking)
+        async with storage, tf.open_runtime(storage=storage, workflows=[wf]) as runtime:
+            for _ in range(2):
+                run = await runtime.create_run(wf)
+                assert (await run.start(input_data=None)).status == "suspended"
+                assert (await run.resume(resume_data={"v": 7})).status == "success"
+    assert checked > 20
+    assert len(storage.kept) > 5
+    for snapshot, text in storage.kept:
+        assert json.dumps([list(snapshot.steps.items()), snapshot.step_execution_path]) == text

@@ -64,6 +64,7 @@ from ._core._graph import (
     StepEntry,
     get_path,
 )
+from ._core._handout import Handout
 from ._core._journal import StepJournal
 from ._core._json import JsonValueError
 from ._core._model import (
@@ -2040,6 +2041,8 @@ class Execution:
         self.usage = Usage()
         #: Step records by qualified key; remembers what changed since the last write.
         self.stored = StepJournal(base.steps)
+        #: Hands each write the records and path without copying them (see _handout).
+        self._handout = Handout()
         self.cancel_requested = False
         #: A step suspended during this execution (it is heading for ``suspended``).
         self.suspended_once = False
@@ -2177,9 +2180,20 @@ class Execution:
         if self.scope is not None:
             self.scope.cancel(reason=reason)
 
-    def snapshot(self, status: RunStatus, *, last_seq: int, **final: Any) -> RunSnapshot:
+    def snapshot(
+        self,
+        status: RunStatus,
+        *,
+        last_seq: int,
+        changed: list[str] | None = None,
+        **final: Any,
+    ) -> RunSnapshot:
+        """The snapshot to write now; ``changed``: the step keys this write names (None:
+        every one). Its steps and path are never changed afterwards, and are not copies
+        when an earlier write's are free to be brought up to date (see ``_handout``)."""
         root = self.root
         base = self.base
+        steps, path = self._handout.take(self.stored, changed, root.execution_path)
         return RunSnapshot(
             run_id=base.run_id,
             workflow_id=base.workflow_id,
@@ -2187,7 +2201,7 @@ class Execution:
             status=status,
             input=self.input_json,
             state=to_jsonable(root.state),
-            steps=dict(self.stored),
+            steps=steps,
             suspended_paths={k: list(v) for k, v in root.suspended_paths.items()},
             resume_labels=dict(root.resume_labels),
             request_context=self.request_context.to_dict(),
@@ -2196,7 +2210,7 @@ class Execution:
             result=final.get("result", base.result),
             error=final.get("error", base.error),
             tripwire=final.get("tripwire", base.tripwire),
-            step_execution_path=list(root.execution_path),
+            step_execution_path=path,
             active_entry=root.active_entry,
             active_input=to_jsonable(root.active_input),
             resume=self.pending_resume,
@@ -2231,9 +2245,11 @@ class Execution:
             taken = self.log.take_unflushed()
             events = [*taken, *extra] if extra else taken
             last_seq = events[-1].seq if events else self.log.flushed_through
-            snapshot = self.snapshot(status, last_seq=last_seq, **final)
             changed = self.stored.take_changed()
             try:
+                # Building the snapshot can fail too (a value that is not JSON): then
+                # nothing was written either.
+                snapshot = self.snapshot(status, last_seq=last_seq, changed=changed, **final)
                 written = await save_changed_steps(
                     self.storage, snapshot, events, expected_status=expected, changed_steps=changed
                 )
