@@ -190,7 +190,6 @@ MAX_COMPLEXITY = 15
 OVERSIZED_MODULES = {
     "trioflow/_engine.py": "the engine: replaced by the planner and driver (issue 15 parts 1-2)",
     "trioflow/_run.py": "Run and RunOutput: split with the driver (issue 15)",
-    "trioflow/storage/sqlite.py": "split with storage schema v2 (issue 15 part 4)",
 }
 
 # Functions over MAX_COMPLEXITY today (ruff C901): {path::function: reason}.
@@ -200,7 +199,6 @@ COMPLEX_FUNCTIONS = {
     "trioflow/_engine.py::run_block": "engine: moves to the planner (issue 15)",
     "trioflow/_engine.py::run_foreach": "engine: moves to the planner (issue 15)",
     "trioflow/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
-    "trioflow/storage/sqlite.py::_run_writes": "split with storage schema v2 (issue 15 part 4)",
 }
 
 

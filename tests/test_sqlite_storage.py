@@ -26,6 +26,7 @@ import trioflow as tf
 from trioflow._core import _chunks as ch
 from trioflow._core._model import RunSnapshot
 from trioflow.storage import _sqlite_file as sqlite_file
+from trioflow.storage import _sqlite_worker
 from trioflow.storage import sqlite as sqlite_module
 from trioflow.storage.sqlite import SqliteStorage
 
@@ -749,15 +750,15 @@ async def test_wal_checkpoints_run_off_the_trio_thread_and_bound_the_wal(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[str] = []
-    checkpoint = sqlite_module._checkpoint
+    checkpoint = _sqlite_worker._checkpoint
 
     def recording(conn: sqlite3.Connection | None) -> None:
         threads.append(threading.current_thread().name.split()[0])
         checkpoint(conn)
 
-    monkeypatch.setattr(sqlite_module, "_checkpoint", recording)
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 16)
-    monkeypatch.setattr(sqlite_module, "WRITER_CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(_sqlite_worker, "_checkpoint", recording)
+    monkeypatch.setattr(_sqlite_worker, "CHECKPOINT_EVERY", 16)
+    monkeypatch.setattr(_sqlite_worker, "WRITER_CHECKPOINT_EVERY", 2)
     async with SqliteStorage(db_path) as store:
         await store.create_run(snap("r", S.RUNNING))
         steps: dict[str, Any] = {}
