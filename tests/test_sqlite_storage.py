@@ -750,11 +750,15 @@ async def test_wal_checkpoints_run_off_the_trio_thread_and_bound_the_wal(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[str] = []
-    checkpoint = _sqlite_worker._checkpoint
+    busy: list[str] = []
 
     def recording(conn: sqlite3.Connection | None) -> None:
-        threads.append(threading.current_thread().name.split()[0])
-        checkpoint(conn)
+        thread = threading.current_thread().name.split()[0]
+        threads.append(thread)
+        assert conn is not None
+        # (busy, WAL frames, frames copied): busy when another checkpoint was running
+        if conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0][0]:
+            busy.append(thread)
 
     monkeypatch.setattr(_sqlite_worker, "_checkpoint", recording)
     monkeypatch.setattr(_sqlite_worker, "CHECKPOINT_EVERY", 16)
@@ -773,8 +777,63 @@ async def test_wal_checkpoints_run_off_the_trio_thread_and_bound_the_wal(
         # the WAL start over
         assert threads.count("trioflow-sqlite-reader") >= 400 // 32 - 1
         assert threads.count("trioflow-sqlite-writer") >= 400 // 32 - 1
+        # never two at once (the writer's would do nothing, and the WAL keep growing)
+        assert busy == []
         # without checkpoints the WAL would hold every commit (7.5 MB here)
         assert (db_path.parent / (db_path.name + "-wal")).stat().st_size < 1_500_000
         loaded = await store.load_snapshot("r")
         assert loaded is not None
         assert list(loaded.steps) == list(steps)
+
+
+async def test_the_writers_checkpoint_never_runs_beside_a_background_one(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PASSIVE checkpoint that finds another one running does nothing: when that is the
+    # writer's (the one after which the WAL starts over), the WAL keeps growing. Here the
+    # background checkpoint is made to last until the writer's is asked for; the writer's
+    # must wait for it to end rather than run beside it.
+    writer_asked = threading.Event()
+    writer_entered = threading.Event()
+    state = {"active": 0, "overlaps": 0, "held": False}
+    lock = threading.Lock()
+    submit = _sqlite_worker._Worker.submit_unawaited
+
+    def noting(self: Any, fn: Any) -> None:
+        if self is store._writer:
+            writer_asked.set()
+        submit(self, fn)
+
+    def checkpoint(conn: sqlite3.Connection | None) -> None:
+        on_writer = threading.current_thread().name.startswith("trioflow-sqlite-writer")
+        with lock:
+            state["active"] += 1
+            state["overlaps"] += state["active"] > 1
+        try:
+            if on_writer:
+                writer_entered.set()
+            elif not state["held"]:
+                state["held"] = True
+                # Last until the writer's checkpoint is asked for and has had the chance
+                # to start (bounded: with the fix it waits for this one to end).
+                writer_asked.wait(5)
+                writer_entered.wait(0.2)
+            assert conn is not None
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    monkeypatch.setattr(_sqlite_worker._Worker, "submit_unawaited", noting)
+    monkeypatch.setattr(_sqlite_worker, "_checkpoint", checkpoint)
+    monkeypatch.setattr(_sqlite_worker, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(_sqlite_worker, "WRITER_CHECKPOINT_EVERY", 2)
+    async with SqliteStorage(db_path) as store:
+        await store.create_run(snap("r", S.RUNNING))
+        for seq in range(1, 21):
+            running = snap("r", S.RUNNING, steps={f"s{seq}": {"status": "success"}})
+            await store.save_snapshot(running, outs("r", seq, 1), changed_steps=[f"s{seq}"])
+        await store.last_seq("r")
+        await store.delete_run("nothing")
+    assert writer_entered.is_set()
+    assert state["overlaps"] == 0

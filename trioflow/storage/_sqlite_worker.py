@@ -103,8 +103,10 @@ class _Worker:
         self.inline = False
         #: Commits since the last WAL checkpoint (the writer checkpoints, not the commits).
         self._since_checkpoint = 0
-        #: Asks for a WAL checkpoint elsewhere (set by the storage when writes run inline).
-        self.checkpoint_due: Callable[[], None] | None = None
+        #: Where background WAL checkpoints run (set by :meth:`checkpoint_on`).
+        self._background: _Worker | None = None
+        #: Held by a checkpoint of this storage (see :meth:`_checkpoint_job`).
+        self._checkpoint_lock = threading.Lock()
         #: Write transactions committed and jobs they held (for tests and benchmarks).
         self.transactions = 0
         self.grouped_jobs = 0
@@ -226,7 +228,7 @@ class _Worker:
 
     def _note_commit(self) -> int:
         # Holding _conn_lock: which checkpoint is due (0: none), see _ask_checkpoint.
-        if self.checkpoint_due is None:
+        if self._background is None:
             return 0
         self._since_checkpoint += 1
         if self._since_checkpoint % CHECKPOINT_EVERY:
@@ -242,10 +244,22 @@ class _Worker:
         # on the writer's own thread (2) holds the writes back and completes, so the next
         # write restarts the WAL (bounded at about WRITER_CHECKPOINT_EVERY * CHECKPOINT_EVERY
         # commits), and has little left to copy.
-        if due == 1 and self.checkpoint_due is not None:
-            self.checkpoint_due()
+        if due == 1 and self._background is not None:
+            self._background.submit_unawaited(self._checkpoint_job)
         elif due == 2:
-            self.submit_unawaited(_checkpoint)
+            self.submit_unawaited(self._checkpoint_job)
+
+    def checkpoint_on(self, background: _Worker) -> None:
+        """Writes of this worker (the writer, with inline writes) ask for WAL checkpoints
+        every CHECKPOINT_EVERY commits, most of them on ``background`` (the reader)."""
+        self._background = background
+
+    def _checkpoint_job(self, conn: sqlite3.Connection | None) -> None:
+        # One checkpoint at a time: a PASSIVE checkpoint that finds another one running
+        # does nothing (SQLITE_BUSY), and when that is the writer's, the WAL does not
+        # start over and keeps growing. The background one only waits for the writer's.
+        with self._checkpoint_lock:
+            _checkpoint(conn)
 
     def submit_unawaited(self, fn: Callable[[sqlite3.Connection | None], object]) -> None:
         """Queue ``fn`` as a job nobody waits for (from any thread)."""

@@ -80,7 +80,7 @@ from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._errors import StorageError
 from .._serde import to_wire
-from . import _sqlite_file, _sqlite_steps, _sqlite_worker
+from . import _sqlite_file, _sqlite_steps
 from ._json import chunk_from_row, dumps_strict
 from ._sql import list_runs_query, run_infos
 from ._sqlite_file import (
@@ -219,9 +219,7 @@ class SqliteStorage:
             opened.conn.execute("PRAGMA wal_autocheckpoint = 0")
             opened.conn.execute("PRAGMA busy_timeout = 0")
             self._writer.inline = True
-            self._writer.checkpoint_due = lambda: self._reader.submit_unawaited(
-                _sqlite_worker._checkpoint
-            )
+            self._writer.checkpoint_on(self._reader)
         return opened.conn
 
     def _open_reader(self) -> sqlite3.Connection:
