@@ -110,6 +110,8 @@ class EventLog:
         self._untaken_bytes = 0  # estimated size of [_taken_seq, next_seq)
         self._in_flight_bytes = 0  # estimated size of [_stored_seq, _taken_seq)
         self._wakeup: trio.Event | None = None
+        # Bumped by interrupt_waiters(): a waiter that sees it change returns to re-check.
+        self._interrupts = 0
         self._flush_wanted: trio.Event | None = None
         self._room: trio.Event | None = None
         self._subscriptions = 0
@@ -269,16 +271,26 @@ class EventLog:
         ``POLL_MIN`` seconds at first, backing off to ``POLL_MAX`` while nothing new comes.
         """
         interval = POLL_MIN
-        while self.next_seq <= seq:
+        interrupts = self._interrupts
+        while self.next_seq <= seq and self._interrupts == interrupts:
             if self._wakeup is None or self._wakeup.is_set():
                 self._wakeup = trio.Event()
             if not self._may_poll():
                 await self._wakeup.wait()
                 continue
             await wait_stored_growth(self.storage, self.run_id, self._wakeup, interval)
-            if self.next_seq <= seq and self._may_poll():
+            if self.next_seq <= seq and self._interrupts == interrupts and self._may_poll():
                 found = await self.mirror_stored()
                 interval = POLL_MIN if found else min(POLL_MAX, interval * 2)
+
+    def interrupt_waiters(self) -> None:
+        """Make every :meth:`wait_for_more` under way return, chunk or not, so its caller
+        re-checks whether to go on waiting (the execution that was to publish the next
+        chunks died)."""
+        self._interrupts += 1
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     def _may_poll(self) -> bool:
         owner = self.owner
@@ -404,6 +416,10 @@ class Subscription:
     the log. Each ``__anext__`` is a cancel point, and a schedule point at least once per
     batch of chunks read together. Cancelling a receive loses nothing: the cursor only
     moves when a chunk is returned. ``aclose()`` (or ``async with``) detaches.
+
+    ``abandoned`` (following only) is asked whenever the subscriber has read everything
+    published and would wait: an exception it returns ends the iteration, raised (the
+    stream of an execution that died, of a storage error say, before its finish).
     """
 
     def __init__(
@@ -414,6 +430,7 @@ class Subscription:
         ends_after: Callable[[Chunk], bool] | None = None,
         follow: bool = True,
         skip: Callable[[Chunk], bool] | None = None,
+        abandoned: Callable[[], BaseException | None] | None = None,
     ) -> None:
         if from_seq < 1:
             raise ValueError(f"from_seq must be >= 1, got {from_seq}")
@@ -422,6 +439,7 @@ class Subscription:
         self._ends_after = ends_after
         self._follow = follow
         self._skip = skip
+        self._abandoned = abandoned
         self._batch: deque[Chunk] = deque()
         self._done = False
         log._subscriptions += 1
@@ -455,6 +473,7 @@ class Subscription:
             # until a read returns chunks. Inline: this is the path of every live chunk.
             while not batch:
                 if self._follow:
+                    self._raise_if_abandoned()
                     await log.wait_for_more(self.next_seq)
                 elif not await log.catch_up_with_storage():
                     # The end of the log as storage holds it (another process may have
@@ -468,6 +487,13 @@ class Subscription:
         if self._ends_after is not None and self._ends_after(chunk):
             self.close()
         return chunk  # noqa: ASYNC910
+
+    def _raise_if_abandoned(self) -> None:
+        # Every chunk published is read by now: what the dead execution left is delivered.
+        failure = self._abandoned() if self._abandoned is not None else None
+        if failure is not None:
+            self.close()
+            raise failure
 
     def close(self) -> None:
         """Detach (synchronous, idempotent)."""

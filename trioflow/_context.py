@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from ._broadcast import data_size
 from ._core._chunks import StepOutputPayload, WorkflowStepOutput
 from ._core._graph import get_path
-from ._core._json import JsonValueError
+from ._core._json import JsonValueError, id_text_problem
 from ._core._model import Usage
 from ._errors import NotJsonError
 from ._serde import to_jsonable, to_strict_jsonable, validate
@@ -274,14 +274,11 @@ class StepContext:
             raise RuntimeError("suspend() is not available in a condition")
         if self._suspend_schema is not None:
             payload = validate(payload, self._suspend_schema, "Invalid suspend data:")
+        labels = None if resume_label is None else _resume_labels(resume_label)
         await trio.lowlevel.checkpoint()
         self._suspended = True
         self._suspend_payload = payload
-        if resume_label is not None:
-            labels = [resume_label] if isinstance(resume_label, str) else list(resume_label)
-            for label in labels:
-                if not isinstance(label, str) or not label:
-                    raise ValueError(f"resume_label must be a non-empty str, got {label!r}")
+        if labels is not None:
             self._resume_labels = labels
 
     def bail(self, result: Any) -> None:
@@ -302,3 +299,24 @@ class StepContext:
         if not isinstance(usage, Usage):
             raise TypeError(f"record_usage() takes a tf.Usage, got {usage!r}")
         self._level.execution.add_usage(usage)
+
+
+def _resume_labels(resume_label: object) -> list[str]:
+    """``suspend(resume_label=...)`` as a list of labels, or ValueError saying what was
+    expected (checked before the step is marked suspended)."""
+    if isinstance(resume_label, str):
+        labels: list[object] = [resume_label]
+    elif isinstance(resume_label, list | tuple):
+        labels = list(resume_label)
+    else:
+        raise ValueError(
+            f"resume_label must be a str or a list of str, got {resume_label!r} "
+            f"({type(resume_label).__name__})"
+        )
+    for label in labels:
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"resume_label must be a non-empty str, got {label!r}")
+        problem = id_text_problem(label)
+        if problem is not None:
+            raise ValueError(f"resume_label {label!r} {problem}")
+    return cast("list[str]", labels)

@@ -739,7 +739,10 @@ class RunOutput:
         """A new, independent subscriber over this stream's chunks."""
         if self.close_on_suspend:
             sub = Subscription(
-                self._hub.log, from_seq=self._start_seq, ends_after=ends_at_any_finish
+                self._hub.log,
+                from_seq=self._start_seq,
+                ends_after=ends_at_any_finish,
+                abandoned=self._abandoned,
             )
         else:
             first = self._start_seq
@@ -756,9 +759,23 @@ class RunOutput:
                 from_seq=first,
                 ends_after=_ends_unless_suspended,
                 skip=skip,
+                abandoned=self._abandoned,
             )
         self._subscriptions.append(sub)
         return sub
+
+    def _abandoned(self) -> BaseException | None:
+        """Why this stream can get no more chunks here: the execution feeding it (with
+        ``close_on_suspend=False``, the run's latest one in this process) died without
+        its ``workflow-finish``, as :meth:`result` reports it; else None."""
+        execution = self._execution
+        if not self.close_on_suspend and self._hub.latest is not None:
+            execution = self._hub.latest
+        if not execution.done.is_set() or execution.result is not None:
+            return None
+        if execution.failure is not None:
+            return execution.failure
+        return RuntimeClosedError(f"run {execution.run_id} did not finish")
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self.full_stream()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 
 from ._broadcast import EventLog
+from ._core._json import id_text_problem
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
 from ._core._resume import full_suspended_paths
 from ._core._status import RunStatus, is_terminal
@@ -33,6 +34,7 @@ from ._groups import is_fatal, unwrap_groups
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
 from .storage._protocol import LeasingStorage, QueueStorage
+from .tracing._guard import GuardedTracer
 
 #: What ``isinstance(x, Storage)`` asks of a storage (named in the error when it fails).
 _STORAGE_MEMBERS = frozenset(
@@ -90,6 +92,9 @@ class RunHub:
         self.last_end_seq = self.log.next_seq
         if execution.result is not None:
             self.status = execution.result.status
+        else:
+            # It died without a finish: its streams' subscribers must not wait for one.
+            self.log.interrupt_waiters()
         self._notify()
 
     def ended_outside(self, result: WorkflowResult) -> None:
@@ -155,12 +160,24 @@ def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
     )
 
 
+def _check_run_ids(run_id: object, resource_id: object) -> None:
+    """ValueError unless the ids are texts every backend stores alike."""
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+    if resource_id is not None and not isinstance(resource_id, str):
+        raise ValueError(f"resource_id must be a str or None, got {resource_id!r}")
+    for name, value in (("run_id", run_id), ("resource_id", resource_id)):
+        problem = None if value is None else id_text_problem(value)
+        if problem is not None:
+            raise ValueError(f"{name} {value!r} {problem}")
+
+
 class Runtime:
     """Owns the nursery every execution runs in. Get one from :func:`open_runtime`."""
 
     def __init__(self, storage: Storage, tracer: Any, nursery: trio.Nursery) -> None:
         self.storage = storage
-        self.tracer = tracer
+        self.tracer: Any = None if tracer is None else GuardedTracer(tracer)
         self._nursery = nursery
         self._workflows: dict[str, Workflow] = {}
         self._hubs: weakref.WeakValueDictionary[str, RunHub] = weakref.WeakValueDictionary()
@@ -240,8 +257,7 @@ class Runtime:
         if not isinstance(wf, Workflow):
             raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
         wf.check_runnable()
-        if run_id is not None and (not isinstance(run_id, str) or not run_id):
-            raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+        _check_run_ids(run_id, resource_id)
         # A fresh id cannot be stored yet: insert without looking first.
         snapshot = None if run_id is None else await self.storage.load_snapshot(run_id)
         if snapshot is None:

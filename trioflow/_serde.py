@@ -262,7 +262,7 @@ def to_jsonable(value: Any) -> Any:
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str or type(item) not in _JSON_SCALARS:
-                return {str(k): to_jsonable(v) for k, v in value.items()}
+                return _jsonable_dict(value)
         return value
     if kind is list:
         for item in value:
@@ -274,7 +274,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, _PRIMITIVES):
         return value
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return _jsonable_dict(value)
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
     if isinstance(value, _dt.datetime | _dt.date):
@@ -286,6 +286,45 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, types.SimpleNamespace):
         return to_jsonable(vars(value))
     raise TypeError(f"value of type {type(value).__name__} cannot be stored as JSON")
+
+
+def json_key(key: Any) -> str:
+    """The JSON object key for the dict key ``key``: a str as it is, an int as ``json``
+    writes it, an enum member by its value. Any other key (None, a bool, a float, a
+    tuple, bytes, …) has no JSON key that reads back as itself: TypeError."""
+    if type(key) is str:
+        return key
+    if isinstance(key, enum.Enum):
+        return json_key(key.value)
+    if isinstance(key, str):
+        return "" + key
+    if isinstance(key, int) and not isinstance(key, bool):
+        try:
+            return int.__repr__(key)
+        except ValueError:  # more digits than Python converts
+            pass
+    raise TypeError(f"key {key!r} is not a string")
+
+
+def _jsonable_dict(value: dict[Any, Any]) -> dict[str, Any]:
+    out = {json_key(k): to_jsonable(v) for k, v in value.items()}
+    if len(out) != len(value):
+        raise TypeError("two keys are the same in JSON")
+    return out
+
+
+def _key_problem(container: dict[Any, Any]) -> str | None:
+    """Why ``container``'s keys are no JSON object's keys, or None."""
+    seen: dict[str, Any] = {}
+    for key in container:
+        try:
+            converted = json_key(key)
+        except TypeError as exc:
+            return str(exc)
+        if converted in seen:
+            return f"keys {seen[converted]!r} and {key!r} are both {converted!r} in JSON"
+        seen[converted] = key
+    return None
 
 
 def _locate_unconvertible(value: Any) -> JsonValueError:
@@ -304,6 +343,9 @@ def _locate_unconvertible(value: Any) -> JsonValueError:
             # One level at a time: unstructuring all of it may be what overflowed.
             item = attrs.asdict(item, recurse=False)
         if isinstance(item, dict):
+            problem = _key_problem(item)
+            if problem is not None:
+                return JsonValueError(path, problem)
             on_path.append(id(item))
             stack.extend((v, key_path(path, str(k)), depth + 1) for k, v in item.items())
         elif isinstance(item, list | tuple | set | frozenset):

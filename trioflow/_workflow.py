@@ -22,6 +22,7 @@ from ._core._graph import (
     check_id,
     entry_nodes,
 )
+from ._core._json import id_text_problem
 from ._errors import EmptyWorkflowError, TrioflowError, WorkflowNotCommittedError
 
 if TYPE_CHECKING:
@@ -66,12 +67,21 @@ def _check_retries(_: object, __: object, value: int | None) -> None:
         raise ValueError(f"retries must be an int >= 0, got {value!r}")
 
 
+def _stored_id(kind: str, value: object) -> str:
+    """``check_id``, and an id every backend stores alike (no NUL, no lone surrogate)."""
+    checked = check_id(kind, value)
+    problem = id_text_problem(checked)
+    if problem is not None:
+        raise ValueError(f"{kind} id {checked!r} {problem}")
+    return checked
+
+
 def _check_step_id(_: object, __: object, value: str) -> None:
-    check_id("step", value)
+    _stored_id("step", value)
 
 
 def _check_workflow_id(_: object, __: object, value: str) -> None:
-    check_id("workflow", value)
+    _stored_id("workflow", value)
 
 
 def _check_execute(_: object, __: object, value: Execute) -> None:
@@ -268,7 +278,7 @@ class Workflow:
     ) -> _W:
         """Build the next input: ``fn(ctx)``, or a dict from ``from_step``/``from_init``/
         ``from_context``/``const`` sources. The id defaults to ``map_<position>``."""
-        entry_id = check_id("map", id) if id is not None else f"map_{len(self.entries)}"
+        entry_id = _stored_id("map", id) if id is not None else f"map_{len(self.entries)}"
         if callable(fn_or_mapping):
             return self._add(MapEntry(entry_id, fn=fn_or_mapping))
         if isinstance(fn_or_mapping, Mapping):
@@ -290,7 +300,7 @@ class Workflow:
         id: str | None = None,
     ) -> _W:
         """Wait, passing the input through. Interrupted at once by cancel."""
-        entry_id = check_id("sleep", id) if id is not None else f"sleep_{len(self.entries)}"
+        entry_id = _stored_id("sleep", id) if id is not None else f"sleep_{len(self.entries)}"
         if isinstance(seconds, _dt.timedelta):
             seconds = seconds.total_seconds()
         if not callable(seconds):
@@ -305,7 +315,7 @@ class Workflow:
         """Wait until an aware datetime (or ``fn(ctx) -> datetime``), passing the input
         through. A naive datetime is a ValueError here."""
         entry_id = (
-            check_id("sleep_until", id) if id is not None else f"sleep_until_{len(self.entries)}"
+            _stored_id("sleep_until", id) if id is not None else f"sleep_until_{len(self.entries)}"
         )
         if isinstance(when, _dt.datetime):
             if when.tzinfo is None or when.utcoffset() is None:

@@ -7,6 +7,8 @@ strict JSON, the same on every backend:
   most JSON parsers refuse them);
 - no lone surrogates in strings or keys (``"\\ud800"`` cannot be encoded as UTF-8);
 - object keys are strings;
+- integers of at most :data:`MAX_JSON_INT_DIGITS` digits (Python refuses to write or read
+  longer ones: ``sys.get_int_max_str_digits()``);
 - at most :data:`MAX_JSON_DEPTH` nested containers (a deeper value would overflow the
   recursion of the encoders and decoders on the way);
 - nothing but ``dict``, ``list``, ``str``, ``int``, ``float``, ``bool`` and ``None``
@@ -23,6 +25,15 @@ from typing import Any
 
 #: The deepest nesting of containers (objects and arrays) a stored or sent value may have.
 MAX_JSON_DEPTH = 100
+
+#: The most decimal digits an integer may have: Python's default limit on int/str
+#: conversion (``sys.int_info.default_max_str_digits``), which json.dumps and json.loads
+#: obey, so a longer one could be neither stored nor read back.
+MAX_JSON_INT_DIGITS = 4300
+
+# Magnitude bound of those integers: one comparison instead of a str() per int.
+_INT_BOUND = 10**MAX_JSON_INT_DIGITS
+_LONG_INT = f"an integer of more than {MAX_JSON_INT_DIGITS} digits is not storable JSON"
 
 
 class JsonValueError(ValueError):
@@ -54,13 +65,25 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
+def id_text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an id that every backend stores (a lone surrogate is no
+    UTF-8; PostgreSQL text refuses NUL), or None."""
+    if "\x00" in text:
+        return "must not contain a NUL character"
+    if _has_lone_surrogate(text):
+        return "must not contain a lone surrogate (it is not valid Unicode text)"
+    return None
+
+
 def _scalar_problem(value: Any) -> str | None:
     kind = type(value)
     if kind is str:
         return "string with a lone surrogate is not valid JSON" if _has_lone_surrogate(value) else None
     if kind is float:
         return None if math.isfinite(value) else f"{value!r} is not valid JSON (only finite numbers)"
-    if value is None or kind is bool or kind is int:
+    if kind is int:
+        return None if -_INT_BOUND < value < _INT_BOUND else _LONG_INT
+    if value is None or kind is bool:
         return None
     return f"a value of type {kind.__name__} is not JSON"
 
@@ -81,7 +104,10 @@ def _scan(
         if kind is str:
             if item.isascii() or not _has_lone_surrogate(item):
                 continue
-        elif kind is int or kind is bool or item is None:
+        elif kind is int:
+            if -_INT_BOUND < item < _INT_BOUND:
+                continue
+        elif kind is bool or item is None:
             continue
         elif kind is float:
             if math.isfinite(item):

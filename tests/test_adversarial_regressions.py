@@ -1,0 +1,365 @@
+"""Regressions found by a black-box adversarial pass after issues 12 and 13.
+
+Each test reproduces one finding as a user or an adversary meets it. Findings in files
+being edited elsewhere at the time (storage, bridge, CLI, engine) are pinned with
+``xfail(strict=True)`` until they are fixed there.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trioflow as tf
+
+BACKENDS = ["memory", "sqlite"]
+
+
+def make_storage(kind: str, tmp_path: Path) -> tf.Storage:
+    if kind == "memory":
+        return tf.MemoryStorage()
+    return tf.SqliteStorage(tmp_path / "runs.db")
+
+
+def returning(value: Any, step_id: str = "s") -> tf.Workflow:
+    async def execute(ctx: tf.StepContext) -> Any:
+        return value
+
+    return tf.create_workflow(id="w").then(tf.create_step(id=step_id, execute=execute)).commit()
+
+
+# ----------------------------------------------- integers too long for any JSON encoder
+
+HUGE = 10**5000  # more digits than Python's int/str conversion limit (4300)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_engine.py _plainly_json (the step-output fast path) takes every int as JSON, "
+    "so the strict check of trioflow._core._json never sees it; fix: bound ints there "
+    "as _core._json does (MAX_JSON_INT_DIGITS)",
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_step_returning_an_int_too_long_for_json_fails_the_step(
+    backend: str, tmp_path: Path
+) -> None:
+    # Was: the strict-JSON check let it through and json.dumps refused it in storage;
+    # start() raised StorageError and the run stayed `running` (SQLite, PostgreSQL), or
+    # succeeded (MemoryStorage): not one policy for every backend.
+    storage = make_storage(backend, tmp_path)
+    async with tf.open_runtime(storage=storage) as rt:
+        run = await returning({"n": [1, HUGE]}).create_run()
+        result = await run.start()
+        assert result.status == "failed"
+        assert "n[1]" in str(result.error)
+        assert "digits" in str(result.error)
+        assert (await rt.get_run_state(run.run_id)).status == "failed"
+
+
+@pytest.mark.parametrize("chunk", [HUGE, {"big": HUGE}], ids=["int", "in-dict"])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_writer_chunk_with_an_int_too_long_for_json_fails_the_step(
+    backend: str, tmp_path: Path, chunk: Any
+) -> None:
+    async def write(ctx: tf.StepContext) -> int:
+        await ctx.writer.write(chunk)
+        return 1
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="s", execute=write)).commit()
+    async with tf.open_runtime(storage=make_storage(backend, tmp_path)) as rt:
+        run = await wf.create_run()
+        out = await run.stream()
+        chunks = [c async for c in out]
+        result = await out.result()
+        assert result.status == "failed"
+        assert chunks[-1].type == "workflow-finish"
+        assert (await rt.get_run_state(run.run_id)).status == "failed"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_input_with_an_int_too_long_for_json_is_a_validation_error(
+    backend: str, tmp_path: Path
+) -> None:
+    async with tf.open_runtime(storage=make_storage(backend, tmp_path)) as rt:
+        run = await returning(1).create_run()
+        with pytest.raises(tf.ValidationError, match=r"Invalid input data:\n- x: .*digits"):
+            await run.start(input_data={"x": -HUGE})
+        assert (await rt.get_run_state(run.run_id)).status == "pending"
+
+
+def test_the_longest_int_json_can_carry_is_still_accepted() -> None:
+    from trioflow._core._json import MAX_JSON_INT_DIGITS, check_strict_json
+
+    check_strict_json([10 ** (MAX_JSON_INT_DIGITS - 1), -(10 ** (MAX_JSON_INT_DIGITS - 1))])
+    with pytest.raises(ValueError, match="digits"):
+        check_strict_json(10**MAX_JSON_INT_DIGITS)
+
+
+# ------------------------------------------------------------ object keys that are not str
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({(1, 2): 3}, "(1, 2)"),
+        ({"a": {b"k": 1}}, "b'k'"),
+        ({None: 1}, "None"),
+        ({True: 1}, "True"),
+        ({1.5: 1}, "1.5"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_output_with_a_key_that_is_not_a_string_fails_the_step(
+    backend: str, tmp_path: Path, value: Any, where: str
+) -> None:
+    # Was: the key became str(key) (``"(1, 2)"``, ``"b'k'"``, ``"None"``: what no JSON
+    # encoder writes) and the run succeeded, the live result differing from the stored one.
+    async with tf.open_runtime(storage=make_storage(backend, tmp_path)) as rt:
+        run = await returning(value).create_run()
+        result = await run.start()
+        assert result.status == "failed"
+        assert "key" in str(result.error)
+        assert where in str(result.error)
+        assert (await rt.get_run_state(run.run_id)).status == "failed"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_keys_that_collide_once_converted_fail_the_step(
+    backend: str, tmp_path: Path
+) -> None:
+    # Was: {1: "a", "1": "b"} was stored as {"1": "b"}: a value lost without a word.
+    async with tf.open_runtime(storage=make_storage(backend, tmp_path)):
+        result = await (await returning({"x": {1: "a", "1": "b"}}).create_run()).start()
+    assert result.status == "failed"
+    assert "x" in str(result.error)
+    assert "'1'" in str(result.error)
+
+
+async def test_int_keys_are_stored_as_json_writes_them() -> None:
+    async with tf.open_runtime() as rt:
+        run = await returning({1: "a", 2: "b"}).create_run()
+        assert (await run.start()).status == "success"
+        assert (await rt.get_run_state(run.run_id)).result == {"1": "a", "2": "b"}
+
+
+async def test_input_with_a_tuple_key_is_a_validation_error() -> None:
+    async with tf.open_runtime():
+        run = await returning(1).create_run()
+        with pytest.raises(tf.ValidationError, match=r"Invalid input data:\n- a: key \(1, 2\)"):
+            await run.start(input_data={"a": {(1, 2): 3}})
+
+
+# ----------------------------------------------------------------- a tracer that raises
+
+
+class RaisingTracer:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def span_started(self, span: Any) -> None:
+        raise self.exc
+
+    def span_ended(self, span: Any) -> None:
+        raise self.exc
+
+
+class Boom(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("exc", [ValueError("exporter down"), Boom("boom")])
+async def test_a_tracer_that_raises_cannot_kill_the_runtime(
+    exc: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Was: the runtime's nursery died of the tracer's error: start() raised trio.Cancelled,
+    # every other run was interrupted and open_runtime raised the tracer's exception.
+    async def slow(ctx: tf.StepContext) -> str:
+        await trio.sleep(0.01)
+        return "ok"
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="s", execute=slow)).commit()
+    async with tf.open_runtime(tracer=RaisingTracer(exc)) as rt:
+        first, second = await wf.create_run(), await wf.create_run()
+        out = await second.stream()
+        assert (await first.start()).status == "success"
+        assert (await out.result()).status == "success"
+        assert (await rt.get_run_state(first.run_id)).status == "success"
+    assert any("tracer" in record.getMessage() for record in caplog.records)
+
+
+# --------------------------------------------------------- ids every backend can store
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00b"])
+async def test_run_and_resource_ids_every_backend_cannot_store_are_refused(
+    backend: str, tmp_path: Path, bad: str
+) -> None:
+    # Was: MemoryStorage accepted them, SQLite raised a raw UnicodeEncodeError (run id) or
+    # a StorageError (resource id), PostgreSQL a StorageError for NUL.
+    async with tf.open_runtime(storage=make_storage(backend, tmp_path)) as rt:
+        wf = returning(1)
+        with pytest.raises(ValueError, match="run_id"):
+            await wf.create_run(run_id=bad)
+        with pytest.raises(ValueError, match="resource_id"):
+            await wf.create_run(resource_id=bad)
+        assert await rt.list_runs() == []
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00b"])
+def test_workflow_and_step_ids_every_backend_cannot_store_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="workflow id"):
+        tf.create_workflow(id=bad)
+    with pytest.raises(ValueError, match="step id"):
+        tf.create_step(id=bad, execute=lambda ctx: None)
+
+
+# -------------------------------------------------------------------------- resume labels
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [(5, "got 5"), ("\ud800", "lone surrogate"), (["ok", None], "got None")],
+)
+async def test_a_bad_resume_label_fails_the_step_saying_what_was_expected(
+    label: Any, message: str
+) -> None:
+    # Was: ``resume_label=5`` failed the step with "'int' object is not iterable".
+    async def step(ctx: tf.StepContext) -> None:
+        return await ctx.suspend({}, resume_label=label)
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="s", execute=step)).commit()
+    async with tf.open_runtime():
+        result = await (await wf.create_run()).start()
+    assert result.status == "failed"
+    assert "resume_label" in str(result.error)
+    assert message in str(result.error)
+
+
+async def test_a_refused_resume_label_leaves_the_step_unsuspended() -> None:
+    # The label is checked before the step is marked suspended: a step that catches the
+    # error and returns ends with its output, not suspended.
+    async def step(ctx: tf.StepContext) -> str:
+        try:
+            await ctx.suspend({}, resume_label=[""])
+        except ValueError:
+            return "carried on"
+        return "suspended"
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="s", execute=step)).commit()
+    async with tf.open_runtime():
+        result = await (await wf.create_run()).start()
+    assert result.status == "success"
+    assert result.result == "carried on"
+
+
+# ------------------------------------------- findings in files others were editing (xfail)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="storage/sqlite.py: a stored status that is not a RunStatus raises a raw "
+    "ValueError from list_runs (and `trioflow runs` prints a traceback) instead of a "
+    "StorageError naming the row",
+)
+async def test_a_row_with_an_unknown_status_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    storage = tf.SqliteStorage(path)
+    async with tf.open_runtime(storage=storage):
+        await (await returning(1).create_run(run_id="r1")).start()
+    await storage.aclose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET status = 'bogus' WHERE run_id = 'r1'")
+    conn.close()
+    storage = tf.SqliteStorage(path)
+    try:
+        async with tf.open_runtime(storage=storage) as rt:
+            with pytest.raises(tf.StorageError, match="r1"):
+                await rt.list_runs()
+    finally:
+        await storage.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bridge/_dial.py (URL check used by `trioflow watch` and connect()): "
+    "urllib's ValueError('Invalid IPv6 URL') escapes as a traceback, exit 1",
+)
+def test_watch_with_a_malformed_ipv6_url_is_one_error_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "trioflow", "watch", "ws://[::1", "r1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TRIOFLOW_TOKEN": "t", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("trioflow: error:")
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------ a storage refusing a write in the middle of a run
+
+
+class _RefusingMemory(tf.MemoryStorage):
+    refuse = False
+
+    async def save_snapshot(self, snapshot: Any, events: Any = (), **kw: Any) -> bool:
+        if self.refuse:
+            raise tf.StorageError("disk full (simulated)")
+        return await super().save_snapshot(snapshot, events, **kw)
+
+
+class _RefusingSqlite(tf.SqliteStorage):
+    refuse = False
+
+    async def save_snapshot(self, snapshot: Any, events: Any = (), **kw: Any) -> bool:
+        if self.refuse:
+            raise tf.StorageError("disk full (simulated)")
+        return await super().save_snapshot(snapshot, events, **kw)
+
+
+async def collect_types(chunks: Any, into: list[str]) -> None:
+    async for chunk in chunks:
+        into.append(chunk.type)
+
+
+@pytest.mark.parametrize("close_on_suspend", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_stream_whose_execution_dies_of_a_storage_error_raises_it(
+    backend: str, tmp_path: Path, close_on_suspend: bool
+) -> None:
+    # Was: start() raised the StorageError, but `async for chunk in out` (and every
+    # other subscriber of the stream) waited forever for a workflow-finish that could
+    # never come.
+    storage: _RefusingMemory | _RefusingSqlite = (
+        _RefusingMemory() if backend == "memory" else _RefusingSqlite(tmp_path / "runs.db")
+    )
+
+    async def step(ctx: tf.StepContext) -> int:
+        storage.refuse = True
+        await ctx.writer.write("before the refused write")
+        return 1
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="s", execute=step)).commit()
+    async with tf.open_runtime(storage=storage):
+        run = await wf.create_run()
+        out = await run.stream(close_on_suspend=close_on_suspend)
+        seen: list[str] = []
+        with trio.fail_after(30):
+            with pytest.raises(tf.StorageError, match="disk full"):
+                await collect_types(out.full_stream(), seen)
+            with pytest.raises(tf.StorageError, match="disk full"):
+                await collect_types(out.full_stream(), [])
+            with pytest.raises(tf.StorageError, match="disk full"):
+                await out.result()
+        assert seen[:2] == ["workflow-start", "workflow-step-start"]
+        storage.refuse = False
+    if backend == "sqlite":
+        await storage.aclose()
