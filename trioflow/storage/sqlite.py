@@ -28,10 +28,12 @@ the writer's connection: a WAL commit with ``synchronous=NORMAL`` writes into th
 cache in ~10-30 us, where the hand-off to a thread and back costs 50-180 us. It waits for
 nothing: the connection's busy timeout is 0 outside the thread's transactions, so a write
 that finds another process's write transaction goes to the writer thread and waits there;
-and WAL checkpoints (which fsync) never run in a commit: every :data:`CHECKPOINT_EVERY`
+and WAL checkpoints (which fsync) never run in a commit: every ``CHECKPOINT_EVERY``
 commits one runs on the reader's thread (PASSIVE, writes go on), and every
-:data:`WRITER_CHECKPOINT_EVERY`-th of them on the writer's thread, after which the WAL
-starts over. Durable steps therefore cost what the write costs, not a thread hop.
+``WRITER_CHECKPOINT_EVERY``-th of them on the writer's thread, after which the WAL
+starts over (never two at once: one finding another running would do nothing). Durable
+steps therefore cost what the write costs, not a thread hop. The threads, their jobs and
+the checkpoints are in :mod:`trioflow.storage._sqlite_worker`.
 
 Cancellation
 ------------
