@@ -120,10 +120,11 @@ class Handout:
         if best is None:
             return None
         start = best.version - self._first
-        pending = sum(len(window) for window in self._windows[start:])
-        if pending > size + 16:
-            self._replicas.remove(best)
-            return None
+        if len(self._windows) - start > 1:
+            pending = sum(len(window) for window in self._windows[start:])
+            if pending > size + 16:
+                self._replicas.remove(best)
+                return None
         return best
 
     def _replay(self, replica: _Replica) -> None:
@@ -150,11 +151,17 @@ class Handout:
         # Windows every replica already holds are not needed any more. A replica held
         # elsewhere (a snapshot storage keeps) for more than MAX_LAG writes leaves the
         # pool, so that it does not pin the records of every write since.
-        limit = self.version - MAX_LAG
-        replicas = self._replicas
-        if any(r.version < limit for r in replicas):
-            replicas[:] = [r for r in replicas if r.version >= limit]
-        oldest = min((r.version for r in replicas), default=self.version)
+        version = self._first + len(self._windows)
+        limit = version - MAX_LAG
+        oldest = version
+        stale = False
+        for replica in self._replicas:
+            if replica.version < limit:
+                stale = True
+            elif replica.version < oldest:
+                oldest = replica.version
+        if stale:
+            self._replicas = [r for r in self._replicas if r.version >= limit]
         drop = oldest - self._first
         if drop > 0:
             del self._windows[:drop]
