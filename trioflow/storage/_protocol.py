@@ -81,7 +81,12 @@ class Storage(Protocol):
         ``changed_steps``, the caller also promises that the stored
         ``step_execution_path`` is a prefix of ``snapshot.step_execution_path`` (an
         execution only appends to it): a backend may store only the new entries. A
-        backend may ignore all this and store every step (MemoryStorage does).
+        backend may ignore all this and store every step (MemoryStorage keeps the
+        snapshot whole, and checks only the named records).
+
+        A backend reads ``snapshot`` and may keep it, but never changes it (nor its
+        ``steps`` dict or ``step_execution_path`` list): the engine brings a step dict
+        nobody refers to any more up to date for a later write instead of copying it.
         """
         ...
 
