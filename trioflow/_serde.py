@@ -406,6 +406,25 @@ def _describe(value: Any) -> str:
 _ERROR_SKIP = frozenset({"args", "with_traceback", "add_note"})
 
 
+def _error_attributes(exc: Any) -> dict[str, Any]:
+    """An error's public attributes as stored and sent: what is not strict JSON (NaN, a
+    cycle, an object) is kept as its repr; never dropped for that, and never raising (a
+    user's exception class may break ``__dict__`` or use keys that are not names)."""
+    try:
+        attributes = dict(vars(exc))
+    except Exception:  # no __dict__, or one that raises
+        return {}
+    extra: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str) or key.startswith("_") or key in _ERROR_SKIP:
+            continue
+        try:
+            extra[_safe_text(key)] = to_strict_jsonable(value)
+        except Exception:
+            extra[_safe_text(key)] = _describe(value)
+    return extra
+
+
 def serialize_error(exc: Any, *, _depth: int = 0) -> Any:
     """A :class:`SerializedError` for ``exc``: message, class name, JSON-able public
     attributes, and the cause chain (``__cause__``, else an unsuppressed ``__context__``)."""
@@ -413,16 +432,7 @@ def serialize_error(exc: Any, *, _depth: int = 0) -> Any:
 
     if isinstance(exc, SerializedError):
         return exc
-    extra: dict[str, Any] = {}
-    for key, value in vars(exc).items() if hasattr(exc, "__dict__") else ():
-        if key.startswith("_") or key in _ERROR_SKIP:
-            continue
-        # Stored and sent as it is: what is not strict JSON (NaN, a cycle, an object) is
-        # kept as its repr, never dropped and never raising.
-        try:
-            extra[key] = to_strict_jsonable(value)
-        except Exception:
-            extra[key] = _describe(value)
+    extra = _error_attributes(exc)
     cause_exc = exc.__cause__
     if cause_exc is None and not exc.__suppress_context__:
         cause_exc = exc.__context__
