@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -442,3 +444,67 @@ async def test_a_step_error_that_resists_serializing_still_fails_the_step(
         assert stored.status == "failed"
         assert stored.error is not None
         assert stored.error.name in ("_DictRaises", "ValueError")
+
+
+# ------------------------------------------- Runtime queries with odd arguments, every backend
+
+
+def any_storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tf.Storage:
+    if kind == "postgres":
+        return tf.PostgresStorage(request.getfixturevalue("postgres_db"))
+    return make_storage(kind, tmp_path)
+
+
+ALL_BACKENDS = [*BACKENDS, "postgres"]
+
+
+@asynccontextmanager
+async def runtime_on(storage: tf.Storage) -> AsyncIterator[tf.Runtime]:
+    """A runtime on ``storage``, closing the storage afterwards (also after a failure)."""
+    try:
+        async with tf.open_runtime(storage=storage) as rt:
+            yield rt
+    finally:
+        await storage.aclose()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+async def test_list_runs_past_every_run_is_empty_on_every_backend(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Was: MemoryStorage answered [], SQLite raised a raw OverflowError, PostgreSQL a
+    # StorageError ("bigint out of range"), for offset or limit >= 2**63.
+    async with runtime_on(any_storage(backend, tmp_path, request)) as rt:
+        await (await returning(1).create_run()).start()
+        assert await rt.list_runs(offset=2**63) == []
+        assert await rt.list_runs(offset=2**70) == []
+        assert len(await rt.list_runs(limit=2**64)) == 1
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, "3", None])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+async def test_list_runs_refuses_a_limit_or_offset_that_is_not_an_int(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, bad: Any
+) -> None:
+    # Was: PostgreSQL listed 100 runs for offset=1.5 and refused limit=True with a
+    # StorageError; SQLite said "datatype mismatch"; MemoryStorage a TypeError.
+    async with runtime_on(any_storage(backend, tmp_path, request)) as rt:
+        with pytest.raises(ValueError, match="offset must be an int >= 0"):
+            await rt.list_runs(offset=bad)
+        with pytest.raises(ValueError, match="limit must be an int >= 0"):
+            await rt.list_runs(limit=bad)
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00b"])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+async def test_ids_no_backend_can_store_are_simply_not_found(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, bad: str
+) -> None:
+    # Was: MemoryStorage said SnapshotNotFoundError (or []), SQLite and PostgreSQL raised a
+    # raw UnicodeEncodeError (lone surrogate) or a StorageError (NUL, on PostgreSQL).
+    async with runtime_on(any_storage(backend, tmp_path, request)) as rt:
+        with pytest.raises(tf.SnapshotNotFoundError):
+            await rt.get_run_state(bad)
+        assert await rt.delete_run(bad) is False
+        assert await rt.list_runs(workflow_id=bad) == []
+        assert await rt.list_runs(resource_id=bad) == []

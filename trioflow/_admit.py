@@ -12,6 +12,7 @@ import attrs
 
 from ._context import RequestContext, coerce_request_context
 from ._core._graph import find_node
+from ._core._json import id_text_problem
 from ._errors import ValidationError
 from ._serde import to_stored_json, validate
 from ._workflow import Step, Workflow
@@ -105,3 +106,32 @@ def admit_start(
         context=context,
         context_json=to_stored_json(dict(context), "Invalid request context:"),
     )
+
+
+#: Beyond this (SQLite's and PostgreSQL's largest integer) no backend has rows to skip.
+_MAX_ROWS = 2**63 - 1
+
+
+def row_count(name: str, value: object) -> int:
+    """``limit``/``offset`` of a run listing: an int >= 0 (else ValueError), capped where
+    every backend has run out of rows."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return min(value, _MAX_ROWS)
+
+
+def unstorable_id(run_id: object) -> bool:
+    """An id no backend can store (so no stored run has it)."""
+    return isinstance(run_id, str) and id_text_problem(run_id) is not None
+
+
+def check_run_ids(run_id: object, resource_id: object) -> None:
+    """ValueError unless the ids are texts every backend stores alike."""
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+    if resource_id is not None and not isinstance(resource_id, str):
+        raise ValueError(f"resource_id must be a str or None, got {resource_id!r}")
+    for name, value in (("run_id", run_id), ("resource_id", resource_id)):
+        problem = None if value is None else id_text_problem(value)
+        if problem is not None:
+            raise ValueError(f"{name} {value!r} {problem}")

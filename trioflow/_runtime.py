@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
+from ._admit import check_run_ids, row_count, unstorable_id
 from ._broadcast import EventLog
 from ._core._json import id_text_problem
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
@@ -160,18 +161,6 @@ def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
     )
 
 
-def _check_run_ids(run_id: object, resource_id: object) -> None:
-    """ValueError unless the ids are texts every backend stores alike."""
-    if run_id is not None and (not isinstance(run_id, str) or not run_id):
-        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
-    if resource_id is not None and not isinstance(resource_id, str):
-        raise ValueError(f"resource_id must be a str or None, got {resource_id!r}")
-    for name, value in (("run_id", run_id), ("resource_id", resource_id)):
-        problem = None if value is None else id_text_problem(value)
-        if problem is not None:
-            raise ValueError(f"{name} {value!r} {problem}")
-
-
 class Runtime:
     """Owns the nursery every execution runs in. Get one from :func:`open_runtime`."""
 
@@ -257,7 +246,7 @@ class Runtime:
         if not isinstance(wf, Workflow):
             raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
         wf.check_runnable()
-        _check_run_ids(run_id, resource_id)
+        check_run_ids(run_id, resource_id)
         # A fresh id cannot be stored yet: insert without looking first.
         snapshot = None if run_id is None else await self.storage.load_snapshot(run_id)
         if snapshot is None:
@@ -372,11 +361,22 @@ class Runtime:
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunInfo]:
-        """Stored runs, newest first, filtered by every given field."""
+        """Stored runs, newest first, filtered by every given field.
+
+        ``limit`` and ``offset`` are ints >= 0 (else ValueError); past every stored run
+        the list is empty, however large the offset. A filter id that no backend can
+        store (a lone surrogate, NUL) matches no run.
+        """
         if status is not None:
             status = RunStatus(status)
-        if limit < 0 or offset < 0:
-            raise ValueError("limit and offset must be >= 0")
+        limit = row_count("limit", limit)
+        offset = row_count("offset", offset)
+        for name, value in (("workflow_id", workflow_id), ("resource_id", resource_id)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a str or None, got {value!r}")
+        if any(v is not None and id_text_problem(v) for v in (workflow_id, resource_id)):
+            await trio.lowlevel.checkpoint()
+            return []
         return await self.storage.list_runs(
             workflow_id=workflow_id,
             status=status,
@@ -387,7 +387,7 @@ class Runtime:
 
     async def get_run_state(self, run_id: str) -> RunState:
         """Everything stored about a run; SnapshotNotFoundError when there is none."""
-        snapshot = await self.storage.load_snapshot(run_id)
+        snapshot = await self._load_by_id(run_id)
         if snapshot is None:
             raise SnapshotNotFoundError(None, run_id)
         result = result_from_snapshot(snapshot)
@@ -412,7 +412,18 @@ class Runtime:
         hub = self._hubs.get(run_id)
         if hub is not None and hub.execution is not None:
             raise RuntimeError(f"run {run_id} is executing; cancel it before deleting it")
+        if unstorable_id(run_id):
+            await trio.lowlevel.checkpoint()
+            return False
         return await self.storage.delete_run(run_id)
+
+    async def _load_by_id(self, run_id: str) -> RunSnapshot | None:
+        """The stored snapshot of ``run_id``; None also for an id no backend can store
+        (every backend answers alike, none is asked to encode it)."""
+        if unstorable_id(run_id):
+            await trio.lowlevel.checkpoint()
+            return None
+        return await self.storage.load_snapshot(run_id)
 
     async def run_callbacks(  # noqa: ASYNC910 - internal
         self, workflow: Workflow, result: WorkflowResult
