@@ -16,6 +16,13 @@ from rich import box
 from rich.table import Table
 
 from .._broadcast import Subscription, ends_at_terminal_finish
+from .._core._chunks import (
+    WorkflowFinish,
+    WorkflowStart,
+    WorkflowStepResult,
+    WorkflowStepStart,
+    WorkflowStepSuspended,
+)
 from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
 from .._runtime import open_runtime, result_from_snapshot
@@ -215,14 +222,45 @@ def _show_steps(session: Session, result: WorkflowResult, *, every: bool) -> Non
         )
 
 
+#: Stored chunks read at once when looking for steps that started and never settled.
+_LOG_PAGE = 1000
+
+
+async def _unsettled_steps(storage: Any, run_id: str) -> list[tuple[str, int | None]]:
+    """Steps whose start is in the stored log with no result or suspension after it, in
+    the last execution: what was running when the executing process stopped (or still
+    runs, elsewhere). The snapshot may not say so: it is written after entries settle."""
+    started: dict[str, int | None] = {}
+    seq = 1
+    while True:
+        page = await storage.read_events(run_id, from_seq=seq, limit=_LOG_PAGE)
+        for chunk in page:
+            if isinstance(chunk, WorkflowStart | WorkflowFinish):
+                started.clear()  # a new execution (or the end of one)
+            elif isinstance(chunk, WorkflowStepStart):
+                started[chunk.payload.id] = chunk.payload.started_at
+            elif isinstance(chunk, WorkflowStepResult | WorkflowStepSuspended):
+                started.pop(chunk.payload.id, None)
+        if len(page) < _LOG_PAGE:
+            return list(started.items())
+        seq = page[-1].seq + 1
+
+
 async def cmd_show(session: Session, args: argparse.Namespace) -> int:
     async with session.storage(must_exist=True) as storage:
         snapshot = await load_snapshot(session, storage, args.run_id)
+        running = (
+            await _unsettled_steps(storage, snapshot.run_id)
+            if snapshot.status in (RunStatus.RUNNING, RunStatus.WAITING)
+            else []
+        )
     # The result a stored run describes: Runtime.get_run_state reads the same (all_steps
     # included) without a runtime to open.
     result = result_from_snapshot(snapshot)
     if session.json:
-        session.emit_json(_show_json(snapshot, result, every=args.all))
+        body = _show_json(snapshot, result, every=args.all)
+        body["running"] = [{"id": step_id, "startedAt": at} for step_id, at in running]
+        session.emit_json(body)
         return EXIT_SUCCESS
     say = functools.partial(session.say, markup=False)
     say(f"run       {snapshot.run_id}")
@@ -232,6 +270,8 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
     say(f"updated   {_when(snapshot.updated_at)}")
     say(f"input     {compact(to_jsonable(snapshot.input), 400)}")
     _show_steps(session, result, every=args.all)
+    for step_id, at in running:
+        say(f"running   {step_id} (started {_when(at)}; no result stored yet)")
     say("")
     if snapshot.status is RunStatus.SUCCESS:
         say(f"result    {json.dumps(to_jsonable(snapshot.result))}")
