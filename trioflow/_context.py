@@ -99,8 +99,8 @@ class Writer:
         ``obj`` must be strict JSON once converted (attrs instances, enums and datetimes
         are converted): otherwise :class:`trioflow._core._json.JsonValueError` (a
         ValueError naming the path) is raised here and nothing is published. While the
-        run's chunks waiting for storage are at their bound (SPEC §3.0), this waits until
-        storage commits some. A checkpoint: cancellation of the run is delivered here, and
+        run's chunks waiting for storage are at their bound (8,192 chunks or 16 MiB), this
+        waits until storage commits some. A checkpoint: cancellation of the run is delivered here, and
         a cancelled call publishes nothing.
         """
         data = to_strict_jsonable(obj)

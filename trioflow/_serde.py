@@ -377,7 +377,7 @@ def to_stored_json(value: Any, prefix: str) -> Any:
     """What is stored for ``value`` (:func:`to_strict_jsonable`), or a
     :class:`ValidationError` under ``prefix`` (``"Invalid input data:"``) naming the path
     where it is not strict JSON: input, state, resume data and request context are refused
-    before anything is stored (SPEC §0)."""
+    before anything is stored."""
     try:
         return to_strict_jsonable(value)
     except JsonValueError as exc:
