@@ -508,3 +508,54 @@ async def test_ids_no_backend_can_store_are_simply_not_found(
         assert await rt.delete_run(bad) is False
         assert await rt.list_runs(workflow_id=bad) == []
         assert await rt.list_runs(resource_id=bad) == []
+
+
+async def test_get_step_result_of_something_that_is_no_step_says_what_it_takes() -> None:
+    # Was: "'int' object has no attribute 'id'".
+    async def step(ctx: tf.StepContext) -> Any:
+        return ctx.get_step_result(12345)
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="s", execute=step)).commit()
+    async with tf.open_runtime():
+        result = await (await wf.create_run()).start()
+    assert result.status == "failed"
+    assert "get_step_result() takes a Step, a Workflow or a step id, got 12345" in str(
+        result.error
+    )
+
+
+# ------------------------------------------------------------- a writer kept past its step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_writer_kept_past_its_run_cannot_write_after_the_finish(
+    backend: str, tmp_path: Path
+) -> None:
+    # Was: the write was accepted and its workflow-step-output landed in the log after
+    # the execution's workflow-finish (between two executions of the run).
+    kept: dict[str, tf.StepContext] = {}
+
+    async def keep(ctx: tf.StepContext) -> int:
+        kept["ctx"] = ctx
+        return 1
+
+    async def ask(ctx: tf.StepContext) -> Any:
+        return ctx.resume_data if ctx.resume_data is not None else await ctx.suspend({})
+
+    wf = (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="keep", execute=keep))
+        .then(tf.create_step(id="ask", execute=ask))
+        .commit()
+    )
+    async with tf.open_runtime(storage=make_storage(backend, tmp_path)):
+        run = await wf.create_run()
+        assert (await run.start()).status == "suspended"
+        with pytest.raises(RuntimeError, match="'keep' wrote after its run's execution ended"):
+            await kept["ctx"].writer.write("late")
+        with pytest.raises(RuntimeError, match="execution ended"):
+            await kept["ctx"].writer.custom("data-late", 1)
+        assert (await run.resume(resume_data=2)).status == "success"
+        types = [c.type async for c in run.observe_stream(follow=False)]
+    assert types[5:7] == ["workflow-finish", "workflow-start"]
+    assert "workflow-step-output" not in types

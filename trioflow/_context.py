@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from ._broadcast import data_size
+from ._broadcast import EventLog, data_size
 from ._core._chunks import StepOutputPayload, WorkflowStepOutput
 from ._core._graph import get_path
 from ._core._json import JsonValueError, id_text_problem
@@ -101,11 +101,13 @@ class Writer:
         ValueError naming the path) is raised here and nothing is published. While the
         run's chunks waiting for storage are at their bound (8,192 chunks or 16 MiB), this
         waits until storage commits some. A checkpoint: cancellation of the run is delivered here, and
-        a cancelled call publishes nothing.
+        a cancelled call publishes nothing. RuntimeError once the run's execution has
+        ended (a writer kept past its step).
         """
         data = to_strict_jsonable(obj)
-        log = self._level.execution.log
+        log = self._open_log()
         await log.wait_for_room()
+        self._open_log()
         log.publish(
             WorkflowStepOutput(
                 run_id=log.run_id,
@@ -124,9 +126,22 @@ class Writer:
         if not isinstance(type, str) or not type.startswith("data-"):
             raise ValueError(f"a custom chunk type must start with 'data-', got {type!r}")
         value = to_strict_jsonable(data)
-        log = self._level.execution.log
+        log = self._open_log()
         await log.wait_for_room()
+        self._open_log()
         log.publish_data(type, value, size=data_size(value))
+
+    def _open_log(self) -> EventLog:
+        """The run's log, or RuntimeError once the execution this step ran in has ended:
+        a writer kept past its step (a leaked ``ctx``, a task outliving the step) must
+        not put chunks after the execution's ``workflow-finish``."""
+        execution = self._level.execution
+        if execution.result is not None or execution.done.is_set():
+            raise RuntimeError(
+                f"step {self._step_name!r} wrote after its run's execution ended "
+                "(a writer is valid only while its step runs)"
+            )
+        return execution.log
 
 
 class StepContext:
@@ -252,7 +267,10 @@ class StepContext:
 
     def get_step_result(self, step: Any) -> Any:
         """``step``'s output if it succeeded, else None (``step``: a Step, Workflow or id)."""
-        return self._level.step_output(step if isinstance(step, str) else step.id)
+        step_id = step if isinstance(step, str) else getattr(step, "id", None)
+        if not isinstance(step_id, str):
+            raise TypeError(f"get_step_result() takes a Step, a Workflow or a step id, got {step!r}")
+        return self._level.step_output(step_id)
 
     def set_state(self, new_state: Any) -> None:
         """Shallow-merge ``new_state`` into the workflow state when this step ends
