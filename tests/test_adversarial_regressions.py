@@ -559,3 +559,39 @@ async def test_a_writer_kept_past_its_run_cannot_write_after_the_finish(
         types = [c.type async for c in run.observe_stream(follow=False)]
     assert types[5:7] == ["workflow-finish", "workflow-start"]
     assert "workflow-step-output" not in types
+
+
+# ------------------------------------------ restart_active_runs and one damaged stored run
+
+
+async def test_one_damaged_run_does_not_stop_the_others_restarting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Was: open_runtime(restart_active_runs=True) raised the damaged row's StorageError:
+    # the runtime did not open and no other interrupted run was restarted.
+    path = tmp_path / "runs.db"
+    await _interrupted_run(path)  # r1, left running
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO runs SELECT 'damaged', workflow_id, resource_id, status, created_at, "
+            "updated_at, ord + 1, '{not json' FROM runs WHERE run_id = 'r1'"
+        )
+    conn.close()
+
+    async def quick(ctx: tf.StepContext) -> str:
+        return "done"
+
+    wf = tf.create_workflow(id="x").then(tf.create_step(id="l", execute=quick)).commit()
+    storage = tf.SqliteStorage(path)
+    try:
+        async with tf.open_runtime(
+            storage=storage, workflows=[wf], restart_active_runs=True
+        ) as rt:
+            run = await wf.create_run(run_id="r1")
+            with trio.fail_after(30):
+                async for _ in run.observe_stream():
+                    pass
+            assert (await rt.get_run_state("r1")).status == "success"
+    finally:
+        await storage.aclose()
+    assert any("damaged" in record.getMessage() for record in caplog.records)

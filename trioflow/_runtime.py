@@ -30,6 +30,7 @@ from ._errors import (
     RunAlreadyStartedError,
     RunNotActiveError,
     SnapshotNotFoundError,
+    StorageError,
 )
 from ._groups import is_fatal, unwrap_groups
 from ._workflow import Workflow
@@ -467,14 +468,27 @@ class Runtime:
                             info.workflow_id,
                         )
                         continue
-                    run = await self.create_run(workflow, run_id=info.run_id)
-                    try:
-                        await run.begin_restart()
-                    except (RunNotActiveError, RunAlreadyStartedError):
-                        # Finished meanwhile, or executing in a live process that holds
-                        # its lease (PostgreSQL): not ours to restart.
-                        continue
-                    restarted.append(info.run_id)
+                    if await self._restart_stored(workflow, info.run_id):
+                        restarted.append(info.run_id)
+        return restarted
+
+    async def _restart_stored(self, workflow: Workflow, run_id: str) -> bool:
+        """Restart one stored run in the background; False when it is not ours to
+        restart, or its stored record cannot be read (logged: one damaged run must not
+        keep the others from restarting, nor the runtime from opening)."""
+        try:
+            run = await self.create_run(workflow, run_id=run_id)
+            await run.begin_restart()
+        except (RunNotActiveError, RunAlreadyStartedError):
+            # Finished meanwhile, or executing in a live process that holds its lease
+            # (PostgreSQL): not ours to restart.
+            restarted = False
+        except StorageError as exc:
+            logger.error("run %s left as is: it could not be restarted: %s", run_id, exc)
+            restarted = False
+        else:
+            restarted = True
+        await trio.lowlevel.checkpoint()
         return restarted
 
 
