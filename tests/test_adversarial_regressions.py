@@ -595,3 +595,30 @@ async def test_one_damaged_run_does_not_stop_the_others_restarting(
     finally:
         await storage.aclose()
     assert any("damaged" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_stream_read_outside_a_runtime_that_closes_raises_runtime_closed() -> None:
+    # Was: a consumer of out outside the runtime block waited forever once the runtime
+    # stopped (its execution interrupted, no workflow-finish ever coming).
+    async def long(ctx: tf.StepContext) -> None:
+        await ctx.writer.write(1)
+        await trio.sleep_forever()
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="l", execute=long)).commit()
+    failures: list[BaseException] = []
+
+    async def consume(out: tf.RunOutput) -> None:
+        try:
+            await collect_types(out, [])
+        except tf.RuntimeClosedError as exc:
+            failures.append(exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            async with tf.open_runtime():
+                out = await (await wf.create_run()).stream()
+                outer.start_soon(consume, out)
+                async for chunk in out:
+                    if chunk.type == "workflow-step-output":
+                        break
+    assert len(failures) == 1
