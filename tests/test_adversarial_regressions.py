@@ -622,3 +622,13 @@ async def test_a_stream_read_outside_a_runtime_that_closes_raises_runtime_closed
                     if chunk.type == "workflow-step-output":
                         break
     assert len(failures) == 1
+
+
+async def test_a_request_context_with_a_key_that_is_not_a_string_is_refused_at_start() -> None:
+    # Was: accepted (the live context kept the int key 1; storage, and so a resume in
+    # another process, had "1"), while `ctx.request_context[1] = ...` in a step is refused.
+    async with tf.open_runtime() as rt:
+        run = await returning(1).create_run()
+        with pytest.raises(tf.ValidationError, match=r"Invalid request context:\n- \(root\): key 1"):
+            await run.start(request_context={1: "x"})
+        assert (await rt.get_run_state(run.run_id)).status == "pending"

@@ -12,7 +12,7 @@ from ._core._chunks import StepOutputPayload, WorkflowStepOutput
 from ._core._graph import get_path
 from ._core._json import JsonValueError, id_text_problem
 from ._core._model import Usage
-from ._errors import NotJsonError
+from ._errors import NotJsonError, ValidationError
 from ._serde import to_jsonable, to_strict_jsonable, validate
 from .tracing._spans import current_span
 
@@ -80,6 +80,13 @@ def coerce_request_context(value: RequestContext | Mapping[str, Any] | None) -> 
     if isinstance(value, RequestContext):
         return value
     if isinstance(value, Mapping):
+        # As RequestContext refuses them in a step: a key that is not a str would read
+        # back differently after a resume in another process (JSON keys are strings).
+        bad = [key for key in value if not isinstance(key, str)]
+        if bad:
+            raise ValidationError(
+                "Invalid request context:", [("", f"key {key!r} is not a string") for key in bad]
+            )
         return RequestContext(value)
     raise TypeError(f"request_context must be a RequestContext or a dict, got {value!r}")
 
