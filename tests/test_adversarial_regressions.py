@@ -632,3 +632,31 @@ async def test_a_request_context_with_a_key_that_is_not_a_string_is_refused_at_s
         with pytest.raises(tf.ValidationError, match=r"Invalid request context:\n- \(root\): key 1"):
             await run.start(request_context={1: "x"})
         assert (await rt.get_run_state(run.run_id)).status == "pending"
+
+
+# ----------------------------------------------------------------------- CLI JSON options
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli/_load.py parse_json catches only JSONDecodeError: json.loads' RecursionError "
+    "(deep --input/--data) and ValueError (an int past 4300 digits) print a traceback",
+)
+@pytest.mark.parametrize("text", ["[" * 3000 + "]" * 3000, "9" * 5000], ids=["deep", "long-int"])
+def test_a_json_option_python_cannot_parse_is_one_error_line(tmp_path: Path, text: str) -> None:
+    (tmp_path / "flows.py").write_text(
+        "import trioflow as tf\n"
+        "async def s(ctx):\n    return ctx.input_data\n"
+        "wf = tf.create_workflow(id='w').then(tf.create_step(id='s', execute=s)).commit()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trioflow", "run", "flows:wf", "--input", text],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert proc.stderr.startswith("trioflow: error: invalid JSON in --input")
+    assert "Traceback" not in proc.stderr
