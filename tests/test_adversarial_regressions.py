@@ -7,6 +7,8 @@ being edited elsewhere at the time (storage, bridge, CLI, engine) are pinned wit
 
 from __future__ import annotations
 
+import contextlib
+import random
 import sqlite3
 import subprocess
 import sys
@@ -660,3 +662,33 @@ def test_a_json_option_python_cannot_parse_is_one_error_line(tmp_path: Path, tex
     assert proc.returncode == 2, proc.stderr[-500:]
     assert proc.stderr.startswith("trioflow: error: invalid JSON in --input")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="storage/_sqlite_file.py: when the page of the meta table is corrupt, opening "
+    "says the file is 'a SQLite database of another application' instead of naming the "
+    "corruption (the issue 12 wording: once SQLite reports corruption, say so)",
+)
+async def test_a_corrupt_meta_page_is_reported_as_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with runtime_on(tf.SqliteStorage(path)):
+        await (await returning(1).create_run()).start()
+    with sqlite3.connect(path) as conn:
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'meta'").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        noise = random.Random(0)
+        f.write(b"\x0d\xff\xff\xff\xff\xff\xff\xff" + bytes(noise.randrange(256) for _ in range(200)))
+    storage = tf.SqliteStorage(path)
+    try:
+        with pytest.raises(tf.StorageError) as caught:
+            async with tf.open_runtime(storage=storage) as rt:
+                await rt.list_runs()
+    finally:
+        with contextlib.suppress(tf.StorageError):
+            await storage.aclose()
+    assert "database file is corrupt" in str(caught.value)
+    assert "another application" not in str(caught.value)
