@@ -156,7 +156,6 @@ class Worker:
             # The run cannot begin here (its input no longer validates, on_start raised,
             # even a BaseException subclass, another process took it): give it back; a
             # queued run leaves the queue so it is not claimed forever.
-            self._failed += 1
             logger.error("worker could not begin run %s: %r", snapshot.run_id, exc, exc_info=exc)
             with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
                 try:
@@ -167,6 +166,10 @@ class Worker:
                         await after_execution_died(runtime, snapshot.run_id, exc)
                 except TrioflowError as release_exc:
                     logger.warning("could not release run %s: %s", snapshot.run_id, release_exc)
+                finally:
+                    # Counted once the run is given back: statistics() never reports a
+                    # run as given up while storage still shows it claimed.
+                    self._failed += 1
             return None
 
 
