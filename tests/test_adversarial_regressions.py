@@ -43,12 +43,6 @@ def returning(value: Any, step_id: str = "s") -> tf.Workflow:
 HUGE = 10**5000  # more digits than Python's int/str conversion limit (4300)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_engine.py _plainly_json (the step-output fast path) takes every int as JSON, "
-    "so the strict check of trioflow._core._json never sees it; fix: bound ints there "
-    "as _core._json does (MAX_JSON_INT_DIGITS)",
-)
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_a_step_returning_an_int_too_long_for_json_fails_the_step(
     backend: str, tmp_path: Path
