@@ -66,7 +66,7 @@ from ._core._graph import (
 )
 from ._core._handout import Handout
 from ._core._journal import StepJournal
-from ._core._json import JsonValueError
+from ._core._json import MAX_JSON_INT_DIGITS, JsonValueError
 from ._core._model import (
     ITERATION_COUNT,
     OLD_ITERATION_COUNT,
@@ -1903,13 +1903,17 @@ def _entry_span(entry: Entry) -> tuple[str, str]:
 
 def _plainly_json(value: Any, depth: int) -> bool:
     """True when ``value`` is certainly strict JSON: plain dicts and lists at most
-    :data:`_QUICK_DEPTH` deep of ASCII strings, ints, bools, None and finite floats. The
-    step path's check: no paths are built. False means "walk it properly" (the full
-    check names the path, and finds cycles)."""
+    :data:`_QUICK_DEPTH` deep of ASCII strings, ints of at most
+    :data:`MAX_JSON_INT_DIGITS` digits, bools, None and finite floats. The step path's
+    check: no paths are built. False means "walk it properly" (the full check names the
+    path, finds cycles, and refuses an int json.dumps cannot write)."""
     kind = type(value)
     if kind is str:
         return str.isascii(value)
-    if kind is int or kind is bool or value is None:
+    if kind is int:
+        number: int = value
+        return _NEG_INT_BOUND < number < _INT_BOUND
+    if kind is bool or value is None:
         return True
     if kind is float:
         return math.isfinite(value)
@@ -1927,6 +1931,10 @@ def _plainly_json(value: Any, depth: int) -> bool:
 
 #: How deep the quick check looks before leaving a value to the full walk.
 _QUICK_DEPTH = 8
+
+# One comparison per int (not a str()): the bound _core._json enforces.
+_INT_BOUND: int = 10**MAX_JSON_INT_DIGITS
+_NEG_INT_BOUND: int = -_INT_BOUND
 
 
 def _not_json(what: str, value: Any) -> NotJsonError | None:
