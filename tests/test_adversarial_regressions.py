@@ -260,12 +260,6 @@ async def test_a_refused_resume_label_leaves_the_step_unsuspended() -> None:
 # ------------------------------------------- findings in files others were editing (xfail)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage/sqlite.py: a stored status that is not a RunStatus raises a raw "
-    "ValueError from list_runs (and `trioflow runs` prints a traceback) instead of a "
-    "StorageError naming the row",
-)
 async def test_a_row_with_an_unknown_status_is_a_storage_error(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     storage = tf.SqliteStorage(path)
@@ -382,13 +376,6 @@ async def _interrupted_run(path: Path) -> None:
     await storage.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_engine.py: when the runtime stops (Ctrl-C), the interrupted step is stored as a "
-    "settled `canceled` record with a workflow-step-result chunk although the run stays "
-    "`running` and restart() runs the step again; get_run_state() and `trioflow show` "
-    "then say `l canceled` (show's new `running` line covers only a killed process)",
-)
 async def test_show_of_an_interrupted_run_names_the_step_that_was_running(
     tmp_path: Path,
 ) -> None:

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .._broadcast import Subscription, ends_at_terminal_finish
 from .._core._chunks import (
+    WorkflowCanceled,
     WorkflowFinish,
     WorkflowStart,
     WorkflowStepResult,
@@ -163,9 +164,9 @@ def _suspended_json(result: WorkflowResult) -> list[dict[str, Any]]:
     return [{"path": p, "payload": to_jsonable(v)} for p, v in suspended_payloads(result)]
 
 
-def _step_row(key: str, step: StepResult) -> list[str]:
+def _step_row(key: str, step: StepResult, interrupted: frozenset[str] = frozenset()) -> list[str]:
     took = _duration_ms(step)
-    status = step.status.value
+    status = "interrupted" if key in interrupted else step.status.value
     if step.retry_count > 0:
         status += f" (retried {step.retry_count}{TIMES})"
     detail = (
@@ -200,11 +201,18 @@ def tree_order(keys: Sequence[str]) -> list[str]:
     return sorted(keys, key=position)
 
 
-def _show_steps(session: Session, result: WorkflowResult, *, every: bool) -> None:
+def _show_steps(
+    session: Session,
+    result: WorkflowResult,
+    *,
+    every: bool,
+    interrupted: frozenset[str] = frozenset(),
+) -> None:
     """The table of the run's top-level steps, or with ``every`` of all its steps at every
-    depth (by qualified key); without it, how many inner steps ``--all`` would add."""
+    depth (by qualified key); without it, how many inner steps ``--all`` would add.
+    ``interrupted`` steps show as such (not as the ``canceled`` record they left)."""
     steps = result.all_steps if every else result.steps
-    rows = [_step_row(key, steps[key]) for key in tree_order(list(steps))]
+    rows = [_step_row(key, steps[key], interrupted) for key in tree_order(list(steps))]
     if rows:
         session.say("")
         _table(
@@ -230,16 +238,21 @@ async def _unsettled_steps(storage: Any, run_id: str) -> list[tuple[str, int | N
     """Steps whose start is in the stored log with no result or suspension after it, in
     the last execution: what was running when the executing process stopped (or still
     runs, elsewhere). The snapshot may not say so: it is written after entries settle."""
+    # A runtime that stops (Ctrl-C) records the steps it interrupts as canceled, though
+    # the run stays running and restart() runs them again: only a workflow-canceled (a
+    # cancel of the run) makes those results final.
     started: dict[str, int | None] = {}
     seq = 1
     while True:
         page = await storage.read_events(run_id, from_seq=seq, limit=_LOG_PAGE)
         for chunk in page:
-            if isinstance(chunk, WorkflowStart | WorkflowFinish):
-                started.clear()  # a new execution (or the end of one)
+            if isinstance(chunk, WorkflowStart | WorkflowFinish | WorkflowCanceled):
+                started.clear()  # a new execution, the end of one, or a real cancel
             elif isinstance(chunk, WorkflowStepStart):
                 started[chunk.payload.id] = chunk.payload.started_at
-            elif isinstance(chunk, WorkflowStepResult | WorkflowStepSuspended):
+            elif isinstance(chunk, WorkflowStepSuspended) or (
+                isinstance(chunk, WorkflowStepResult) and chunk.payload.status != "canceled"
+            ):
                 started.pop(chunk.payload.id, None)
         if len(page) < _LOG_PAGE:
             return list(started.items())
@@ -269,9 +282,11 @@ async def cmd_show(session: Session, args: argparse.Namespace) -> int:
     say(f"created   {_when(snapshot.created_at)}")
     say(f"updated   {_when(snapshot.updated_at)}")
     say(f"input     {compact(to_jsonable(snapshot.input), 400)}")
-    _show_steps(session, result, every=args.all)
+    _show_steps(
+        session, result, every=args.all, interrupted=frozenset(step_id for step_id, _ in running)
+    )
     for step_id, at in running:
-        say(f"running   {step_id} (started {_when(at)}; no result stored yet)")
+        say(f"running   {step_id} (started {_when(at)}; no final result stored: a restart runs it)")
     say("")
     if snapshot.status is RunStatus.SUCCESS:
         say(f"result    {json.dumps(to_jsonable(snapshot.result))}")
