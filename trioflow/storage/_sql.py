@@ -7,6 +7,7 @@ from typing import Any
 
 from .._core._model import RunInfo
 from .._core._status import RunStatus
+from .._errors import StorageError
 
 
 def list_runs_query(
@@ -39,16 +40,35 @@ def list_runs_query(
     return sql, [*params, max(limit, 0), max(offset, 0)]
 
 
-def run_infos(rows: Iterable[Any]) -> list[RunInfo]:
-    """The rows of :func:`list_runs_query` as RunInfo values."""
-    return [
-        RunInfo(
+def run_infos(rows: Iterable[Any], where: str = "storage") -> list[RunInfo]:
+    """The rows of :func:`list_runs_query` as RunInfo values. StorageError naming the
+    run when a row holds what trioflow never writes (a status that is not a RunStatus,
+    a timestamp that is not a number): the file was edited by hand or is damaged, and a
+    bare ValueError would not say which row to look at."""
+    return [_run_info(row, where) for row in rows]
+
+
+def _run_info(row: Any, where: str) -> RunInfo:
+    run, wf, resource, stat, created, updated = row
+    try:
+        status = RunStatus(stat)
+    except ValueError:
+        known = ", ".join(s.value for s in RunStatus)
+        raise StorageError(
+            f"{where}: run {run!r} has the stored status {stat!r}, which is not a run "
+            f"status (expected one of {known})"
+        ) from None
+    try:
+        return RunInfo(
             run_id=run,
             workflow_id=wf,
             resource_id=resource,
-            status=RunStatus(stat),
+            status=status,
             created_at=int(created),
             updated_at=int(updated),
         )
-        for run, wf, resource, stat, created, updated in rows
-    ]
+    except (TypeError, ValueError) as exc:
+        raise StorageError(
+            f"{where}: run {run!r} has a stored row trioflow cannot read "
+            f"(created_at={created!r}, updated_at={updated!r}): {exc}"
+        ) from None

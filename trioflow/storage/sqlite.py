@@ -446,8 +446,10 @@ class SqliteStorage:
             offset=offset,
         )
 
+        where = f"SQLite storage {self._where}"
+
         def job(conn: sqlite3.Connection) -> list[RunInfo]:
-            return run_infos(conn.execute(sql, params).fetchall())
+            return run_infos(conn.execute(sql, params).fetchall(), where)
 
         return await self._read(job)
 
