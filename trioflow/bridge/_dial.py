@@ -26,18 +26,27 @@ class Target:
 
 
 def parse_url(url: str) -> Target:
-    parts = urllib.parse.urlsplit(url)
+    """Where ``url`` points. ValueError naming the URL when it is not a ``ws://`` or
+    ``wss://`` URL with a host and a valid port."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname = parts.hostname
+        given_port = parts.port
+    except ValueError as exc:
+        # urllib's own words ("Invalid IPv6 URL", "Port out of range 0-65535") do not
+        # say which URL or which option.
+        raise ValueError(f"the bridge URL is malformed ({exc}): {url!r}") from None
     if parts.scheme not in ("ws", "wss"):
         raise ValueError(f"the bridge URL must start with ws:// or wss://, got {url!r}")
-    if not parts.hostname:
+    if not hostname:
         raise ValueError(f"the bridge URL has no host: {url!r}")
     secure = parts.scheme == "wss"
     default = 443 if secure else 80
-    port = parts.port or default
+    port = given_port or default
     resource = parts.path or "/"
     if parts.query:
         resource += "?" + parts.query
-    host = parts.hostname
+    host = hostname
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
     return Target(host, port, resource, host_header, secure)
