@@ -624,11 +624,6 @@ async def test_a_request_context_with_a_key_that_is_not_a_string_is_refused_at_s
 # ----------------------------------------------------------------------- CLI JSON options
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/_load.py parse_json catches only JSONDecodeError: json.loads' RecursionError "
-    "(deep --input/--data) and ValueError (an int past 4300 digits) print a traceback",
-)
 @pytest.mark.parametrize("text", ["[" * 3000 + "]" * 3000, "9" * 5000], ids=["deep", "long-int"])
 def test_a_json_option_python_cannot_parse_is_one_error_line(tmp_path: Path, text: str) -> None:
     (tmp_path / "flows.py").write_text(

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .._core._json import MAX_JSON_INT_DIGITS
 from .._workflow import Workflow
 
 #: The request-context key that holds the ``MODULE:WORKFLOW`` reference a run was started
@@ -253,9 +254,26 @@ def parse_json(text: str | None, option: str) -> Any:
             source = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot read {option} file {text[1:]!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CliError(
+                f"cannot read {option} file {text[1:]!r}: not UTF-8 text ({exc.reason} "
+                f"at byte {exc.start})"
+            ) from None
     try:
         return json.loads(source)
     except json.JSONDecodeError as exc:
         raise CliError(
             f"invalid JSON in {option}: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:
+        # json.loads recurses once per nesting level: a deep value exhausts the stack.
+        raise CliError(f"invalid JSON in {option}: nested too deeply to read") from None
+    except ValueError as exc:
+        # The only other ValueError of json.loads: an int past Python's int/str limit.
+        raise CliError(f"invalid JSON in {option}: {_json_value_problem(exc)}") from None
+
+
+def _json_value_problem(exc: ValueError) -> str:
+    if "digits" in str(exc):
+        return f"an integer of more than {MAX_JSON_INT_DIGITS} digits"
+    return str(exc)
