@@ -644,12 +644,6 @@ def test_a_json_option_python_cannot_parse_is_one_error_line(tmp_path: Path, tex
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage/_sqlite_file.py: when the page of the meta table is corrupt, opening "
-    "says the file is 'a SQLite database of another application' instead of naming the "
-    "corruption (the issue 12 wording: once SQLite reports corruption, say so)",
-)
 async def test_a_corrupt_meta_page_is_reported_as_corruption(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     async with runtime_on(tf.SqliteStorage(path)):

@@ -104,7 +104,7 @@ def stored_version(conn: sqlite3.Connection, where: str) -> int:
     except sqlite3.Error as exc:
         if error_code(exc) in _ENVIRONMENT:
             raise  # locked, read-only...: not about the file's content; the caller says so
-        raise StorageError(f"{where} is not a usable SQLite database: {exc}") from exc
+        raise _unreadable(where, exc, f"{where} is not a usable SQLite database: {exc}") from exc
     if app_id not in (0, APPLICATION_ID):
         raise StorageError(
             f"{where} belongs to another application (SQLite application_id {app_id:#x}), "
@@ -123,7 +123,8 @@ def stored_version(conn: sqlite3.Connection, where: str) -> int:
     except sqlite3.Error as exc:
         if error_code(exc) in _ENVIRONMENT:
             raise
-        raise StorageError(foreign) from exc
+        # SQLite reporting corruption is not a sign of somebody else's database.
+        raise _unreadable(where, exc, foreign) from exc
     if meta.get("application_id") != APPLICATION_MARKER:
         raise StorageError(foreign)
     try:
@@ -143,6 +144,17 @@ def stored_version(conn: sqlite3.Connection, where: str) -> int:
     if version < 1:
         raise StorageError(f"{where}: invalid trioflow schema version {version}")
     return version
+
+
+def _unreadable(where: str, exc: sqlite3.Error, otherwise: str) -> StorageError:
+    """The error for a file whose schema could not be read: corruption when SQLite says
+    so (the issue 12 wording), else ``otherwise``."""
+    if is_corrupt(exc):
+        return StorageError(
+            f"{where} is not a usable SQLite database: {describe(exc, 0)}; it was left "
+            "untouched"
+        )
+    return StorageError(otherwise)
 
 
 def migrate(conn: sqlite3.Connection, where: str) -> None:
