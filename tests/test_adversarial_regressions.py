@@ -278,11 +278,6 @@ async def test_a_row_with_an_unknown_status_is_a_storage_error(tmp_path: Path) -
         await storage.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/_dial.py (URL check used by `trioflow watch` and connect()): "
-    "urllib's ValueError('Invalid IPv6 URL') escapes as a traceback, exit 1",
-)
 def test_watch_with_a_malformed_ipv6_url_is_one_error_line() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "trioflow", "watch", "ws://[::1", "r1"],

@@ -282,7 +282,10 @@ def _announce(
 
 def check_bridge_url(url: str) -> None:
     """CliError unless ``url`` is a ``ws://`` or ``wss://`` URL with a host."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise CliError(f"the bridge URL is malformed ({exc}): {url!r}") from None
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
