@@ -55,7 +55,8 @@ def key_path(path: str, key: str) -> str:
     return f"{path}[{key!r}]"
 
 
-def _has_lone_surrogate(text: str) -> bool:
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (it cannot be UTF-8, so not JSON text)."""
     if text.isascii():
         return False
     try:
@@ -70,7 +71,7 @@ def id_text_problem(text: str) -> str | None:
     UTF-8; PostgreSQL text refuses NUL), or None."""
     if "\x00" in text:
         return "must not contain a NUL character"
-    if _has_lone_surrogate(text):
+    if has_lone_surrogate(text):
         return "must not contain a lone surrogate (it is not valid Unicode text)"
     return None
 
@@ -78,7 +79,7 @@ def id_text_problem(text: str) -> str | None:
 def _scalar_problem(value: Any) -> str | None:
     kind = type(value)
     if kind is str:
-        return "string with a lone surrogate is not valid JSON" if _has_lone_surrogate(value) else None
+        return "string with a lone surrogate is not valid JSON" if has_lone_surrogate(value) else None
     if kind is float:
         return None if math.isfinite(value) else f"{value!r} is not valid JSON (only finite numbers)"
     if kind is int:
@@ -102,7 +103,7 @@ def _scan(
     for key, item in pairs:
         kind = type(item)
         if kind is str:
-            if item.isascii() or not _has_lone_surrogate(item):
+            if item.isascii() or not has_lone_surrogate(item):
                 continue
         elif kind is int:
             if -_INT_BOUND < item < _INT_BOUND:
@@ -122,7 +123,7 @@ def _check_keys(container: dict[Any, Any], path: str) -> None:
     for key in container:
         if type(key) is not str:
             raise JsonValueError(path, f"key {key!r} is not a string")
-        if not key.isascii() and _has_lone_surrogate(key):
+        if not key.isascii() and has_lone_surrogate(key):
             raise JsonValueError(path, "key with a lone surrogate is not valid JSON")
 
 

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, NoReturn
 
 import attrs
 
-from .._core._json import JsonValueError, check_strict_json
+from .._core._json import JsonValueError, check_strict_json, has_lone_surrogate
 from .._core._status import RunStatus
 
 #: The websocket subprotocol the server accepts when a client proposes it (optional).
@@ -213,17 +213,6 @@ def encode(message: Mapping[str, Any]) -> bytes:
         except JsonValueError as problem:
             raise ValueError(f"not strict JSON: {problem}") from None
         raise ValueError(f"not strict JSON: {exc}") from None
-
-
-def has_lone_surrogate(text: str) -> bool:
-    """Whether ``text`` holds a lone surrogate (it cannot be UTF-8, so not JSON text)."""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def printable(text: str) -> str:

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from .._core._chunks import Chunk
-from .._core._json import JsonValueError
+from .._core._json import JsonValueError, has_lone_surrogate
 from .._core._model import RunSnapshot
 from .._errors import StorageError
 from .._serde import from_wire, snapshot_from_json, to_strict_jsonable
@@ -34,16 +34,6 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (only finite numbers)")
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def dumps_strict(value: Any, what: str) -> str:
     """``value`` as compact strict JSON text; StorageError naming ``what`` (e.g. ``"the
     snapshot of run 'r1'"``) and the path when it is not strict JSON."""
@@ -51,7 +41,7 @@ def dumps_strict(value: Any, what: str) -> str:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (ValueError, TypeError, RecursionError) as exc:
         raise StorageError(f"refused to store {what}: {_locate(value, exc)}") from exc
-    if _has_lone_surrogate(text):
+    if has_lone_surrogate(text):
         raise StorageError(f"refused to store {what}: {_locate(value, None)}")
     return text
 
