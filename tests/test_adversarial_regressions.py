@@ -703,3 +703,13 @@ async def test_show_of_a_run_whose_process_died_names_the_step_that_was_running(
     assert proc.returncode == 0, proc.stderr.decode()
     assert "status    running" in text
     assert any(line.split()[:2] == ["running", "l"] for line in text.splitlines()), text
+
+
+def test_a_plain_function_as_execute_is_refused_when_the_step_is_made() -> None:
+    def not_async(ctx: Any) -> int:
+        return 1
+
+    # Was: accepted, then the step failed at its first run with
+    # "object int can't be used in 'await' expression".
+    with pytest.raises(TypeError, match=r"execute must be an async function \(async def\)"):
+        tf.create_step(id="sync", execute=not_async)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -87,6 +88,13 @@ def _check_workflow_id(_: object, __: object, value: str) -> None:
 def _check_execute(_: object, __: object, value: Execute) -> None:
     if not callable(value):
         raise TypeError(f"execute must be an async function, got {value!r}")
+    # A plain ``def`` would fail at its first run with "object int can't be used in
+    # 'await' expression"; say so here. (Callable objects and partials are trusted.)
+    if inspect.isfunction(value) and not inspect.iscoroutinefunction(value):
+        raise TypeError(
+            f"execute must be an async function (async def), got the plain function "
+            f"{value.__qualname__!r}"
+        )
 
 
 @attrs.frozen(kw_only=True, eq=False)
