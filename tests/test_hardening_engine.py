@@ -528,3 +528,12 @@ async def test_closing_the_runtime_still_bounds_a_final_write(
         await trio.sleep(100)  # the final write is under way
         closing = trio.current_time()
     assert trio.current_time() - closing <= SHIELDED_WRITE_GRACE + 1
+
+
+async def test_open_runtime_keeps_a_group_the_users_block_raised_itself() -> None:
+    mine = ExceptionGroup("mine", [ValueError("inner")])
+    with pytest.raises(ExceptionGroup) as caught:
+        async with tf.open_runtime():
+            raise mine
+    # Only the runtime's own nursery group is unwrapped: the user's group comes out whole.
+    assert caught.value is mine

@@ -82,12 +82,31 @@ def raise_without_context(exc: BaseException) -> NoReturn:
         del exc, context
 
 
+def _holds_group(group: BaseExceptionGroup[BaseException], mine: BaseExceptionGroup[BaseException]) -> bool:
+    """Whether ``group`` wraps (single member after single member) ``mine`` or a copy trio
+    derived from it (same message, same leaf exceptions)."""
+    want = [id(leaf) for leaf in leaves(mine)]
+    inner: BaseException = group.exceptions[0]
+    while isinstance(inner, BaseExceptionGroup):
+        if inner is mine or (
+            inner.message == mine.message and [id(leaf) for leaf in leaves(inner)] == want
+        ):
+            return True
+        if len(inner.exceptions) != 1:
+            return False
+        inner = inner.exceptions[0]
+    return False
+
+
 def _preferred(group: BaseExceptionGroup[BaseException], user_error: BaseException | None) -> (
     BaseException | None
 ):
     """The exception a group is unwrapped to (see the module docstring), or None to keep
     the group."""
     if len(group.exceptions) == 1:
+        if isinstance(user_error, BaseExceptionGroup) and _holds_group(group, user_error):
+            # The user raised a group of their own: unwrap the nursery's, not theirs.
+            return user_error
         return sole_exception(group.exceptions[0])
     flat = leaves(group)
     # One exception object can be in a group twice (an execution's error, raised both by
