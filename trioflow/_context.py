@@ -108,8 +108,8 @@ class Writer:
         ValueError naming the path) is raised here and nothing is published. While the
         run's chunks waiting for storage are at their bound (8,192 chunks or 16 MiB), this
         waits until storage commits some. A checkpoint: cancellation of the run is delivered here, and
-        a cancelled call publishes nothing. RuntimeError once the run's execution has
-        ended (a writer kept past its step).
+        a cancelled call publishes nothing. RuntimeError once the run's execution is
+        ending (its steps are over) or has ended: a writer kept past its step.
         """
         data = to_strict_jsonable(obj)
         log = self._open_log()
@@ -139,11 +139,12 @@ class Writer:
         log.publish_data(type, value, size=data_size(value))
 
     def _open_log(self) -> EventLog:
-        """The run's log, or RuntimeError once the execution this step ran in has ended:
+        """The run's log, or RuntimeError once the execution this step ran in is ending
+        (its steps are over and its final snapshot is being written) or has ended:
         a writer kept past its step (a leaked ``ctx``, a task outliving the step) must
         not put chunks after the execution's ``workflow-finish``."""
         execution = self._level.execution
-        if execution.result is not None or execution.done.is_set():
+        if execution.writers_closed or execution.done.is_set():
             raise RuntimeError(
                 f"step {self._step_name!r} wrote after its run's execution ended "
                 "(a writer is valid only while its step runs)"

@@ -2057,6 +2057,9 @@ class Execution:
         self._progress_writing = False
         self._progress_dirty = False
         self._ending: list[Chunk] = []
+        #: Set when the steps are over and the final chunks are being built: a writer kept
+        #: past its step then raises, so it cannot take the workflow-finish's seq.
+        self.writers_closed = False
         #: Progress records of nested workflows running now, rebuilt at every write.
         self.live_records: dict[str, Callable[[], dict[str, Any]]] = {}
         #: Stored until the resumed entry has finished (see RunSnapshot.resume).
@@ -2411,6 +2414,9 @@ class Execution:
             await self._finish(outcome)
 
     async def _finish(self, outcome: Outcome) -> None:
+        # The finish chunk's seq is computed before the (awaited) final write and published
+        # after it: a write through a kept writer in between would take that seq.
+        self.writers_closed = True
         if not await self._store_end(outcome, expected=_OWNED):
             # Another process canceled the run while it executed here.
             self.cancel_requested = True
