@@ -134,11 +134,13 @@ def decide(
 
 
 def origin_of(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The request's ``Origin`` header (None when absent)."""
-    for name, value in headers:
-        if name.lower() == b"origin":
-            return value.decode("latin-1").strip()
-    return None
+    """The request's ``Origin`` header (None when absent). Several ``Origin`` headers
+    are read as HTTP combines them, one comma-joined value, which is no origin: checking
+    only the first would let a foreign second one through."""
+    values = [value for name, value in headers if name.lower() == b"origin"]
+    if not values:
+        return None
+    return b", ".join(values).decode("latin-1").strip()
 
 
 def normalize_origin(origin: str) -> str:

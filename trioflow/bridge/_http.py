@@ -279,6 +279,28 @@ async def _answer(
     )
 
 
+#: Upgrade-request headers wsproto decodes as ASCII (``Host`` as IDNA); a value it cannot
+#: decode raises inside trio-websocket's handshake instead of getting a response.
+_ASCII_UPGRADE_HEADERS: Final = (
+    b"connection",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+)
+
+
+def _undecodable_upgrade(head: RequestHead) -> str | None:
+    """Why wsproto could not decode this upgrade request (None: it can)."""
+    for name, value in head.headers:
+        try:
+            if name in _ASCII_UPGRADE_HEADERS:
+                value.decode("ascii")
+            elif name == b"host":
+                value.decode("idna")
+        except UnicodeError:
+            return f"the {name.decode()} header of a websocket upgrade must be ASCII"
+    return None
+
+
 async def serve_connection(
     stream: trio.abc.Stream,
     site: StaticSite | None,
@@ -308,6 +330,10 @@ async def serve_connection(
             await stream.send_all(_error_response(exc.status, exc.reason))
             return
         if head.is_websocket:
+            problem = _undecodable_upgrade(head)
+            if problem is not None:
+                await stream.send_all(_error_response(400, problem))
+                return
             if on_upgrade is None:
                 await _respond(stream, conn, 404, _plain("no websocket here"), "text/plain")
                 return

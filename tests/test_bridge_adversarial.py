@@ -1,0 +1,109 @@
+"""The browser-ready bridge (SPEC §5) attacked as an independent client would: raw upgrade
+requests over loopback sockets, byte for byte what a hostile or broken client can send.
+
+Each test is a bug found that way; it failed before its fix.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+from test_bridge import WORKFLOWS
+
+import trioflow as tf
+import trioflow.bridge as bridge
+
+TOKENS: dict[str, Any] = {"ctl": "control", "rd": "read"}
+GUARD = 10
+_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Any:
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+async def port(nursery: trio.Nursery) -> AsyncIterator[int]:
+    async with tf.open_runtime(workflows=WORKFLOWS) as runtime:
+        bound: int = await nursery.start(
+            partial(bridge.serve, runtime, port=0, tokens=TOKENS, ping_interval=None)
+        )
+        yield bound
+        nursery.cancel_scope.cancel()
+
+
+def _upgrade(*lines: bytes, target: bytes = b"/") -> bytes:
+    head = [
+        b"GET " + target + b" HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + _KEY,
+        b"Sec-WebSocket-Version: 13",
+        *lines,
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n"
+
+
+async def _response_head(port: int, request: bytes) -> bytes:
+    """The response head the server sends to ``request`` (b"" when it just hangs up)."""
+    with trio.fail_after(GUARD):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data.partition(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Sec-WebSocket-Protocol: trioflow.v1, trioflow.bearer.\xc3\xa9",
+        b"Sec-WebSocket-Extensions: \xc3\xa9",
+        b"Connection: Upgrade, \xc3\xa9",
+        b"Host: \xc3\xa9",
+    ],
+    ids=["subprotocol", "extensions", "connection", "host"],
+)
+async def test_non_ascii_handshake_header_gets_400_not_a_crash(
+    port: int, header: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: wsproto's ascii decode raised inside the handshake: the client saw the
+    # connection dropped with no response, and every such request logged an error with a
+    # traceback ("trioflow: error: ... connection failed: UnicodeDecodeError") that a
+    # remote client could repeat at will.
+    caplog.set_level(logging.ERROR, logger="trioflow.bridge")
+    request = _upgrade(b"Authorization: Bearer ctl", header)
+    if header.startswith(b"Host:"):
+        request = request.replace(b"Host: 127.0.0.1\r\n", b"")
+    head = await _response_head(port, request)
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_two_origin_headers_are_refused(port: int) -> None:
+    # Before: the first Origin header was checked and the rest ignored, so an allowed
+    # origin followed by a foreign one was let in. A user agent sends one Origin (RFC
+    # 6454 §7.3); several are read as one comma-joined value, which is no origin.
+    own = f"http://127.0.0.1:{port}".encode()
+    ok = await _response_head(port, _upgrade(b"Authorization: Bearer ctl", b"Origin: " + own))
+    assert ok.startswith(b"HTTP/1.1 101 "), ok
+    for second in (b"http://evil.example", own):
+        head = await _response_head(
+            port,
+            _upgrade(b"Authorization: Bearer ctl", b"Origin: " + own, b"Origin: " + second),
+        )
+        assert head.startswith(b"HTTP/1.1 403 "), head
