@@ -107,3 +107,27 @@ async def test_two_origin_headers_are_refused(port: int) -> None:
             _upgrade(b"Authorization: Bearer ctl", b"Origin: " + own, b"Origin: " + second),
         )
         assert head.startswith(b"HTTP/1.1 403 "), head
+
+
+async def test_head_of_an_unknown_path_is_a_404_head(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the 404 body was sent after a HEAD response, h11 refused it (LocalProtocol
+    # Error), the client got no response at all and the server logged a traceback.
+    caplog.set_level(logging.ERROR, logger="trioflow.bridge")
+    with trio.fail_after(GUARD):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 404 "), data
+    # no body after the HEAD response: the next bytes are the GET's response (kept alive)
+    assert rest.startswith(b"HTTP/1.1 404 "), data
+    assert rest.endswith(b"\r\n\r\nnot found\n"), data
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -266,7 +266,14 @@ async def _answer(
         return
     found = site.get(head.path) if site is not None else None
     if found is None:
-        await _respond(stream, conn, 404, _plain("not found"), "text/plain; charset=utf-8")
+        await _respond(
+            stream,
+            conn,
+            404,
+            _plain("not found"),
+            "text/plain; charset=utf-8",
+            head_only=head.method == b"HEAD",  # h11 refuses a body after a HEAD response
+        )
         return
     await _respond(
         stream,
