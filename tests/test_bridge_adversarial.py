@@ -14,13 +14,16 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from test_bridge import WORKFLOWS
 
 import trioflow as tf
 import trioflow.bridge as bridge
+from trioflow.bridge import _http as http
 
 TOKENS: dict[str, Any] = {"ctl": "control", "rd": "read"}
 GUARD = 10
+HEAD_TIMEOUT = 10.0
 _KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
 
@@ -131,3 +134,19 @@ async def test_head_of_an_unknown_path_is_a_404_head(
     assert rest.startswith(b"HTTP/1.1 404 "), data
     assert rest.endswith(b"\r\n\r\nnot found\n"), data
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_client_that_never_reads_is_dropped(autojump_clock: Any) -> None:
+    # Before: only reading a request head had a deadline; a client that sent a request
+    # and then never read the response kept its connection (and task) forever, blocked in
+    # send_all: the slow-read twin of slowloris.
+    client, server = trio.testing.lockstep_stream_pair()  # no buffer: unread = blocked
+    site = http.StaticSite()
+    with trio.fail_after(HEAD_TIMEOUT * 10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(http.serve_connection, server, site, None, head_timeout=HEAD_TIMEOUT)
+            )
+            await client.send_all(b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n")
+            # serve_connection returning ends the nursery; the client never reads
+    assert trio.current_time() >= HEAD_TIMEOUT

@@ -316,7 +316,8 @@ async def serve_connection(
     head_timeout: float = HEAD_TIMEOUT,
 ) -> None:
     """Serve one TCP connection: viewer files over HTTP/1.1 (keep-alive) until the
-    client closes, stays idle ``head_timeout`` seconds, or sends a websocket upgrade, which
+    client closes, stays idle ``head_timeout`` seconds (sending nothing, or reading no
+    response), or sends a websocket upgrade, which
     goes to ``on_upgrade(ReplayStream, head)`` (404 without one). With ``site=None`` (the
     viewer turned off) every plain request gets 404. A request with a body,
     or a malformed head, is answered (400, 405, 431) and the connection closed.
@@ -346,7 +347,11 @@ async def serve_connection(
                 return
             await on_upgrade(ReplayStream(head.raw + bytes(buffer), stream), head)
             return
-        await _answer(stream, conn, head, site)
+        # A client that does not read its response is as idle as one that sends nothing.
+        with trio.move_on_after(head_timeout) as sending:
+            await _answer(stream, conn, head, site)
+        if sending.cancelled_caught:
+            return
         if not bodyless or conn.our_state is not h11.DONE:
             return  # a body we do not read, or "Connection: close"
 
