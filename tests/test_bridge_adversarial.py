@@ -19,6 +19,7 @@ from test_bridge import WORKFLOWS
 
 import trioflow as tf
 import trioflow.bridge as bridge
+from trioflow.bridge import _auth as auth
 from trioflow.bridge import _http as http
 
 TOKENS: dict[str, Any] = {"ctl": "control", "rd": "read"}
@@ -150,3 +151,29 @@ async def test_a_client_that_never_reads_is_dropped(autojump_clock: Any) -> None
             await client.send_all(b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n")
             # serve_connection returning ends the nursery; the client never reads
     assert trio.current_time() >= HEAD_TIMEOUT
+
+
+async def test_a_proxy_basic_auth_header_does_not_hide_the_subprotocol_token(
+    port: int,
+) -> None:
+    # Before: behind a reverse proxy with HTTP Basic auth, a browser re-sends its
+    # "Authorization: Basic ..." on the websocket upgrade; the server took that as a
+    # malformed bearer header that "counts" and refused the upgrade with 401, so the
+    # viewer showed "server down" whatever token it offered. Only a Bearer header is a
+    # header token; another scheme leaves the subprotocol token in charge.
+    basic = b"Authorization: Basic dXNlcjpwYXNz"
+    head = await _response_head(
+        port, _upgrade(basic, b"Sec-WebSocket-Protocol: trioflow.v1, trioflow.bearer.rd")
+    )
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"trioflow.bearer" not in head
+    policy = auth.OriginPolicy(None)
+    roles = auth.token_roles(TOKENS)
+    headers = [(b"authorization", b"Basic dXNlcjpwYXNz")]
+    wrong = auth.decide(headers, ["trioflow.v1", "trioflow.bearer.nope"], roles, policy)
+    assert wrong.close_code == auth.CLOSE_BAD_TOKEN  # "wrong token", not "server down"
+    assert auth.decide(headers, ["trioflow.v1"], roles, policy).reject == 401
+    both = [*headers, (b"authorization", b"Bearer ctl")]
+    assert auth.decide(both, ["trioflow.v1", "trioflow.bearer.rd"], roles, policy).role == "control"
+    empty = [(b"authorization", b"Bearer")]
+    assert auth.decide(empty, ["trioflow.v1", "trioflow.bearer.rd"], roles, policy).reject == 401

@@ -49,15 +49,18 @@ class Credentials:
 
 
 def header_token(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bool]:
-    """The bearer token of the ``Authorization`` header; (None, True) when malformed."""
+    """The token of the first ``Authorization: Bearer`` header; (None, True) when that
+    header has no token. A header of another scheme is no bearer token and is skipped:
+    behind a proxy with HTTP Basic auth a browser re-sends ``Basic ...`` on the upgrade,
+    and that must not hide the page's subprotocol token."""
     for name, value in headers:
         if name.lower() != b"authorization":
             continue
         scheme, _, token = value.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            continue
         token = token.strip()
-        if scheme.lower() != b"bearer" or not token:
-            return None, True
-        return token, False
+        return (token, False) if token else (None, True)
     return None, False
 
 
