@@ -532,7 +532,7 @@ async def test_closing_the_runtime_still_bounds_a_final_write(
 
 async def test_open_runtime_keeps_a_group_the_users_block_raised_itself() -> None:
     mine = ExceptionGroup("mine", [ValueError("inner")])
-    with pytest.raises(ExceptionGroup) as caught:
+    with pytest.RaisesGroup(ValueError, match="^mine$") as caught:
         async with tf.open_runtime():
             raise mine
     # Only the runtime's own nursery group is unwrapped: the user's group comes out whole.
