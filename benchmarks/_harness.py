@@ -20,6 +20,7 @@ import gc
 import inspect
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -36,6 +37,8 @@ REPO_ROOT = BENCH_DIR.parent
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(1, str(REPO_ROOT))
+
+import trioflow as tf  # noqa: E402 - after the checkout is on sys.path
 
 
 @attrs.frozen
@@ -91,6 +94,30 @@ async def time_async(
         if i >= warmup:
             samples.append(elapsed)
     return Timing(tuple(samples))
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident set size now, in MiB (Linux only; else None)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024), 1)
+
+
+async def write_many(ctx: tf.StepContext) -> int:
+    """A step that writes ``ctx.input_data`` chunks through its writer."""
+    n: int = ctx.input_data
+    for i in range(n):
+        await ctx.writer.write(i)
+    return n
+
+
+def writer_workflow(workflow_id: str) -> tf.Workflow:
+    """One :func:`write_many` step: the streaming benchmarks' workload."""
+    step = tf.create_step(id="writer", execute=write_many)
+    return tf.create_workflow(id=workflow_id).then(step).commit()
 
 
 def peak_rss_mb() -> float:

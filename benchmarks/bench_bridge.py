@@ -88,16 +88,8 @@ GOAL_DELIVERIES_PER_S = 100_000.0
 # --------------------------------------------------------------------------- the server side
 
 
-async def write_many(ctx: tf.StepContext) -> int:
-    n: int = ctx.input_data
-    for i in range(n):
-        await ctx.writer.write(i)
-    return n
-
-
 def build_workflow() -> tf.Workflow:
-    step = tf.create_step(id="writer", execute=write_many)
-    return tf.create_workflow(id="bench-bridge").then(step).commit()
+    return _harness.writer_workflow("bench-bridge")
 
 
 async def remote_once(

@@ -138,16 +138,8 @@ async def floor_deliveries_per_s(
     return timing.rate(n_events * SUBSCRIBERS)[0]
 
 
-async def write_many(ctx: tf.StepContext) -> int:
-    n: int = ctx.input_data
-    for i in range(n):
-        await ctx.writer.write(i)
-    return n
-
-
 def build_workflow() -> tf.Workflow:
-    step = tf.create_step(id="writer", execute=write_many)
-    return tf.create_workflow(id="bench-fanout").then(step).commit()
+    return _harness.writer_workflow("bench-fanout")
 
 
 async def time_fanout(

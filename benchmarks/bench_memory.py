@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import sqlite3
 import subprocess
 import sys
@@ -47,26 +46,8 @@ GOAL_MB = 80.0
 CASES = ("engine", "floor")
 
 
-def current_rss_mb() -> float | None:
-    """This process's resident set size now, in MiB (Linux only; else None)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024), 1)
-
-
-async def write_many(ctx: tf.StepContext) -> int:
-    n: int = ctx.input_data
-    for i in range(n):
-        await ctx.writer.write(i)
-    return n
-
-
 def build_workflow() -> tf.Workflow:
-    step = tf.create_step(id="writer", execute=write_many)
-    return tf.create_workflow(id="bench-memory").then(step).commit()
+    return _harness.writer_workflow("bench-memory")
 
 
 async def measure_engine(n_writes: int, db: Path) -> dict[str, Any]:
@@ -74,7 +55,7 @@ async def measure_engine(n_writes: int, db: Path) -> dict[str, Any]:
     async with tf.SqliteStorage(db) as storage, tf.open_runtime(storage=storage):
         run = await build_workflow().create_run()
         gc.collect()
-        rss_before = current_rss_mb()
+        rss_before = _harness.current_rss_mb()
         t0 = time.perf_counter()
         result = await run.start(input_data=n_writes)
         wall = time.perf_counter() - t0
@@ -130,7 +111,7 @@ async def measure_floor(n_writes: int, db: Path) -> dict[str, Any]:
                 stored += len(batch)
 
     gc.collect()
-    rss_before = current_rss_mb()
+    rss_before = _harness.current_rss_mb()
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(produce)

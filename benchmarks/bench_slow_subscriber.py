@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -47,26 +46,8 @@ CASES = ("none", "stalled")
 REPEATS = 2  # processes per case (full run); --quick: 1
 
 
-def current_rss_mb() -> float | None:
-    """This process's resident set size now, in MiB (Linux only; else None)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024), 1)
-
-
-async def write_many(ctx: tf.StepContext) -> int:
-    n: int = ctx.input_data
-    for i in range(n):
-        await ctx.writer.write(i)
-    return n
-
-
 def build_workflow() -> tf.Workflow:
-    step = tf.create_step(id="writer", execute=write_many)
-    return tf.create_workflow(id="bench-slow-subscriber").then(step).commit()
+    return _harness.writer_workflow("bench-slow-subscriber")
 
 
 async def measure_case(case: str, n_writes: int) -> dict[str, Any]:
@@ -87,7 +68,7 @@ async def measure_case(case: str, n_writes: int) -> dict[str, Any]:
                 nursery.start_soon(stalled_subscriber, run.observe_stream(from_seq=1))
             await trio.testing.wait_all_tasks_blocked()
             gc.collect()
-            rss_before = current_rss_mb()
+            rss_before = _harness.current_rss_mb()
             t0 = time.perf_counter()
             result = await run.start(input_data=n_writes)
             figures["wall_s"] = time.perf_counter() - t0

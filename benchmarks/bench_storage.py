@@ -43,7 +43,6 @@ import _harness
 import bench_chain
 import bench_floor
 import trio
-from bench_slow_subscriber import current_rss_mb
 
 import trioflow as tf
 
@@ -273,11 +272,11 @@ async def measure_rss(n_runs: int, warmup: int) -> dict[str, Any]:
             for _ in range(warmup):
                 await suspend_one()
             gc.collect()
-            before = current_rss_mb()
+            before = _harness.current_rss_mb()
             for _ in range(n_runs):
                 await suspend_one()
             gc.collect()
-            after = current_rss_mb()
+            after = _harness.current_rss_mb()
             stored = await runtime.list_runs(status="suspended", limit=n_runs + warmup + 1)
     if len(stored) != n_runs + warmup:
         raise RuntimeError(f"{len(stored)} suspended runs stored, expected {n_runs + warmup}")

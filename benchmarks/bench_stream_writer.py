@@ -62,16 +62,8 @@ async def floor_events_per_s(n_writes: int, *, repeats: int) -> float:
     return timing.rate(n_writes)[0]
 
 
-async def write_many(ctx: tf.StepContext) -> int:
-    n: int = ctx.input_data
-    for i in range(n):
-        await ctx.writer.write(i)
-    return n
-
-
 def build_workflow() -> tf.Workflow:
-    step = tf.create_step(id="writer", execute=write_many)
-    return tf.create_workflow(id="bench-stream-writer").then(step).commit()
+    return _harness.writer_workflow("bench-stream-writer")
 
 
 async def time_streamed_runs(
