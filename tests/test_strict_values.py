@@ -124,3 +124,16 @@ async def test_memory_storage_refuses_a_chunk_that_is_not_strict_json() -> None:
     with pytest.raises(tf.StorageError, match=rf"event seq {seq}"):
         await storage.save_snapshot(snapshot, [bad])
     assert len(await storage.read_events("r")) == seq - 1
+
+
+async def test_memory_storage_refuses_an_int_json_cannot_write_in_a_step_record() -> None:
+    # Its quick check once took every int as JSON (the engine's had the same gap): one
+    # predicate, trioflow._core._json.plainly_json, now serves both.
+    storage = tf.MemoryStorage()
+    snapshot = await stored_run(storage)
+    huge = attrs.evolve(
+        snapshot, steps={**snapshot.steps, "s": {"status": "success", "endedAt": 10**5000}}
+    )
+    with pytest.raises(tf.StorageError, match="step 's'"):
+        await storage.save_snapshot(huge)
+    assert await storage.load_snapshot("r") == snapshot

@@ -66,7 +66,7 @@ from ._core._graph import (
 )
 from ._core._handout import Handout
 from ._core._journal import StepJournal
-from ._core._json import MAX_JSON_INT_DIGITS, JsonValueError
+from ._core._json import JsonValueError, plainly_json
 from ._core._model import (
     ITERATION_COUNT,
     OLD_ITERATION_COUNT,
@@ -902,7 +902,7 @@ class Level:
             ctx._new_state is not None
             or ctx._suspended
             or ctx._bailed
-            or not _plainly_json(output, 0)
+            or not plainly_json(output)
         ):
             not_json = _not_json_produced(ctx, output)
             if not_json is not None:
@@ -1901,45 +1901,9 @@ def _entry_span(entry: Entry) -> tuple[str, str]:
     return "workflow_step", entry.ids[0]
 
 
-def _plainly_json(value: Any, depth: int) -> bool:
-    """True when ``value`` is certainly strict JSON: plain dicts and lists at most
-    :data:`_QUICK_DEPTH` deep of ASCII strings, ints of at most
-    :data:`MAX_JSON_INT_DIGITS` digits, bools, None and finite floats. The step path's
-    check: no paths are built. False means "walk it properly" (the full check names the
-    path, finds cycles, and refuses an int json.dumps cannot write)."""
-    kind = type(value)
-    if kind is str:
-        return str.isascii(value)
-    if kind is int:
-        number: int = value
-        return _NEG_INT_BOUND < number < _INT_BOUND
-    if kind is bool or value is None:
-        return True
-    if kind is float:
-        return math.isfinite(value)
-    if depth >= _QUICK_DEPTH:
-        return False
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not key.isascii() or not _plainly_json(item, depth + 1):
-                return False
-        return True
-    if kind is list:
-        return all(_plainly_json(item, depth + 1) for item in value)
-    return False
-
-
-#: How deep the quick check looks before leaving a value to the full walk.
-_QUICK_DEPTH = 8
-
-# One comparison per int (not a str()): the bound _core._json enforces.
-_INT_BOUND: int = 10**MAX_JSON_INT_DIGITS
-_NEG_INT_BOUND: int = -_INT_BOUND
-
-
 def _not_json(what: str, value: Any) -> NotJsonError | None:
     """The error for a value that cannot be stored (not strict JSON), or None."""
-    if _plainly_json(value, 0):
+    if plainly_json(value):
         return None
     try:
         to_strict_jsonable(value)

@@ -32,8 +32,40 @@ MAX_JSON_DEPTH = 100
 MAX_JSON_INT_DIGITS = 4300
 
 # Magnitude bound of those integers: one comparison instead of a str() per int.
-_INT_BOUND = 10**MAX_JSON_INT_DIGITS
+_INT_BOUND: int = 10**MAX_JSON_INT_DIGITS
 _LONG_INT = f"an integer of more than {MAX_JSON_INT_DIGITS} digits is not storable JSON"
+
+
+#: How deep :func:`plainly_json` looks before leaving a value to the full walk.
+QUICK_DEPTH = 8
+
+
+def plainly_json(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` is certainly strict JSON: plain dicts and lists at most
+    :data:`QUICK_DEPTH` deep of ASCII strings, ints of at most :data:`MAX_JSON_INT_DIGITS`
+    digits, bools, None and finite floats. For hot paths: no paths are built. False
+    means "walk it properly" (:func:`check_strict_json` names the path, finds cycles)."""
+    kind = type(value)
+    if kind is str:
+        text: str = value
+        return text.isascii()
+    if kind is int:
+        number: int = value
+        return -_INT_BOUND < number < _INT_BOUND
+    if kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= QUICK_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not plainly_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        return all(plainly_json(item, depth + 1) for item in value)
+    return False
 
 
 class JsonValueError(ValueError):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
 
 from .._core._chunks import Chunk, DataChunk, WorkflowStepOutput
+from .._core._json import plainly_json
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
 from .._serde import converter, to_wire
@@ -32,12 +32,10 @@ def _plain(value: Any) -> bool:
     """True when ``value`` is certainly strict JSON without walking it: the values a step
     result's record or a chunk holds in the common case (ids, counts, timestamps, short
     texts, None). False means "check it properly"."""
-    kind = type(value)
-    if kind is str:
-        return str.isascii(value)
-    if kind is int or kind is bool or value is None:
-        return True
-    return kind is float and math.isfinite(value)
+    return type(value) not in _CONTAINERS and plainly_json(value)
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def check_snapshot(
@@ -81,9 +79,8 @@ def _check_records(
         if record is None or before.get(key) is record:
             continue  # deleted, or the very record already stored
         for value in record.values():
-            # _plain inlined for the kinds a record holds most (this loop runs per step).
-            kind = type(value)
-            if kind is int or value is None or (kind is str and value.isascii()):
+            # The kinds a record holds most first (this loop runs per step).
+            if value is None or (type(value) is str and value.isascii()):
                 continue
             if not _plain(value):
                 dumps_strict(record, f"{what}, step {key!r}")
