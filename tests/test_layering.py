@@ -198,7 +198,7 @@ COMPLEX_FUNCTIONS = {
     "trioflow/_engine.py::run_nested": "engine: moves to the planner (issue 15)",
     "trioflow/_engine.py::run_block": "engine: moves to the planner (issue 15)",
     "trioflow/_engine.py::run_foreach": "engine: moves to the planner (issue 15)",
-    "trioflow/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
+    "trioflow/_core/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
 }
 
 
@@ -407,9 +407,6 @@ def _external_roots(path: Path) -> set[str]:
 
 # Arrows against SPEC §0 today: {(importer, imported): reason}.
 ALLOWED_ARROWS = {
-    ("trioflow._core._resume", "trioflow._errors"): (
-        "resume targeting raises the public errors: move them into _core (issue 15)"
-    ),
     ("trioflow", "trioflow.bridge"): (
         "TYPE_CHECKING only, to type the lazy `tf.bridge` attribute (never imported at run time)"
     ),
@@ -434,8 +431,7 @@ def _wrong_arrow(importer: str, imported: str) -> str | None:
     if _within(importer, "trioflow._core") and not _within(imported, "trioflow._core"):
         return "_core imports only _core"
     if _within(importer, "trioflow.storage") and any(
-        imported == up or (up != "trioflow" and _within(imported, up))
-        for up in _ENGINE_AND_ABOVE
+        imported == up or (up != "trioflow" and _within(imported, up)) for up in _ENGINE_AND_ABOVE
     ):
         return "storage never imports the engine, the run API, bridge, cli or testing"
     outside = ("trioflow.bridge", "trioflow.cli", "trioflow.testing", "trioflow.__main__")
@@ -472,5 +468,5 @@ def test_the_arrow_check_catches_each_rule() -> None:
     assert _wrong_arrow("trioflow.storage.postgres", "trioflow._engine") is not None
     assert _wrong_arrow("trioflow.storage.sqlite", "trioflow.cli._app") is not None
     assert _wrong_arrow("trioflow._run", "trioflow.bridge._server") is not None
-    assert _wrong_arrow("trioflow.storage.sqlite", "trioflow._serde") is None
+    assert _wrong_arrow("trioflow.storage.sqlite", "trioflow._core._serde") is None
     assert _wrong_arrow("trioflow.cli._app", "trioflow.bridge") is None

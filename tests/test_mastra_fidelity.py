@@ -70,16 +70,20 @@ async def test_agent_step_forwards_mastras_agent_chunk_vocabulary(rt: tf.Runtime
     wf = tf.create_workflow(id="agentwf").then(tf.agent_step("writer-agent", ScriptedModel(HELLO)))
     ours = agent_outputs(await stream_wire(wf.commit(), {"prompt": "Say hello"}))
 
-    assert [o["type"] for o in ours] == [o["type"] for o in expected] == [
-        "start",
-        "step-start",
-        "text-start",
-        "text-delta",
-        "text-delta",
-        "text-end",
-        "step-finish",
-        "finish",
-    ]
+    assert (
+        [o["type"] for o in ours]
+        == [o["type"] for o in expected]
+        == [
+            "start",
+            "step-start",
+            "text-start",
+            "text-delta",
+            "text-delta",
+            "text-end",
+            "step-finish",
+            "finish",
+        ]
+    )
     for mine, theirs in zip(ours, expected, strict=True):
         assert set(mine) == set(theirs) == {"type", "runId", "from", "payload"}
         assert mine["from"] == theirs["from"] == "AGENT"
@@ -117,14 +121,20 @@ async def test_agent_usage_sits_where_a_mastra_client_reads_it(rt: tf.Runtime) -
         (mine,) = [o["payload"] for o in ours if o["type"] == kind]
         (theirs,) = [o["payload"] for o in expected if o["type"] == kind]
         usage = {k: v for k, v in theirs["output"]["usage"].items() if k != "raw"}
-        assert mine["output"]["usage"] == usage == {
-            "inputTokens": 10,
-            "outputTokens": 20,
-            "totalTokens": 30,
-        }
+        assert (
+            mine["output"]["usage"]
+            == usage
+            == {
+                "inputTokens": 10,
+                "outputTokens": 20,
+                "totalTokens": 30,
+            }
+        )
         assert mine["output"]["text"] == theirs["output"]["text"] == "Hello, world!"
         assert mine["output"]["toolCalls"] == theirs["output"]["toolCalls"] == []
-        assert mine["stepResult"] == theirs["stepResult"] == {"reason": "stop", "isContinued": False}
+        assert (
+            mine["stepResult"] == theirs["stepResult"] == {"reason": "stop", "isContinued": False}
+        )
         assert set(mine) <= set(theirs)
 
 
@@ -171,7 +181,9 @@ TOOL_CALL = [
     tf.ModelChunk(
         "tool-call-delta", tool_call_id="call-1", tool_name="lookup", args_text_delta='"Oslo"}'
     ),
-    tf.ModelChunk("tool-call-finish", tool_call_id="call-1", tool_name="lookup", args={"city": "Oslo"}),
+    tf.ModelChunk(
+        "tool-call-finish", tool_call_id="call-1", tool_name="lookup", args={"city": "Oslo"}
+    ),
     tf.ModelChunk("finish", usage=tf.Usage(input_tokens=5, output_tokens=7, total_tokens=12)),
     tf.ModelChunk("text-delta", text="Sunny"),
     tf.ModelChunk("finish", usage=tf.Usage(input_tokens=5, output_tokens=7, total_tokens=12)),
@@ -257,9 +269,15 @@ async def test_legacy_payload_values_are_wire_values(rt: tf.Runtime) -> None:
     expected = {e["type"]: e["payload"] for e in mastra("legacy")["events"][:6]}
     ours = {e.type: e.payload for e in (await legacy_run(approval_workflow()))[:6]}
     for kind in ("step-start", "step-suspended"):
-        mine = {k: v for k, v in ours[kind].items() if k not in {"stepCallId", "startedAt", "suspendedAt"}}
+        mine = {
+            k: v
+            for k, v in ours[kind].items()
+            if k not in {"stepCallId", "startedAt", "suspendedAt"}
+        }
         theirs = {
-            k: v for k, v in expected[kind].items() if k not in {"stepCallId", "startedAt", "suspendedAt"}
+            k: v
+            for k, v in expected[kind].items()
+            if k not in {"stepCallId", "startedAt", "suspendedAt"}
         }
         assert mine == theirs
         assert isinstance(ours[kind]["startedAt"], int)
@@ -601,7 +619,7 @@ def test_run_methods_take_every_mastra_stream_parameter_we_support() -> None:
     # resume.
     import inspect
 
-    from trioflow._wire import camel
+    from trioflow._core._wire import camel
 
     names = mastra("tracing")["parameterNames"]
     for ours, theirs, missing in (

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import trioflow as tf
 from trioflow._core._model import SerializedError
-from trioflow._serde import (
+from trioflow._core._serde import (
     dump_error,
     load_error,
     serialize_error,
@@ -625,7 +625,7 @@ def test_serialized_errors_are_strict_json_whatever_the_exception_holds() -> Non
     assert isinstance(ser.extra["deep"], str)
     # And on the wire, as a step result's error.
     from trioflow._core._chunks import StepResultPayload, WorkflowStepResult
-    from trioflow._serde import to_wire
+    from trioflow._core._serde import to_wire
 
     chunk = WorkflowStepResult(
         run_id="r",
@@ -645,8 +645,8 @@ def test_serialize_error_of_an_unprintable_exception_does_not_raise() -> None:
 def test_snapshot_json_is_strict_json_with_plain_status_strings() -> None:
     from trioflow._core._json import check_strict_json
     from trioflow._core._model import RunSnapshot
+    from trioflow._core._serde import snapshot_from_json, snapshot_to_json
     from trioflow._core._status import RunStatus
-    from trioflow._serde import snapshot_from_json, snapshot_to_json
 
     snapshot = RunSnapshot(
         run_id="r",

@@ -12,7 +12,7 @@ import pytest
 
 import trioflow as tf
 from trioflow._core._chunks import StepOutputPayload, WorkflowStepOutput
-from trioflow._serde import snapshot_to_json, to_wire
+from trioflow._core._serde import snapshot_to_json, to_wire
 from trioflow.testing import FaultyStorage
 
 

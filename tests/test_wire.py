@@ -290,8 +290,12 @@ def test_step_result_retry_count_is_on_the_wire_only_when_above_zero() -> None:
     assert "retryCount" not in tf.to_wire(first_time)["payload"]
     round_trips(first_time)
     with pytest.raises(ValueError, match=r"payload\.retryCount: expected int, got bool"):
-        tf.from_wire({**tf.to_wire(first_time), "payload": {"id": "s", "retryCount": True,
-                                                           "status": "success"}})
+        tf.from_wire(
+            {
+                **tf.to_wire(first_time),
+                "payload": {"id": "s", "retryCount": True, "status": "success"},
+            }
+        )
 
 
 def test_step_start_fields_are_camel_case_and_none_fields_are_left_out() -> None:

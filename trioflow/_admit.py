@@ -11,10 +11,10 @@ from typing import Any
 import attrs
 
 from ._context import RequestContext, coerce_request_context
+from ._core._errors import ValidationError
 from ._core._graph import find_node
 from ._core._json import id_text_problem
-from ._errors import ValidationError
-from ._serde import to_stored_json, validate
+from ._core._serde import to_stored_json, validate
 from ._workflow import Step, Workflow
 
 

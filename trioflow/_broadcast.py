@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from ._core._chunks import Chunk, DataChunk, WorkflowFinish
-from ._errors import StorageError
+from ._core._errors import StorageError
 from .storage._protocol import EventWatchingStorage
 
 if TYPE_CHECKING:

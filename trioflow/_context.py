@@ -9,11 +9,11 @@ import trio
 
 from ._broadcast import EventLog, data_size
 from ._core._chunks import StepOutputPayload, WorkflowStepOutput
+from ._core._errors import NotJsonError, ValidationError
 from ._core._graph import get_path
 from ._core._json import JsonValueError, id_text_problem
 from ._core._model import Usage
-from ._errors import NotJsonError, ValidationError
-from ._serde import to_jsonable, to_strict_jsonable, validate
+from ._core._serde import to_jsonable, to_strict_jsonable, validate
 from .tracing._spans import current_span
 
 if TYPE_CHECKING:
@@ -277,7 +277,9 @@ class StepContext:
         """``step``'s output if it succeeded, else None (``step``: a Step, Workflow or id)."""
         step_id = step if isinstance(step, str) else getattr(step, "id", None)
         if not isinstance(step_id, str):
-            raise TypeError(f"get_step_result() takes a Step, a Workflow or a step id, got {step!r}")
+            raise TypeError(
+                f"get_step_result() takes a Step, a Workflow or a step id, got {step!r}"
+            )
         return self._level.step_output(step_id)
 
     def set_state(self, new_state: Any) -> None:

@@ -49,6 +49,15 @@ from ._core._chunks import (
     WorkflowStepSuspended,
     WorkflowStepWaiting,
 )
+from ._core._errors import (
+    LeaseLostError,
+    NonRetryableError,
+    NotJsonError,
+    RuntimeClosedError,
+    StepTimeoutError,
+    TripwireError,
+    ValidationError,
+)
 from ._core._graph import (
     BranchEntry,
     Const,
@@ -82,18 +91,7 @@ from ._core._model import (
     public_step_result,
 )
 from ._core._resume import ResumeTarget, full_suspended_paths, nested_header
-from ._core._status import RunStatus, StepStatus, combine_branch_statuses
-from ._errors import (
-    LeaseLostError,
-    NonRetryableError,
-    NotJsonError,
-    RuntimeClosedError,
-    StepTimeoutError,
-    TripwireError,
-    ValidationError,
-)
-from ._groups import is_cancellation, is_fatal, sole_exception, unwrap_groups
-from ._serde import (
+from ._core._serde import (
     _describe,
     _safe_text,
     dump_error,
@@ -103,6 +101,8 @@ from ._serde import (
     to_strict_jsonable,
     validate,
 )
+from ._core._status import RunStatus, StepStatus, combine_branch_statuses
+from ._groups import is_cancellation, is_fatal, sole_exception, unwrap_groups
 from ._workflow import Step, Workflow
 from .storage._protocol import save_changed_steps
 from .tracing import TracingOptions
@@ -898,12 +898,7 @@ class Level:
             break
 
         ended_at = now_ms()
-        if (
-            ctx._new_state is not None
-            or ctx._suspended
-            or ctx._bailed
-            or not plainly_json(output)
-        ):
+        if ctx._new_state is not None or ctx._suspended or ctx._bailed or not plainly_json(output):
             not_json = _not_json_produced(ctx, output)
             if not_json is not None:
                 return failed(not_json)
@@ -2276,9 +2271,7 @@ class Execution:
             WorkflowStart(
                 run_id=self.run_id,
                 seq=log.next_seq,
-                payload=WorkflowStartPayload(
-                    workflow_id=self.workflow.id, restart=self.restarted
-                ),
+                payload=WorkflowStartPayload(workflow_id=self.workflow.id, restart=self.restarted),
             )
         )
 

@@ -25,16 +25,7 @@ from ._core._chunks import (
     WorkflowStepSuspended,
     WorkflowStepWaiting,
 )
-from ._core._model import RunSnapshot, Usage, WorkflowResult
-from ._core._resume import (
-    ResumeTarget,
-    check_foreach_index,
-    executing_a_resume,
-    resolve_target,
-)
-from ._core._status import TERMINAL, RunStatus
-from ._engine import Execution, call_maybe_async, current_execution, new_trace_id, now_ms
-from ._errors import (
+from ._core._errors import (
     NotSuspendedError,
     ResumeAlreadyClaimedError,
     RunAlreadyStartedError,
@@ -42,7 +33,16 @@ from ._errors import (
     RuntimeClosedError,
     SnapshotNotFoundError,
 )
-from ._serde import structure, to_stored_json, to_wire, validate
+from ._core._model import RunSnapshot, Usage, WorkflowResult
+from ._core._resume import (
+    ResumeTarget,
+    check_foreach_index,
+    executing_a_resume,
+    resolve_target,
+)
+from ._core._serde import structure, to_stored_json, to_wire, validate
+from ._core._status import TERMINAL, RunStatus
+from ._engine import Execution, call_maybe_async, current_execution, new_trace_id, now_ms
 from ._workflow import Workflow
 from .storage._protocol import QueueStorage, save_changed_steps
 from .tracing import (
@@ -124,9 +124,7 @@ class Run:
 
     # --- start ------------------------------------------------------------------------------
 
-    def _startable(
-        self, input_data: Any, initial_state: Any, request_context: Any
-    ) -> Admitted:
+    def _startable(self, input_data: Any, initial_state: Any, request_context: Any) -> Admitted:
         """The validated input, initial state and request context of a start, with what
         is stored for each; RunAlreadyStartedError when this run was started (or queued)
         already, ValidationError for bad values (not strict JSON included)."""

@@ -14,6 +14,13 @@ import trio
 
 from ._admit import check_run_ids, row_count, unstorable_id
 from ._broadcast import EventLog
+from ._core._errors import (
+    NoRuntimeError,
+    RunAlreadyStartedError,
+    RunNotActiveError,
+    SnapshotNotFoundError,
+    StorageError,
+)
 from ._core._json import id_text_problem
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
 from ._core._resume import full_suspended_paths
@@ -24,13 +31,6 @@ from ._engine import (
     call_maybe_async,
     load_step_result,
     now_ms,
-)
-from ._errors import (
-    NoRuntimeError,
-    RunAlreadyStartedError,
-    RunNotActiveError,
-    SnapshotNotFoundError,
-    StorageError,
 )
 from ._groups import is_fatal, unwrap_groups
 from ._workflow import Workflow
@@ -342,9 +342,7 @@ class Runtime:
                 try:
                     await after_execution_died(self, execution.run_id, execution.failure)
                 except Exception as exc:
-                    logger.warning(
-                        "run %s: could not release its lease: %s", execution.run_id, exc
-                    )
+                    logger.warning("run %s: could not release its lease: %s", execution.run_id, exc)
 
     def ended_elsewhere(self, snapshot: RunSnapshot) -> None:
         """A run ended without an execution here (given up by a worker): its hub, if
@@ -444,9 +442,7 @@ class Runtime:
             except BaseException as exc:
                 if is_fatal(exc):
                     raise
-                logger.error(
-                    "workflow %r: lifecycle callback raised", workflow.id, exc_info=exc
-                )
+                logger.error("workflow %r: lifecycle callback raised", workflow.id, exc_info=exc)
 
     async def restart_active_runs(self) -> list[str]:
         """Restart every stored ``running``/``waiting`` run of a registered workflow
@@ -524,8 +520,10 @@ async def open_runtime(
     most 300 s), and after ``worker_max_attempts`` attempts the run ends ``failed`` with
     the error instead of running again.
     """
-    if isinstance(worker_max_attempts, bool) or not isinstance(worker_max_attempts, int) or (
-        worker_max_attempts < 1
+    if (
+        isinstance(worker_max_attempts, bool)
+        or not isinstance(worker_max_attempts, int)
+        or (worker_max_attempts < 1)
     ):
         raise ValueError(f"worker_max_attempts must be an int >= 1, got {worker_max_attempts!r}")
     if (

@@ -17,12 +17,12 @@ import attrs
 import trio
 
 from ._core._chunks import WorkflowFinish, WorkflowFinishPayload
+from ._core._errors import LeaseLostError, TrioflowError
 from ._core._model import RunSnapshot, SerializedError
+from ._core._serde import dump_error, load_error
 from ._core._status import RunStatus
 from ._engine import Execution, now_ms
-from ._errors import LeaseLostError, TrioflowError
 from ._groups import is_fatal
-from ._serde import dump_error, load_error
 from .storage._protocol import (
     AttemptCountingStorage,
     LeasingStorage,

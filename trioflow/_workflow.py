@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
+from ._core._errors import EmptyWorkflowError, TrioflowError, WorkflowNotCommittedError
 from ._core._graph import (
     BranchEntry,
     Entry,
@@ -24,7 +25,6 @@ from ._core._graph import (
     entry_nodes,
 )
 from ._core._json import id_text_problem
-from ._errors import EmptyWorkflowError, TrioflowError, WorkflowNotCommittedError
 
 if TYPE_CHECKING:
     from ._context import StepContext

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from .._errors import MultipleSuspendedStepsError, NotSuspendedError, StepNotSuspendedError
+from ._errors import MultipleSuspendedStepsError, NotSuspendedError, StepNotSuspendedError
 from ._model import ResumeLabel, RunSnapshot
 from ._status import RunStatus
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._admit import admit_start
+from .._core._errors import ValidationError
 from .._core._json import JsonValueError, check_strict_json
-from .._errors import ValidationError
 from .._groups import leaves
 from .._workflow import Workflow
 from . import _protocol as p

@@ -15,7 +15,7 @@ import threading
 from typing import Any, Final
 
 from .._core._chunks import Chunk
-from .._serde import from_wire
+from .._core._serde import from_wire
 from . import _protocol as p
 
 #: Chunk frames (and their decoded chunks) remembered.

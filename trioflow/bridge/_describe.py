@@ -27,7 +27,7 @@ A step's id inside a nested workflow is ``"<nested id>.<inner id>"`` in the chun
 ``workflow-step-suspended`` chunk is ``resumeSchemas[chunk.payload.id]`` (foreach
 iterations share their step's schema).
 
-JSON Schema (draft 2020-12 subset) follows the converter (``trioflow._serde``): attrs
+JSON Schema (draft 2020-12 subset) follows the converter (``trioflow._core._serde``): attrs
 classes are objects whose fields without a default are required and extra keys allowed;
 ``list``/``tuple``/``set`` are arrays, ``dict[str, X]`` objects, ``Optional``/unions
 ``anyOf``, ``Literal`` and enums ``enum``, ``datetime`` an ISO string. ``None`` and ``Any``

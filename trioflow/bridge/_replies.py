@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import _errors as errors
+from .._core import _errors as errors
 from .._core._status import RunStatus
 from .._runtime import Runtime
 from . import _protocol as p
@@ -37,9 +37,7 @@ def error_for(exc: Exception, request_id: p.RequestId) -> dict[str, Any]:
         return p.error(request_id, "conflict", str(exc))
     if isinstance(exc, ValueError | TypeError | errors.TrioflowError):
         return p.error(request_id, "bad-request", str(exc))
-    logger.error(
-        "trioflow bridge: request %r failed: %s", request_id, describe(exc), exc_info=exc
-    )
+    logger.error("trioflow bridge: request %r failed: %s", request_id, describe(exc), exc_info=exc)
     return p.error(request_id, "internal", f"internal error ({type(exc).__name__})")
 
 

@@ -13,8 +13,8 @@ import trio
 
 from .._broadcast import ends_at_terminal_finish, wait_stored_growth
 from .._core._chunks import Chunk
+from .._core._serde import to_wire
 from .._run import Run
-from .._serde import to_wire
 from . import _protocol as p
 
 #: Bounds (seconds) of the polling that waits for chunks to reach durable storage, and

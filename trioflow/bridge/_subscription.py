@@ -12,7 +12,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from .._core._chunks import Chunk
-from .._errors import TrioflowError
+from .._core._errors import TrioflowError
 from . import _protocol as p
 from ._decoded import recent
 

@@ -27,9 +27,9 @@ import trio
 from rich.console import Console
 
 from .._core._chunks import Chunk
+from .._core._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
 from .._core._model import RunSnapshot, WorkflowResult
 from .._core._status import TERMINAL, RunStatus
-from .._errors import MultipleSuspendedStepsError, TrioflowError, ValidationError
 from .._groups import leaves as exception_leaves
 from .._install import install_hint
 from .._run import RunOutput
@@ -148,9 +148,7 @@ async def _follow(
         hints: list[str] = []
         if result.status is RunStatus.SUSPENDED:
             hints = await resume_hints(session, storage, result, workflow, resume_data)
-        return report(
-            session, result, workflow.id, hints=hints, data_known=resume_data is not None
-        )
+        return report(session, result, workflow.id, hints=hints, data_known=resume_data is not None)
     assert failures
     assert run_id is not None
     snapshot = await storage.load_snapshot(run_id)

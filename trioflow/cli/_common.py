@@ -12,9 +12,9 @@ import trio
 
 from .._core._chunks import Chunk, WorkflowFinish
 from .._core._model import RunSnapshot, WorkflowResult
+from .._core._serde import to_jsonable
 from .._core._status import RunStatus
 from .._runtime import result_from_snapshot
-from .._serde import to_jsonable
 from .._workflow import Workflow
 from ..storage import Storage
 from ._hints import resume_commands
@@ -79,7 +79,8 @@ def result_json(result: WorkflowResult, workflow_id: str) -> dict[str, Any]:
         "result": to_jsonable(result.result),
         "error": error_json(result.error),
         "suspended": [
-            {"path": path, "payload": to_jsonable(payload)} for path, payload in suspended_payloads(result)
+            {"path": path, "payload": to_jsonable(payload)}
+            for path, payload in suspended_payloads(result)
         ],
     }
 

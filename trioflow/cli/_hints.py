@@ -21,9 +21,9 @@ from typing import Any
 import attrs
 
 from .._admit import node_at
+from .._core._errors import ValidationError
 from .._core._model import ResumeLabel
-from .._errors import ValidationError
-from .._serde import to_jsonable, validate
+from .._core._serde import to_jsonable, validate
 from .._workflow import Workflow
 from ._load import CliError
 

@@ -25,9 +25,9 @@ from .._core._chunks import (
     WorkflowStepSuspended,
 )
 from .._core._model import RunInfo, RunSnapshot, StepResult, WorkflowResult
+from .._core._serde import camel, to_jsonable, to_wire
 from .._core._status import TERMINAL, RunStatus
 from .._runtime import open_runtime, result_from_snapshot
-from .._serde import camel, to_jsonable, to_wire
 from ._common import error_json, escape, load_snapshot, stored_hints, suspended_payloads
 from ._load import WORKFLOW_REF_KEY, CliError
 from ._session import EXIT_SUCCESS, Session
@@ -170,9 +170,7 @@ def _step_row(key: str, step: StepResult, interrupted: frozenset[str] = frozense
     if step.retry_count > 0:
         status += f" (retried {step.retry_count}{TIMES})"
     detail = (
-        error_text(step.error)
-        if step.error is not None
-        else compact(to_jsonable(step.output), 80)
+        error_text(step.error) if step.error is not None else compact(to_jsonable(step.output), 80)
     )
     return [key, status, "" if took is None else f"{took / 1000:.2f}s", detail]
 

@@ -26,9 +26,9 @@ from typing import Any, Final
 import trio
 
 from .._core._chunks import WorkflowFinish
+from .._core._serde import to_wire
 from .._groups import is_cancellation, leaves
 from .._runtime import open_runtime
-from .._serde import to_wire
 from ._load import CliError, load_module_workflows
 from ._session import EXIT_SUCCESS, Session, exit_status
 from ._view import make_view
@@ -141,8 +141,7 @@ def watch_token(session: Session, args: argparse.Namespace) -> str:
         )
         return str(args.token)
     raise CliError(
-        "watch needs the server's token: --token-file FILE, TRIOFLOW_TOKEN or "
-        "TRIOFLOW_READ_TOKEN"
+        "watch needs the server's token: --token-file FILE, TRIOFLOW_TOKEN or TRIOFLOW_READ_TOKEN"
     )
 
 
@@ -355,7 +354,10 @@ def add_arguments(serve: argparse.ArgumentParser, watch: argparse.ArgumentParser
         help="tokens, one per line: 'control TOKEN' or 'read TOKEN' (chmod 600)",
     )
     serve.add_argument(
-        "--token", action="append", default=[], help="deprecated: use --token-file or TRIOFLOW_TOKEN"
+        "--token",
+        action="append",
+        default=[],
+        help="deprecated: use --token-file or TRIOFLOW_TOKEN",
     )
     serve.add_argument(
         "--read-token",

@@ -1,6 +1,6 @@
 """Storage backends and the protocol they implement."""
 
-from .._errors import LeaseLostError as LeaseLostError
+from .._core._errors import LeaseLostError as LeaseLostError
 from ._protocol import Storage as Storage
 from .memory import MemoryStorage as MemoryStorage
 from .postgres import PostgresStorage as PostgresStorage

@@ -16,10 +16,10 @@ import json
 from typing import Any
 
 from .._core._chunks import Chunk
+from .._core._errors import StorageError
 from .._core._json import JsonValueError, has_lone_surrogate
 from .._core._model import RunSnapshot
-from .._errors import StorageError
-from .._serde import from_wire, snapshot_from_json, to_strict_jsonable
+from .._core._serde import from_wire, snapshot_from_json, to_strict_jsonable
 
 __all__ = [
     "chunk_from_row",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from .._errors import StorageError
+from .._core._errors import StorageError
 from ._pg_schema import migrate
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import StorageError
+from .._core._errors import StorageError
 from ._pg_steps import migrate_to_3
 
 if TYPE_CHECKING:

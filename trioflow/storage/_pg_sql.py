@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._core._chunks import Chunk
+from .._core._errors import LeaseLostError
+from .._core._serde import to_wire
 from .._core._status import RunStatus
-from .._errors import LeaseLostError
-from .._serde import to_wire
 from ._json import dumps_strict, loads_strict
 from ._pg_steps import RETURNING_STEPS, SAVE_STEPS_CTES, replace_steps, snapshot_from_load
 from ._protocol import ClaimedRun
@@ -188,8 +188,7 @@ def explain_refused_append(
         return
     if fence is not None and found[1] != fence:
         raise LeaseLostError(
-            f"run {run_id}: this process's lease was lost; another process "
-            "continues the run"
+            f"run {run_id}: this process's lease was lost; another process continues the run"
         )
     raise ValueError(f"run {run_id}: event seq {seqs[0]} does not follow {found[0]}")
 

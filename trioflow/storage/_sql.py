@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .._core._errors import StorageError
 from .._core._model import RunInfo
 from .._core._status import RunStatus
-from .._errors import StorageError
 
 
 def list_runs_query(

@@ -30,7 +30,7 @@ from typing import Final, TypeVar
 
 import attrs
 
-from .._errors import StorageError
+from .._core._errors import StorageError
 from ._sqlite_steps import migrate_to_2
 
 T = TypeVar("T")
@@ -151,8 +151,7 @@ def _unreadable(where: str, exc: sqlite3.Error, otherwise: str) -> StorageError:
     so (the issue 12 wording), else ``otherwise``."""
     if is_corrupt(exc):
         return StorageError(
-            f"{where} is not a usable SQLite database: {describe(exc, 0)}; it was left "
-            "untouched"
+            f"{where} is not a usable SQLite database: {describe(exc, 0)}; it was left untouched"
         )
     return StorageError(otherwise)
 

@@ -20,9 +20,9 @@ from typing import Any, Final
 
 import attrs
 
+from .._core._errors import StorageError
 from .._core._model import RunSnapshot
-from .._errors import StorageError
-from .._serde import snapshot_to_json
+from .._core._serde import snapshot_to_json
 from ._json import dumps_strict, loads_strict, snapshot_from_data
 
 __all__ = ["StepWrites", "run_row_json", "snapshot_from_rows", "split_legacy", "step_writes"]

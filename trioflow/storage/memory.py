@@ -11,8 +11,8 @@ import trio
 from .._core._chunks import Chunk, DataChunk, WorkflowStepOutput
 from .._core._json import plainly_json
 from .._core._model import RunInfo, RunSnapshot
+from .._core._serde import converter, to_wire
 from .._core._status import RunStatus
-from .._serde import converter, to_wire
 from ._json import dumps_strict
 
 #: Snapshot fields that hold data, checked at every write that changes them.

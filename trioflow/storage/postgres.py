@@ -64,9 +64,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from .._core._chunks import Chunk
+from .._core._errors import LeaseLostError, StorageError
 from .._core._model import RunInfo, RunSnapshot
 from .._core._status import RunStatus
-from .._errors import LeaseLostError, StorageError
 from . import _pg_steps
 from ._json import chunk_from_row, dumps_strict
 from ._pg_listen import Notifications

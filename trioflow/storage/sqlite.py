@@ -78,10 +78,10 @@ from typing import Final, TypeVar, cast
 import trio
 
 from .._core._chunks import Chunk
+from .._core._errors import StorageError
 from .._core._model import RunInfo, RunSnapshot
+from .._core._serde import to_wire
 from .._core._status import RunStatus
-from .._errors import StorageError
-from .._serde import to_wire
 from . import _sqlite_file, _sqlite_steps
 from ._json import chunk_from_row, dumps_strict
 from ._sql import list_runs_query, run_infos

@@ -34,7 +34,7 @@ class RunRecord:
 
 
 def _json(value: Any) -> Any:
-    from .._serde import to_jsonable
+    from .._core._serde import to_jsonable
 
     return to_jsonable(value)
 

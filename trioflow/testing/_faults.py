@@ -13,8 +13,8 @@ import attrs
 
 from .._core._chunks import Chunk
 from .._core._model import RunInfo, RunSnapshot
+from .._core._serde import snapshot_to_json, to_wire
 from .._core._status import RunStatus
-from .._serde import snapshot_to_json, to_wire
 from ..storage import Storage
 from ..storage._protocol import save_changed_steps
 
@@ -219,8 +219,7 @@ def _snapshot_view(snapshot: RunSnapshot | None) -> str:
         return "no snapshot"
     finished = sorted(k for k, v in snapshot.steps.items() if v.get("status") == "success")
     return (
-        f"status {str(snapshot.status)!r}, succeeded steps {finished}, "
-        f"last_seq {snapshot.last_seq}"
+        f"status {str(snapshot.status)!r}, succeeded steps {finished}, last_seq {snapshot.last_seq}"
     )
 
 

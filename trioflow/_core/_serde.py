@@ -25,8 +25,8 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from ._core._json import MAX_JSON_DEPTH, JsonValueError, check_strict_json, key_path
 from ._errors import ValidationError
+from ._json import MAX_JSON_DEPTH, JsonValueError, check_strict_json, key_path
 from ._wire import camel as camel
 from ._wire import from_wire as from_wire
 from ._wire import to_wire as to_wire
@@ -428,7 +428,7 @@ def _error_attributes(exc: Any) -> dict[str, Any]:
 def serialize_error(exc: Any, *, _depth: int = 0) -> Any:
     """A :class:`SerializedError` for ``exc``: message, class name, JSON-able public
     attributes, and the cause chain (``__cause__``, else an unsuppressed ``__context__``)."""
-    from ._core._model import SerializedError
+    from ._model import SerializedError
 
     if isinstance(exc, SerializedError):
         return exc
@@ -461,7 +461,7 @@ def dump_error(err: Any) -> dict[str, Any] | None:
 
 
 def load_error(data: Any) -> Any:
-    from ._core._model import SerializedError
+    from ._model import SerializedError
 
     if data is None:
         return None
@@ -485,6 +485,6 @@ def snapshot_to_json(snapshot: Any) -> dict[str, Any]:
 def snapshot_from_json(data: Mapping[str, Any]) -> Any:
     """The RunSnapshot that :func:`snapshot_to_json` produced; ValidationError naming the
     fields when the stored data does not fit."""
-    from ._core._model import RunSnapshot
+    from ._model import RunSnapshot
 
     return validate(dict(data), RunSnapshot, "Invalid stored snapshot:")

@@ -3,7 +3,7 @@
 ``{"type", "runId", "from", "seq", "payload": {...}}`` with camelCased *field names*; user
 data (outputs, payloads, suspend/resume data, custom data, error extras) is never renamed.
 None fields are left out. The event log in storage and the websocket bridge use this shape.
-Re-exported by :mod:`trioflow._serde`, the one serialization layer.
+Re-exported by :mod:`trioflow._core._serde`, the one serialization layer.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _usage_to_wire(usage: Any) -> dict[str, int]:
 
 
 def _usage_from_wire(data: Any, where: str) -> Any:
-    from ._core._model import Usage
+    from ._model import Usage
 
     if data is None:
         return Usage()
@@ -81,7 +81,7 @@ def _error_to_wire(err: Any) -> dict[str, Any]:
 
 
 def _error_from_wire(data: Any, where: str) -> Any:
-    from ._core._model import SerializedError
+    from ._model import SerializedError
 
     if not isinstance(data, Mapping) or not isinstance(data.get("message"), str):
         raise ValueError(f"{where}: expected an error object with a message")
@@ -108,7 +108,7 @@ def _tripwire_to_wire(info: Any) -> dict[str, Any]:
 
 
 def _tripwire_from_wire(data: Any, where: str) -> Any:
-    from ._core._model import TripwireInfo
+    from ._model import TripwireInfo
 
     if not isinstance(data, Mapping) or not isinstance(data.get("reason"), str):
         raise ValueError(f"{where}: expected a tripwire object with a reason")
@@ -223,7 +223,7 @@ def from_wire(data: Mapping[str, Any]) -> Any:
     Accepts Mastra-shaped dicts that leave out optional fields (``seq`` defaults to 0,
     ``from`` to the type's usual origin).
     """
-    from ._core._chunks import CHUNK_CLASSES, DataChunk
+    from ._chunks import CHUNK_CLASSES, DataChunk
 
     if not isinstance(data, Mapping):
         raise ValueError(f"chunk: expected an object, got {type_name(data)}")
@@ -258,7 +258,7 @@ def from_wire(data: Mapping[str, Any]) -> Any:
 
 
 def _payload_classes() -> dict[str, type[Any]]:
-    from ._core import _chunks as c
+    from . import _chunks as c
 
     return {
         "workflow-start": c.WorkflowStartPayload,
