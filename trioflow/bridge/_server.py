@@ -135,6 +135,17 @@ async def serve(
         task_status.started(bound_port)
 
 
+async def _shielded_nursery(  # noqa: ASYNC114 - only ever passed to nursery.start
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[trio.Nursery]
+) -> None:
+    """A nursery inside ``scope`` (handed back by ``nursery.start``) that lives until
+    ``scope`` is cancelled."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
+
+
 def _seconds(name: str, value: Any) -> float:
     if not (isinstance(value, int | float) and value > 0) or math.isnan(value):
         raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
@@ -235,7 +246,12 @@ class BridgeServer:
     async def _on_upgrade(self, stream: trio.abc.Stream, head: http.RequestHead) -> None:
         del head  # trio-websocket parses the replayed request itself
         corked = CorkedStream(stream, high_water=self.max_send_buffer)
-        async with trio.open_nursery() as ws_nursery:  # trio-websocket's reader, the flusher
+        # trio-websocket's reader and the flusher run shielded from the server's
+        # cancellation: closing with 1001 on shutdown takes both (the flusher writes the
+        # close frame, the reader takes the peer's answer). They stop when this ends.
+        io_scope = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            ws_nursery: trio.Nursery = await nursery.start(_shielded_nursery, io_scope)
             ws_nursery.start_soon(corked.flusher)
             try:
                 request: WebSocketRequest | None = None
@@ -254,7 +270,7 @@ class BridgeServer:
             finally:
                 with trio.move_on_after(CLOSE_GRACE, shield=True):
                     await corked.flush()  # e.g. a 401 response
-                ws_nursery.cancel_scope.cancel()
+                io_scope.cancel()
 
     async def _handle_request(self, request: WebSocketRequest, corked: CorkedStream) -> None:
         decision = auth.decide(
