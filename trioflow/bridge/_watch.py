@@ -7,9 +7,17 @@ Two sources of status changes:
   bridge's own start/resume/cancel follow their run at once; other runs are found by the
   poll below and followed from then on);
 - runs changed by other processes (workers, ``trioflow resume`` in another terminal):
-  ``Runtime.list_runs`` polled with a backoff (``POLL_MIN`` doubling to ``POLL_MAX`` while
-  nothing changes, back to ``POLL_MIN`` after a change or a poke). Nothing is polled while
-  no client watches.
+  storage polled with a backoff (``POLL_MIN`` doubling to ``POLL_MAX`` while nothing
+  changes, back to ``POLL_MIN`` after a change or a poke). Nothing is polled while no
+  client watches.
+
+What a poll reads, whatever the number of stored runs (``Runtime.list_runs`` in pages of
+``POLL_LIMIT``): every run in a status it can still leave (one filtered query per open
+status: only a run that is not terminal can change), and the newest runs down to
+``NEW_RUN_MARGIN_MS`` before the newest run the previous poll saw (runs created and
+finished between two polls). A run it knew open that is in none of these lists has ended
+(or moved between two of the queries): its snapshot says its status. Terminal runs older
+than that margin are forgotten: they can never change again.
 
 A stored row older than what a hub already said (by ``updatedAt``) never takes a status
 back, so a watcher sees each status once, in order.
@@ -25,6 +33,7 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
+from .._core._model import RunInfo
 from .._core._status import TERMINAL, RunStatus
 from .._runtime import RunHub, Runtime
 from . import _protocol as p
@@ -34,9 +43,14 @@ logger = logging.getLogger("trioflow.bridge")
 #: Bounds (seconds) of the storage poll that finds changes made by other processes.
 POLL_MIN: Final = 0.05
 POLL_MAX: Final = 2.0
-#: Runs read per poll (newest first): changes to older runs are seen once they are among
-#: the newest ``POLL_LIMIT`` (or through their hub, when they execute here).
+#: Runs read per storage query (a poll pages through as many as it needs).
 POLL_LIMIT: Final = p.MAX_LIST_LIMIT
+#: The statuses a stored run can still leave (a terminal run never changes again).
+OPEN: Final = tuple(status for status in RunStatus if status not in TERMINAL)
+#: How much earlier (milliseconds) than the newest run already seen a new run may be dated
+#: (another process's clock, a creating transaction committed late): the new-run scan
+#: reads down to there.
+NEW_RUN_MARGIN_MS: Final = 10_000
 
 
 def now_ms() -> int:
@@ -57,6 +71,7 @@ class _Known:
     workflow_id: str
     status: str
     updated_at: int
+    created_at: int
 
 
 def matches(watcher: Watcher, workflow_id: str, status: str, before: str | None) -> bool:
@@ -101,6 +116,8 @@ class RunWatch:
         self.poll_max = poll_max
         self.watchers: set[Watcher] = set()
         self._known: dict[str, _Known] = {}
+        #: The new-run scan reads down to this ``created_at`` (None: not scanned yet).
+        self._horizon: int | None = None
         self._followed: set[str] = set()
         self._poke = trio.Event()
         self._baseline = False
@@ -172,32 +189,124 @@ class RunWatch:
                     delay = self.poll_min
 
     async def poll(self) -> bool:
-        """Read the newest runs from storage; tell watchers what changed (True: any)."""
+        """Read every run that can still change from storage (and the new ones); tell
+        watchers what changed (True: any)."""
         async with self._lock:
-            infos = await self.runtime.list_runs(limit=POLL_LIMIT)
-            changed = False
             first = not self._baseline
-            for info in infos:
-                status = str(info.status)
-                updated = int(info.updated_at)
-                known = self._known.get(info.run_id)
-                if known is None:
-                    self._known[info.run_id] = _Known(info.workflow_id, status, updated)
-                    if not first:
-                        changed = True
-                        self._emit(info.run_id, info.workflow_id, status, updated, None)
-                elif known.status != status and updated >= known.updated_at:
-                    before = known.status
-                    known.status, known.updated_at = status, updated
+            horizon = self._horizon
+            rows = await self._read_rows()
+            changed = False
+            for info in rows.values():
+                if self._apply(info, first=first, horizon=horizon):
                     changed = True
-                    self._emit(info.run_id, info.workflow_id, status, updated, before)
-                if info.status not in TERMINAL and info.run_id not in self._followed:
-                    hub = self._hub_of(info.run_id)
-                    if hub is not None and self._nursery is not None:
-                        self._followed.add(info.run_id)
-                        self._nursery.start_soon(self._follow, info.run_id, info.workflow_id, hub)
+            if await self._settle_vanished(rows, first=first):
+                changed = True
+            self._forget_old()
             self._baseline = True
             return changed
+
+    async def _read_rows(self) -> dict[str, RunInfo]:
+        """Every open run, and the newest runs down to the horizon (the later row of a run
+        read twice: it moved between two queries)."""
+        rows: dict[str, RunInfo] = {}
+        newest = await self._read_newest()
+        open_runs = await self._read_open()
+        for info in newest + open_runs:
+            seen = rows.get(info.run_id)
+            if seen is None or info.updated_at >= seen.updated_at:
+                rows[info.run_id] = info
+        return rows
+
+    async def _read_newest(self) -> list[RunInfo]:
+        """The newest runs, pages down to the horizon; it then moves to
+        ``NEW_RUN_MARGIN_MS`` before the newest of them."""
+        found: list[RunInfo] = []
+        bound = self._horizon
+        while True:
+            page = await self.runtime.list_runs(limit=POLL_LIMIT, offset=len(found))
+            if page and bound is None:
+                bound = page[0].created_at - NEW_RUN_MARGIN_MS
+            found += page
+            if len(page) < POLL_LIMIT or bound is None or page[-1].created_at < bound:
+                break
+        if found:
+            newest = found[0].created_at - NEW_RUN_MARGIN_MS
+            self._horizon = newest if self._horizon is None else max(self._horizon, newest)
+        return found
+
+    async def _read_open(self) -> list[RunInfo]:
+        found: list[RunInfo] = []
+        for status in OPEN:
+            offset = 0
+            while True:
+                page = await self.runtime.list_runs(status=status, limit=POLL_LIMIT, offset=offset)
+                found += page
+                offset += len(page)
+                if len(page) < POLL_LIMIT:
+                    break
+        return found  # noqa: ASYNC910 - OPEN is not empty: the loop awaits
+
+    def _apply(self, info: RunInfo, *, first: bool, horizon: int | None) -> bool:
+        """Take a stored row in (True: a change was told)."""
+        status = str(info.status)
+        updated = int(info.updated_at)
+        known = self._known.get(info.run_id)
+        changed = False
+        if known is None:
+            if horizon is not None and info.status in TERMINAL and info.created_at < horizon:
+                # Ended before the watch knew it, or forgotten after it ended: nothing new.
+                return False
+            self._known[info.run_id] = _Known(info.workflow_id, status, updated, info.created_at)
+            if not first:
+                changed = True
+                self._emit(info.run_id, info.workflow_id, status, updated, None)
+        elif known.status != status and updated >= known.updated_at:
+            before = known.status
+            known.status, known.updated_at = status, updated
+            changed = True
+            self._emit(info.run_id, info.workflow_id, status, updated, before)
+        if info.status not in TERMINAL and info.run_id not in self._followed:
+            hub = self._hub_of(info.run_id)
+            if hub is not None and self._nursery is not None:
+                self._followed.add(info.run_id)
+                self._nursery.start_soon(self._follow, info.run_id, info.workflow_id, hub)
+        return changed
+
+    async def _settle_vanished(self, rows: dict[str, RunInfo], *, first: bool) -> bool:
+        """Runs known open that no query returned: they ended (or moved while the queries
+        ran); their snapshots say how."""
+        await trio.lowlevel.checkpoint()
+        changed = False
+        for run_id, known in list(self._known.items()):
+            if run_id in rows or known.status in TERMINAL:
+                continue
+            snapshot = await self.runtime.storage.load_snapshot(run_id)
+            if snapshot is None:  # deleted (or not stored yet: a hub still follows it)
+                if run_id not in self._followed:
+                    self._known.pop(run_id, None)
+                continue
+            info = RunInfo(
+                run_id=run_id,
+                workflow_id=snapshot.workflow_id,
+                resource_id=snapshot.resource_id,
+                status=snapshot.status,
+                created_at=snapshot.created_at,
+                updated_at=snapshot.updated_at,
+            )
+            if self._apply(info, first=first, horizon=None):
+                changed = True
+        return changed
+
+    def _forget_old(self) -> None:
+        """Terminal runs created before the horizon never change and are never taken for
+        new again (:meth:`_apply`): the watch's memory stays the open and the recent runs."""
+        horizon = self._horizon
+        if horizon is None:
+            return
+        for run_id, known in list(self._known.items()):
+            old = known.status in TERMINAL and known.created_at < horizon
+            if old and run_id not in self._followed:
+                del self._known[run_id]
 
     async def _follow(self, run_id: str, workflow_id: str, hub: RunHub) -> None:
         await trio.lowlevel.checkpoint()
@@ -214,7 +323,8 @@ class RunWatch:
         known = self._known.get(run_id)
         updated = now_ms()
         if known is None:
-            self._known[run_id] = _Known(workflow_id, status, updated)
+            # Created no later than now (the creation time only decides when to forget it).
+            self._known[run_id] = _Known(workflow_id, status, updated, updated)
             self._emit(run_id, workflow_id, status, updated, None)
             return
         if known.status == status:
