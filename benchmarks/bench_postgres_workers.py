@@ -19,6 +19,11 @@ PostgreSQL server, beside a raw psycopg floor measured in the same run.
   snapshot), so the sizes match. `floor_runs_per_s`; `ratio_to_floor` = floor runs/s over
   the engine's (2.0: the engine completes half as many runs as raw writes would).
 
+- `pg-run-transactions` (`--transactions` alone, issue 15): the transactions of one 10-step
+  run started in process (`transactions`) and of one queued and run by a worker
+  (`queued_transactions`), with the storage calls the engine made and the database jobs
+  each sent (see `_pg_transactions.py`). Goal: <= 12; floor: 10.
+
 Every process (workers, floor processes and the server) shares the machine's cores:
 `cpu_count` is in each row, and the figures for K > cpu_count are oversubscribed.
 """
@@ -33,6 +38,7 @@ import time
 from typing import Any
 
 import _harness
+import _pg_transactions
 import _pgbench
 import trio
 
@@ -307,8 +313,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return _pgbench.run_with_server(SCENARIOS, lambda server: measure(server, quick))
 
 
+def transactions_row(server: str) -> list[dict[str, Any]]:
+    return [_harness.report("pg-run-transactions", _pg_transactions.measure(server))]
+
+
 if __name__ == "__main__":
     if "--floor-child" in sys.argv[1:]:
         floor_child(sys.argv[1:])
+    elif "--transactions" in sys.argv[1:]:
+        _pgbench.run_with_server(["pg-run-transactions"], transactions_row)
     else:
         _harness.cli(globals())

@@ -21,6 +21,13 @@
   insert floor (see `_durable_chain.py`). Goal: <= 150 us/step at 100 and at 10,000.
   `python bench_storage.py --chain [--quick]` prints that row alone.
 
+- `sqlite-big-output` (`--big-output` alone, issue 15): a step returning a 50 MB string
+  (--quick: 5 MB), then 5 steps (the first takes it as input and returns its length), on a
+  fresh database: how much the file grew (database + WAL, in MB) when the run ended, and
+  once the storage closed (its last checkpoint folds the WAL into the database). Beside it
+  the floor: the same text inserted once into a raw sqlite3 WAL file. Goal: <= 60 MB
+  (before large values were stored once: ~300 MB, ~350 MB before the step journal).
+
 Every timed run is checked (status and result) so a broken run is never benchmarked.
 """
 
@@ -30,6 +37,7 @@ import argparse
 import contextlib
 import gc
 import json
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -308,6 +316,89 @@ def suspended_rss(quick: bool) -> dict[str, Any]:
     )
 
 
+# --- one large output (issue 15) -----------------------------------------------------------
+
+BIG_OUTPUT_MB = 50
+BIG_OUTPUT_GOAL_MB = 60.0
+MB = 1024 * 1024
+
+
+async def big_output(ctx: tf.StepContext) -> str:
+    await trio.lowlevel.checkpoint()
+    return "x" * (int(ctx.input_data) * MB)
+
+
+# Deliberately checkpoint-free (flake8-async ASYNC910): trivial steps after the big one.
+async def length_or_next(ctx: tf.StepContext) -> int:
+    value = ctx.input_data
+    return len(value) if isinstance(value, str) else int(value) + 1
+
+
+def build_big_output_workflow() -> tf.Workflow:
+    workflow = tf.create_workflow(id="bench-big-output").then(
+        tf.create_step(id="big", execute=big_output)
+    )
+    for i in range(5):
+        workflow = workflow.then(tf.create_step(id=f"after{i}", execute=length_or_next))
+    return workflow.commit()
+
+
+def file_mb(db: Path) -> float:
+    """The database file and its WAL, in MB (0 for what does not exist)."""
+    files = (db, db.with_name(db.name + "-wal"))
+    return sum(path.stat().st_size for path in files if path.exists()) / MB
+
+
+def raw_insert_growth_mb(db: Path, size_mb: int) -> float:
+    """The floor: the text stored once by raw sqlite3 (WAL, synchronous=NORMAL), measured
+    once the connection closed (its WAL folded into the database)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("CREATE TABLE t (v TEXT)")
+        before = file_mb(db)
+        conn.execute("INSERT INTO t VALUES (?)", (json.dumps("x" * (size_mb * MB)),))
+    finally:
+        conn.close()
+    return file_mb(db) - before
+
+
+async def big_output_growth(quick: bool) -> dict[str, Any]:
+    size_mb = 5 if quick else BIG_OUTPUT_MB
+    workflow = build_big_output_workflow()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "runs.db"
+        async with tf.SqliteStorage(db) as storage, tf.open_runtime(storage=storage):
+            before = file_mb(db)
+            run = await workflow.create_run()
+            t0 = time.perf_counter()
+            result = await run.start(input_data=size_mb)
+            elapsed = time.perf_counter() - t0
+            at_end = file_mb(db) - before
+        closed = file_mb(db) - before
+        floor = raw_insert_growth_mb(Path(tmp) / "floor.db", size_mb)
+    if result.status != "success" or result.result != size_mb * MB + 4:
+        raise RuntimeError(f"big-output run ended {result.status}: {result.error!r}")
+    growth = max(at_end, closed)
+    return _harness.report(
+        "sqlite-big-output",
+        {
+            "output_mb": size_mb,
+            "steps_after": 5,
+            "growth_mb": growth,
+            "growth_mb_at_end": at_end,
+            "growth_mb_closed": closed,
+            "floor_growth_mb": floor,
+            "ratio_to_floor": growth / floor if floor > 0 else None,
+            "goal_mb": BIG_OUTPUT_GOAL_MB * size_mb / BIG_OUTPUT_MB,
+            "meets_goal": growth <= BIG_OUTPUT_GOAL_MB * size_mb / BIG_OUTPUT_MB,
+            "run_s": elapsed,
+            "peak_rss_mb": _harness.peak_rss_mb(),
+        },
+    )
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     rows = trio.run(latencies, quick)
     rows.append(suspended_rss(quick))
@@ -329,5 +420,7 @@ if __name__ == "__main__":
         rss_child(sys.argv[1:])
     elif "--chain" in sys.argv[1:]:
         trio.run(chain_beside_memory, "--quick" in sys.argv[1:])
+    elif "--big-output" in sys.argv[1:]:
+        trio.run(big_output_growth, "--quick" in sys.argv[1:])
     else:
         _harness.cli(globals())

@@ -22,6 +22,7 @@ from .._core._model import RunSnapshot
 from .._core._serde import from_wire, snapshot_from_json, to_strict_jsonable
 
 __all__ = [
+    "chunk_from_data",
     "chunk_from_row",
     "dumps_strict",
     "loads_strict",
@@ -104,7 +105,12 @@ def chunk_from_row(text: object, where: str, run_id: str, seq: int) -> Chunk:
     """The chunk stored as ``text`` at ``(run_id, seq)``; StorageError when the row is not
     JSON or not a chunk."""
     what = f"{where}: the stored event seq {seq} of run {run_id!r}"
-    data = loads_strict(text, what)
+    return chunk_from_data(loads_strict(text, what), what)
+
+
+def chunk_from_data(data: Any, what: str) -> Chunk:
+    """The chunk whose wire JSON data is ``data`` (read from ``what``); StorageError when
+    it is not a chunk."""
     try:
         chunk: Chunk = from_wire(data)
     except (ValueError, TypeError, KeyError, RecursionError) as exc:

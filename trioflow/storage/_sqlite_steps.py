@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._core._model import RunSnapshot
+from . import _blobs
 from ._json import dumps_strict
 from ._steps import StepWrites, snapshot_from_rows, split_legacy
 
@@ -71,6 +72,8 @@ def write_steps(conn: sqlite3.Connection, run_id: str, writes: StepWrites) -> No
             [(run_id, key) for key in writes.deletes],
         )
     upserts = writes.upserts
+    if writes.blobs:
+        _blobs.store(conn, run_id, writes.blobs)
     if len(upserts) == 1:
         key, record = upserts[0]
         conn.execute(_UPSERT, (run_id, key, record))
@@ -106,6 +109,7 @@ def write_path(
 def delete_steps(conn: sqlite3.Connection, run_id: str) -> None:
     conn.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM path WHERE run_id = ?", (run_id,))
+    _blobs.delete_unused(conn, run_id)
 
 
 def load(conn: sqlite3.Connection, run_id: str, where: str) -> RunSnapshot | None:
@@ -118,9 +122,14 @@ def load(conn: sqlite3.Connection, run_id: str, where: str) -> RunSnapshot | Non
         rows = conn.execute("SELECT snapshot FROM runs WHERE run_id = ?", (run_id,)).fetchall()
         if not rows:
             return None
-        steps = conn.execute(
-            "SELECT step_key, record FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
-        ).fetchall()
+        what = f"{where}: the stored snapshot of run {run_id!r}"
+        run_row = _restored(conn, rows[0][0], what)
+        steps = [
+            (key, _restored(conn, record, f"{what}, step {key!r},"))
+            for key, record in conn.execute(
+                "SELECT step_key, record FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
+            )
+        ]
         path: list[Any] = [
             row[0]
             for row in conn.execute(
@@ -130,4 +139,9 @@ def load(conn: sqlite3.Connection, run_id: str, where: str) -> RunSnapshot | Non
     finally:
         if own:
             conn.execute("COMMIT")
-    return snapshot_from_rows(rows[0][0], steps, where, run_id, path)
+    return snapshot_from_rows(run_row, steps, where, run_id, path)
+
+
+def _restored(conn: sqlite3.Connection, text: object, what: str) -> object:
+    # The row as stored, or (when it names blobs) its data with the blobs put back.
+    return _blobs.restore(conn, text, what) if _blobs.has_blobs(text) else text

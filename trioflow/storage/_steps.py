@@ -25,7 +25,14 @@ from .._core._model import RunSnapshot
 from .._core._serde import snapshot_to_json
 from ._json import dumps_strict, loads_strict, snapshot_from_data
 
-__all__ = ["StepWrites", "run_row_json", "snapshot_from_rows", "split_legacy", "step_writes"]
+__all__ = [
+    "StepWrites",
+    "run_row_data",
+    "run_row_json",
+    "snapshot_from_rows",
+    "split_legacy",
+    "step_writes",
+]
 
 _NO_STEPS: Final[dict[str, dict[str, Any]]] = {}
 
@@ -33,13 +40,18 @@ _NO_STEPS: Final[dict[str, dict[str, Any]]] = {}
 def run_row_json(snapshot: RunSnapshot, *, without_path: bool = False) -> str:
     """The run row's snapshot text: the snapshot without its steps (and, ``without_path``,
     without its ``step_execution_path``, stored as rows too), as strict JSON."""
+    return dumps_strict(*run_row_data(snapshot, without_path=without_path))
+
+
+def run_row_data(snapshot: RunSnapshot, *, without_path: bool = False) -> tuple[Any, str]:
+    """The JSON data of :func:`run_row_json` and what to call it in an error."""
     bare = snapshot
     if snapshot.steps or (without_path and snapshot.step_execution_path):
         changes: dict[str, Any] = {"steps": _NO_STEPS}
         if without_path:
             changes["step_execution_path"] = []
         bare = attrs.evolve(snapshot, **changes)
-    return dumps_strict(snapshot_to_json(bare), f"the snapshot of run {snapshot.run_id!r}")
+    return snapshot_to_json(bare), f"the snapshot of run {snapshot.run_id!r}"
 
 
 @attrs.frozen
@@ -53,18 +65,48 @@ class StepWrites:
     upserts: list[tuple[str, str]]
     #: Keys whose rows are deleted (changed, but no longer in the snapshot).
     deletes: list[str]
+    #: With ``split`` (SQLite): ``(hash, text)`` of the large values moved out of the
+    #: records (see :mod:`trioflow.storage._blobs`).
+    blobs: list[tuple[str, str]] = attrs.field(factory=list)
 
     @property
     def size(self) -> int:
         """The characters of text written."""
-        return sum(len(key) + len(record) for key, record in self.upserts)
+        records = sum(len(key) + len(record) for key, record in self.upserts)
+        return records + sum(len(text) for _, text in self.blobs)
 
 
-def step_writes(snapshot: RunSnapshot, changed_steps: Collection[str] | None) -> StepWrites:
+def step_writes(
+    snapshot: RunSnapshot, changed_steps: Collection[str] | None, *, split: bool = False
+) -> StepWrites:
     """What to write for ``snapshot``'s steps: every one (``changed_steps`` None), or only
     the keys in ``changed_steps`` (a key no longer in the snapshot is deleted). Serialized
     here, on the calling task; StorageError naming the step when a record is not strict
-    JSON."""
+    JSON. ``split``: large values move out of the records, into ``blobs`` (see
+    :mod:`trioflow.storage._blobs`)."""
+    writes = _step_writes(snapshot, changed_steps)
+    if not split or not writes.upserts:
+        return writes
+    return _split(snapshot, writes)
+
+
+def _split(snapshot: RunSnapshot, writes: StepWrites) -> StepWrites:
+    from ._blobs import THRESHOLD, dumps_split
+
+    if all(len(record) < THRESHOLD for _, record in writes.upserts):
+        return writes
+    upserts, blobs = [], []
+    for key, record in writes.upserts:
+        if len(record) >= THRESHOLD:
+            what = f"the snapshot of run {snapshot.run_id!r} (step {key!r})"
+            split = dumps_split(snapshot.steps[key], what, record)
+            record = split.text
+            blobs.extend(split.blobs)
+        upserts.append((key, record))
+    return attrs.evolve(writes, upserts=upserts, blobs=blobs)
+
+
+def _step_writes(snapshot: RunSnapshot, changed_steps: Collection[str] | None) -> StepWrites:
     steps = snapshot.steps
     run_id = snapshot.run_id
     if changed_steps is None:
@@ -97,7 +139,8 @@ def snapshot_from_rows(
     record)`` in their stored order (and, when stored as rows, its
     ``step_execution_path``); StorageError naming the row when one is damaged."""
     what = f"{where}: the stored snapshot of run {run_id!r}"
-    data = loads_strict(text, what)
+    # Text as read, or data already decoded (a row whose large values were put back).
+    data = text if isinstance(text, dict) else loads_strict(text, what)
     if not isinstance(data, dict):
         raise StorageError(
             f"{what} is not a JSON object (a {type(data).__name__}); the row is damaged"
@@ -105,7 +148,11 @@ def snapshot_from_rows(
     records = data.get("steps")
     merged: dict[str, Any] = dict(records) if isinstance(records, dict) and records else {}
     for key, record_text in steps:
-        merged[key] = loads_strict(record_text, f"{what}, step {key!r},")
+        merged[key] = (
+            record_text
+            if isinstance(record_text, dict)
+            else loads_strict(record_text, f"{what}, step {key!r},")
+        )
     if records is None or isinstance(records, dict):
         data["steps"] = merged  # else damaged: validation below names it
     if path:

@@ -82,8 +82,8 @@ from .._core._errors import StorageError
 from .._core._model import RunInfo, RunSnapshot
 from .._core._serde import to_wire
 from .._core._status import RunStatus
-from . import _sqlite_file, _sqlite_steps
-from ._json import chunk_from_row, dumps_strict
+from . import _blobs, _sqlite_file, _sqlite_steps
+from ._json import chunk_from_data, chunk_from_row, dumps_strict
 from ._sql import list_runs_query, run_infos
 from ._sqlite_file import (
     APPLICATION_ID,
@@ -94,29 +94,65 @@ from ._sqlite_file import (
     retry_busy,
 )
 from ._sqlite_worker import _READ, _STOP, _WRITE, _Worker
-from ._steps import run_row_json, step_writes
+from ._steps import run_row_data, step_writes
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
 T = TypeVar("T")
 
+#: Bytes a WAL file is truncated to when it starts over after a checkpoint.
+WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 #: Writes up to this many bytes of text run on the calling thread when the writer is idle.
 INLINE_BYTES: Final = 64 * 1024
 
 
-def _event_rows(run_id: str, events: Sequence[Chunk]) -> list[tuple[str, int, str]]:
-    return [
-        (
-            run_id,
-            chunk.seq,
-            dumps_strict(to_wire(chunk), f"event seq {chunk.seq} of run {run_id!r}"),
-        )
-        for chunk in events
-    ]
+class _Events:
+    """A write's chunks as rows ``(run_id, seq, text)``, their large values moved out (see
+    :mod:`trioflow.storage._blobs`)."""
+
+    __slots__ = ("blobs", "rows", "size")
+
+    def __init__(self, run_id: str, events: Sequence[Chunk]) -> None:
+        self.rows: list[tuple[str, int, str]] = []
+        self.blobs: list[tuple[str, str]] = []
+        size = 0
+        for chunk in events:
+            what = f"event seq {chunk.seq} of run {run_id!r}"
+            wire = to_wire(chunk)
+            text = dumps_strict(wire, what)
+            if len(text) >= _blobs.THRESHOLD:
+                split = _blobs.dumps_split(wire, what, text, chunk=True)
+                text = split.text
+                self.blobs.extend(split.blobs)
+                size += split.size - len(text)
+            size += len(text)
+            self.rows.append((run_id, chunk.seq, text))
+        self.size = size
 
 
-def _size(rows: list[tuple[str, int, str]]) -> int:
-    return sum(len(text) for _, _, text in rows)
+def _chunks_with_blobs(
+    conn: sqlite3.Connection, run_id: str, window: tuple[int, int], where: str
+) -> list[Chunk]:
+    # The rows read again with their blobs in one read transaction: a delete_run
+    # committed in between is seen wholly or not at all.
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        chunks = []
+        for seq, text in conn.execute(
+            "SELECT seq, chunk FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (run_id, *window),
+        ).fetchall():
+            if not _blobs.has_blobs(text):
+                chunks.append(chunk_from_row(text, where, run_id, seq))
+                continue
+            what = f"{where}: the stored event seq {seq} of run {run_id!r}"
+            chunks.append(chunk_from_data(_blobs.restore(conn, text, what), what))
+    finally:
+        if own:
+            conn.execute("COMMIT")
+    return chunks
 
 
 def _allowed(expected: RunStatus | Sequence[RunStatus] | None) -> frozenset[str] | None:
@@ -132,16 +168,24 @@ def _last_seq(conn: sqlite3.Connection, run_id: str) -> int:
     return int(row[0][0] or 0)
 
 
-def _insert_events(conn: sqlite3.Connection, run_id: str, rows: list[tuple[str, int, str]]) -> None:
+def _insert_events(conn: sqlite3.Connection, run_id: str, events: _Events) -> None:
+    rows = events.rows
     if not rows:
         return
     expected = _last_seq(conn, run_id) + 1
-    for offset, (_, seq, _) in enumerate(rows):
-        if seq != expected + offset:
+    for offset, row in enumerate(rows):
+        if row[1] != expected + offset:
             raise ValueError(
-                f"run {run_id}: event seq {seq} does not follow {expected + offset - 1}"
+                f"run {run_id}: event seq {row[1]} does not follow {expected + offset - 1}"
             )
+    if events.blobs:
+        _blobs.store(conn, run_id, events.blobs)
     conn.executemany("INSERT INTO events (run_id, seq, chunk) VALUES (?, ?, ?)", rows)
+
+
+def _run_row(snapshot: RunSnapshot) -> _blobs.Split:
+    data, what = run_row_data(snapshot, without_path=True)
+    return _blobs.dumps_split(data, what)
 
 
 class SqliteStorage:
@@ -220,6 +264,9 @@ class SqliteStorage:
             # write transaction goes there to wait (see _Worker.write_inline).
             opened.conn.execute("PRAGMA wal_autocheckpoint = 0")
             opened.conn.execute("PRAGMA busy_timeout = 0")
+            # A WAL that a large write grew is cut back when it starts over, rather than
+            # keeping its largest size on disk beside the database.
+            opened.conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._writer.inline = True
             self._writer.checkpoint_on(self._reader)
         return opened.conn
@@ -310,6 +357,7 @@ class SqliteStorage:
 
     async def create_run(self, snapshot: RunSnapshot) -> bool:
         """Insert ``snapshot`` unless a run with its id exists. True when inserted."""
+        run_row = _run_row(snapshot)
         row = (
             snapshot.run_id,
             snapshot.workflow_id,
@@ -317,9 +365,9 @@ class SqliteStorage:
             RunStatus(snapshot.status).value,
             snapshot.created_at,
             snapshot.updated_at,
-            run_row_json(snapshot, without_path=True),
+            run_row.text,
         )
-        steps = step_writes(snapshot, None)
+        steps = step_writes(snapshot, None, split=True)
         path = snapshot.step_execution_path
 
         def job(conn: sqlite3.Connection) -> bool:
@@ -334,11 +382,13 @@ class SqliteStorage:
             )
             if cursor.rowcount != 1:
                 return False
+            if run_row.blobs:
+                _blobs.store(conn, snapshot.run_id, run_row.blobs)
             _sqlite_steps.write_steps(conn, snapshot.run_id, steps)
             _sqlite_steps.write_path(conn, snapshot.run_id, path, whole=True)
             return True
 
-        return await self._write(job, len(row[6]) + steps.size)
+        return await self._write(job, run_row.size + steps.size)
 
     async def load_snapshot(self, run_id: str) -> RunSnapshot | None:
         """The stored snapshot, or None."""
@@ -363,11 +413,16 @@ class SqliteStorage:
         """
         run_id = snapshot.run_id
         allowed = _allowed(expected_status)
-        data = run_row_json(snapshot, without_path=True)
-        steps = step_writes(snapshot, changed_steps)
+        run_row = _run_row(snapshot)
+        steps = step_writes(snapshot, changed_steps, split=True)
         path = snapshot.step_execution_path
-        rows = _event_rows(run_id, events)
-        values = (RunStatus(snapshot.status).value, snapshot.updated_at, data, run_id)
+        rows = _Events(run_id, events)
+        values = (
+            RunStatus(snapshot.status).value,
+            snapshot.updated_at,
+            run_row.text,
+            run_id,
+        )
 
         def job(conn: sqlite3.Connection) -> bool:
             found = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchall()
@@ -382,11 +437,13 @@ class SqliteStorage:
                 "UPDATE runs SET status = ?, updated_at = ?, snapshot = ? WHERE run_id = ?",
                 values,
             )
+            if run_row.blobs:
+                _blobs.store(conn, run_id, run_row.blobs)
             _sqlite_steps.write_steps(conn, run_id, steps)
             _sqlite_steps.write_path(conn, run_id, path, whole=steps.replace_all)
             return True
 
-        return await self._write(job, len(data) + steps.size + _size(rows))
+        return await self._write(job, run_row.size + steps.size + rows.size)
 
     async def append_events(self, run_id: str, events: Sequence[Chunk]) -> None:
         """Append chunks (consecutive ``seq`` continuing the log: else ValueError and
@@ -396,13 +453,13 @@ class SqliteStorage:
             await trio.lowlevel.checkpoint()
             self._check_open()
             return
-        rows = _event_rows(run_id, events)
+        rows = _Events(run_id, events)
 
         def job(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchall():
                 _insert_events(conn, run_id, rows)
 
-        await self._write(job, _size(rows))
+        await self._write(job, rows.size)
 
     async def read_events(
         self, run_id: str, *, from_seq: int = 1, limit: int | None = None
@@ -411,12 +468,15 @@ class SqliteStorage:
         start = max(from_seq, 1)
         count = -1 if limit is None else max(limit, 0)
 
+        where = f"SQLite storage {self._where}"
+
         def job(conn: sqlite3.Connection) -> list[Chunk]:
             rows = conn.execute(
                 "SELECT seq, chunk FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
                 (run_id, start, count),
             ).fetchall()
-            where = f"SQLite storage {self._where}"
+            if any(_blobs.has_blobs(text) for _, text in rows):
+                return _chunks_with_blobs(conn, run_id, (start, count), where)
             return [chunk_from_row(text, where, run_id, seq) for seq, text in rows]
 
         return await self._read(job)

@@ -1,0 +1,219 @@
+"""Transactions of one 10-step run on PostgreSQL (issue 15: goal <= 12), for
+``bench_postgres_workers.py --transactions``.
+
+Two ways a run is executed, each on a fresh private database (only this process and the
+measurement connect to it):
+
+- ``direct``: ``workflow.create_run()`` then ``await run.start(input_data=0)`` until it
+  returns ``success``, in a runtime opened on a ``PostgresStorage``;
+- ``queued``: ``runtime.enqueue(...)`` from one runtime, executed by a worker runtime
+  (``worker=True``) in the same process, until the stored run is ``success``.
+
+Figures: ``xact_commit`` of the database (``pg_stat_database``) over the run, minus the
+reads made to measure it, read after the storage closed (a backend reports its statistics
+as it exits); and, by wrapping the storage's methods, ``calls``: each storage method the
+engine called and how many times, with ``round_trips``: the jobs those calls sent to the
+database (each one statement or one transaction). The floor is the raw psycopg floor of
+``bench_postgres_workers.py``: one transaction per step, 10 per run.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import _pgbench
+import trio
+
+import trioflow as tf
+
+GOAL_TRANSACTIONS = 12
+FLOOR_TRANSACTIONS = _pgbench.CHAIN_STEPS
+#: Storage methods the engine may call; each call is wrapped and counted.
+COUNTED = (
+    "create_run",
+    "load_snapshot",
+    "save_snapshot",
+    "append_events",
+    "read_events",
+    "last_seq",
+    "list_runs",
+    "delete_run",
+    "enqueue_run",
+    "claim_runnable",
+    "record_failed_attempt",
+    "release_lease",
+    "release_leases",
+    "renew_leases",
+)
+_METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("_METHOD", default="(other)")
+
+
+class CallCounts:
+    """Storage method calls and the database jobs each sent, counted while ``active``."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.round_trips: collections.Counter[str] = collections.Counter()
+        #: Database jobs sent once the run ended (closing the runtime, idle claims).
+        self.after_run: collections.Counter[str] = collections.Counter()
+        self.active = False
+        self._ended = False
+
+    def stop(self) -> None:
+        """The run ended: later jobs are counted apart, in ``after_run``."""
+        self.active = False
+        self._ended = True
+
+    def instrument(self, storage: tf.PostgresStorage) -> None:
+        for name in COUNTED:
+            setattr(storage, name, self._wrap_method(name, getattr(storage, name)))
+        pool = storage._pool  # the benchmark counts the pool's jobs
+        pool.call = self._wrap_job(pool.call)  # type: ignore[method-assign]
+
+    def _wrap_method(
+        self, name: str, method: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if self.active:
+                self.calls[name] += 1
+            token = _METHOD.set(name)
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                _METHOD.reset(token)
+
+        return counted
+
+    def _wrap_job(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if self.active:
+                self.round_trips[_METHOD.get()] += 1
+            elif self._ended:
+                self.after_run[_METHOD.get()] += 1
+            return await call(*args, **kwargs)
+
+        return counted
+
+
+def xact_commit(dsn: str) -> int:
+    rows = _pgbench.query(
+        dsn, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return int(rows[0][0])
+
+
+#: Transactions a reading adds to the next one: its connection's start-up and its query.
+READING_COST = 2
+
+
+def settled_xact_commit(dsn: str) -> int:
+    """``xact_commit`` once every backend reported its statistics: an idle backend
+    reports at most once a second (PostgreSQL 15's ``PGSTAT_MIN_INTERVAL``), an exiting
+    one at once."""
+    time.sleep(1.2)
+    return xact_commit(dsn)
+
+
+class _Box:
+    value = 0
+
+
+def measure_one(server: str, mode: str) -> dict[str, Any]:
+    """One run executed ``mode``-wise on a fresh database: its transactions and calls."""
+    counts = CallCounts()
+    polls = _Box()
+    before = _Box()
+    with _pgbench.fresh_database(server) as dsn:
+        main = {"direct": _direct, "queued": _queued, "idle": _idle}[mode]
+        trio.run(main, dsn, counts, before, polls)
+        after = settled_xact_commit(dsn)
+    # Jobs after the run ended (the runtime closing, a worker's idle claim) are not the
+    # run's; every one of them is one transaction.
+    closing = sum(counts.after_run.values())
+    return {
+        "transactions": after - before.value - READING_COST - polls.value * READING_COST - closing,
+        "calls": dict(sorted(counts.calls.items())),
+        "round_trips": dict(sorted(counts.round_trips.items())),
+    }
+
+
+async def _idle(dsn: str, counts: CallCounts, before: _Box, polls: _Box) -> None:
+    # No run: what measuring alone counts (0 when the subtractions are right).
+    workflow = _pgbench.build_chain10()
+    storage = tf.PostgresStorage(dsn)
+    counts.instrument(storage)
+    async with storage, tf.open_runtime(storage=storage, workflows=[workflow], worker=True):
+        before.value = await trio.to_thread.run_sync(settled_xact_commit, dsn)
+        counts.active = True
+        await trio.sleep(0.1)
+        counts.stop()
+
+
+async def _direct(dsn: str, counts: CallCounts, before: _Box, polls: _Box) -> None:
+    workflow = _pgbench.build_chain10()
+    storage = tf.PostgresStorage(dsn)
+    counts.instrument(storage)
+    async with storage, tf.open_runtime(storage=storage, workflows=[workflow]):
+        before.value = await trio.to_thread.run_sync(settled_xact_commit, dsn)
+        counts.active = True
+        run = await workflow.create_run()
+        result = await run.start(input_data=0)
+        counts.stop()
+    if result.status != "success" or result.result != _pgbench.CHAIN_STEPS:
+        raise RuntimeError(f"direct run ended {result.status}: {result.error!r}")
+
+
+async def _queued(dsn: str, counts: CallCounts, before: _Box, polls: _Box) -> None:
+    workflow = _pgbench.build_chain10()
+    storage = tf.PostgresStorage(dsn)
+    counts.instrument(storage)
+    async with (
+        storage,
+        tf.open_runtime(storage=storage, workflows=[workflow], worker=True) as runtime,
+    ):
+        before.value = await trio.to_thread.run_sync(settled_xact_commit, dsn)
+        counts.active = True
+        run_id = await runtime.enqueue(workflow, input_data=0)
+        status = await _wait_done(dsn, run_id, polls)
+        counts.stop()
+    if status != "success":
+        raise RuntimeError(f"queued run ended {status}")
+
+
+async def _wait_done(dsn: str, run_id: str, polls: _Box) -> str:
+    with trio.fail_after(30):
+        while True:
+            polls.value += 1
+            # Read the row directly: a storage read would count as the engine's.
+            rows = await trio.to_thread.run_sync(
+                _pgbench.query, dsn, "SELECT status FROM trioflow_runs WHERE run_id = %s", run_id
+            )
+            if rows and rows[0][0] in ("success", "failed"):
+                return str(rows[0][0])
+            await trio.sleep(0.002)
+
+
+def measure(server: str) -> dict[str, Any]:
+    """The row of the ``pg-run-transactions`` scenario."""
+    direct = measure_one(server, "direct")
+    queued = measure_one(server, "queued")
+    worst = max(direct["transactions"], queued["transactions"])
+    return {
+        "transactions": direct["transactions"],
+        "queued_transactions": queued["transactions"],
+        "floor_transactions": FLOOR_TRANSACTIONS,
+        "goal_transactions": GOAL_TRANSACTIONS,
+        "meets_goal": worst <= GOAL_TRANSACTIONS,
+        "calls": direct["calls"],
+        "round_trips": direct["round_trips"],
+        "queued_calls": queued["calls"],
+        "queued_round_trips": queued["round_trips"],
+        "postgres_version": _pgbench.server_version(server),
+        **_pgbench.machine(),
+    }
