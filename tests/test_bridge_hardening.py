@@ -426,3 +426,60 @@ async def test_a_start_its_on_start_hook_refuses_stores_nothing() -> None:
             reply = await ws.request({"op": "start", "id": 1, "workflowId": "guarded"})
             assert (reply["type"], reply["code"]) == ("error", "internal"), reply
         assert await runtime.list_runs() == []
+
+
+# --------------------------------------------------------------------------- an execution that dies
+
+
+class _FailingStorage(tf.MemoryStorage):
+    """Storage that breaks (a full disk, say) once ``broken`` is set."""
+
+    broken = False
+
+    async def append_events(self, run_id: str, events: Any) -> None:
+        if self.broken:
+            raise tf.StorageError("the disk is full")
+        await super().append_events(run_id, events)
+
+    async def save_snapshot(self, *args: Any, **kwargs: Any) -> Any:
+        if self.broken:
+            raise tf.StorageError("the disk is full")
+        return await super().save_snapshot(*args, **kwargs)
+
+
+async def test_a_subscriber_of_a_run_whose_execution_died_here_gets_an_error_not_silence() -> None:
+    gate = trio.Event()
+
+    async def write_then_wait(ctx: tf.StepContext) -> str:
+        await ctx.writer.write("before")
+        await gate.wait()
+        await ctx.writer.write("after")
+        return "done"
+
+    dying = tf.create_workflow(id="dying").then(tf.create_step(id="s", execute=write_then_wait))
+    storage = _FailingStorage()
+    async with tf.open_runtime(storage=storage, workflows=[dying.commit()]) as runtime:
+        run = await runtime.create_run("dying")
+        await (await run.stream(input_data=None)).aclose()
+        async with serving(runtime) as url, raw(url) as ws:
+            await ws.send({"op": "subscribe", "id": 1, "runId": run.run_id})
+            seen = [await ws.recv()]
+            while seen[-1]["type"] != "caught-up":
+                seen.append(await ws.recv())
+            storage.broken = True
+            gate.set()
+            message = await ws.recv()  # within GUARD seconds, not never
+            while message["type"].startswith(("workflow-", "data-")):
+                seen.append(message)
+                message = await ws.recv()
+            assert (message["type"], message["code"], message["runId"]) == (
+                "error",
+                "internal",
+                run.run_id,
+            ), message
+            text = message["message"]
+            assert "execution in this server died before its workflow-finish" in text
+            assert "(StorageError: the disk is full)" in text
+            assert f"subscribe again from seq {seen[-1]['seq'] + 1} once it is restarted" in text
+            # The connection stays usable.
+            assert (await ws.request({"op": "whoami", "id": 2}))["type"] == "reply"

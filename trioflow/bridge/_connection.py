@@ -40,7 +40,7 @@ from ._corked import CorkedStream
 from ._describe import describe as describe_workflow
 from ._feed import LiveFeed
 from ._replies import error_for, forget_pending, frame_of
-from ._sources import Source, close_chunks
+from ._sources import ExecutionDied, Source, close_chunks, follow_run
 from ._watch import RunWatcher
 
 if TYPE_CHECKING:
@@ -416,13 +416,13 @@ class Connection:
             if sub.active:
                 self._end(sub)
                 self._notice(p.lagged(sub.run_id, sub.delivered))
-        except _Unsendable as exc:
+        except (_Unsendable, ExecutionDied) as exc:
             logger.error("trioflow bridge: subscription to %s failed: %s", sub.run_id, exc)
             if sub.active:
                 self._end(sub)
-                self._notice(
-                    p.error(None, "internal", f"{exc}; the subscription ends", run_id=sub.run_id)
-                )
+                again = f": subscribe again from seq {sub.delivered + 1} once it is restarted"
+                text = f"{exc}; the subscription ends{again * isinstance(exc, ExecutionDied)}"
+                self._notice(p.error(None, "internal", text, run_id=sub.run_id))
         except Exception as exc:
             logger.error(
                 "trioflow bridge: subscription to %s failed: %s",
@@ -463,9 +463,7 @@ class Connection:
                 if outcome == "ended":
                     return
                 if outcome == "released":  # behind now: a cursor of its own again
-                    source.chunks = source.run.observe_stream(
-                        from_seq=sub.delivered + 1, follow=True
-                    )
+                    source.chunks = follow_run(source.run, sub.delivered + 1)
             if await self._own_cursor(sub, source):
                 return
 

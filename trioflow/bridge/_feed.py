@@ -25,7 +25,7 @@ import trio
 
 from .._broadcast import ends_at_terminal_finish
 from .._run import Run
-from ._sources import FrameCache, StoredMarks
+from ._sources import FrameCache, StoredMarks, follow_run
 
 #: Why a member left its feed: the subscription ended (its ``end`` was sent) or its own
 #: pump must take over from its last delivered ``seq``.
@@ -92,13 +92,14 @@ class LiveFeed:
     async def run_feed(self) -> None:  # noqa: ASYNC910 - the cursor checkpoints
         """Hand out the run's chunks until its terminal chunk or its last member leaves.
         Cancelling it releases every member (their pumps take over)."""
-        chunks = self.run.observe_stream(from_seq=self.next_seq, follow=True)
+        chunks = follow_run(self.run, self.next_seq)
         if self._gate:
             self._marks.acquire(self.run_id)
         try:
             with self._scope, contextlib.suppress(Exception):
-                # An error (a chunk that is not strict JSON, storage failing) releases the
-                # members: each pump then meets it on its own cursor and reports it.
+                # An error (a chunk that is not strict JSON, storage failing, the run's
+                # execution here dying) releases the members: each pump then meets it on
+                # its own cursor and reports it.
                 async for chunk in chunks:
                     seq = chunk.seq
                     if self._gate and seq > self._stored:

@@ -41,7 +41,15 @@ from ._checks import describe
 from ._connection import Connection
 from ._corked import CLOSE_GRACE, CorkedStream
 from ._feed import LiveFeed
-from ._sources import FrameCache, Source, StoredChunks, StoredMarks, log_end
+from ._sources import (
+    FrameCache,
+    Source,
+    StoredChunks,
+    StoredMarks,
+    died_here,
+    follow_run,
+    log_end,
+)
 from ._watch import RunWatch
 
 logger = logging.getLogger("trioflow.bridge")
@@ -332,7 +340,10 @@ class BridgeServer:
         except KeyError:
             return Source(StoredChunks(self.storage, run_id, from_seq), end_seq, gate=False)
         run = await self.runtime.create_run(workflow, run_id=run_id)
+        if self.durable and died_here(run) is not None:
+            # Its execution here died (whoever followed it then was told): follow what
+            # storage gets from now on, e.g. a restart by another process.
+            return Source(StoredChunks(self.storage, run_id, from_seq), end_seq, gate=False)
         if not self.durable:
             end_seq = max(end_seq, log_end(run))
-        chunks = run.observe_stream(from_seq=from_seq, follow=True)
-        return Source(chunks, end_seq, gate=self.durable, run=run)
+        return Source(follow_run(run, from_seq), end_seq, gate=self.durable, run=run)

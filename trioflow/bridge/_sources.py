@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Final
 
 import attrs
 import trio
 
-from .._broadcast import ends_at_terminal_finish, wait_stored_growth
+from .._broadcast import Subscription, ends_at_terminal_finish, wait_stored_growth
 from .._core._chunks import Chunk
 from .._core._serde import to_wire
+from .._core._status import TERMINAL
 from .._run import Run
 from . import _protocol as p
 
@@ -146,6 +148,49 @@ class StoredChunks:
                 continue
             await wait_stored_growth(self._storage, self._run_id, trio.Event(), delay)
             delay = min(POLL_MAX, delay * 2)
+
+
+class ExecutionDied(Exception):
+    """The run's latest execution in this process ended without its ``workflow-finish``
+    (its storage failed, an engine error): no more chunks come through this process
+    until the run is restarted."""
+
+    def __init__(self, run_id: str, failure: BaseException | None) -> None:
+        cause = "stopped" if failure is None else f"{type(failure).__name__}: {failure}"
+        super().__init__(
+            f"run {run_id}: its execution in this server died before its workflow-finish "
+            f"({cause})"
+        )
+        self.failure = failure
+
+
+def died_here(run: Run) -> ExecutionDied | None:
+    """Why ``run`` gets no more chunks here: its latest execution in this process died
+    without its ``workflow-finish`` and none runs now (None: not so)."""
+    hub = run._hub
+    latest = hub.latest
+    if latest is None or hub.execution is not None:
+        return None
+    if not latest.done.is_set() or latest.result is not None:
+        return None
+    return ExecutionDied(run.run_id, latest.failure)
+
+
+def follow_run(run: Run, from_seq: int) -> Subscription:
+    """``run.observe_stream(from_seq=from_seq, follow=True)``, except that it raises
+    :class:`ExecutionDied` (once everything published is read) instead of waiting for
+    ever when the run's execution here dies without its ``workflow-finish``: the log's
+    waiters are woken then, and ask ``abandoned``, as a ``RunOutput``'s stream does."""
+    hub = run._hub
+    log = hub.log
+    past_end = hub.status in TERMINAL and hub.execution is None and from_seq >= log.next_seq
+    return Subscription(
+        log,
+        from_seq=from_seq,
+        ends_after=ends_at_terminal_finish,
+        follow=not past_end,
+        abandoned=partial(died_here, run),
+    )
 
 
 def log_end(run: Run) -> int:
