@@ -113,3 +113,31 @@ def test_serve_help_documents_the_viewer_options() -> None:
     )
     for option in ("--allowed-origin", "--no-web", "web viewer"):
         assert option in proc.stdout
+
+
+def test_sigterm_closes_each_websocket_with_1001(workdir: Path) -> None:
+    """Stopping ``trioflow serve`` sends a connected client a close frame (1001, going
+    away), not a dropped TCP connection."""
+    args = ("--json", "serve", "flows", "--port", "0")
+    with spawn(workdir, *args, env={"TRIOFLOW_TOKEN": "given-token"}) as proc:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer given-token\r\n\r\n"
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            head, _, frames = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            proc.send_signal(signal.SIGTERM)
+            while len(frames) < 4 and (chunk := conn.recv(4096)):
+                frames += chunk
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    # An unmasked close frame (opcode 8, FIN) whose payload starts with the code.
+    assert frames[:1] == b"\x88", frames
+    assert int.from_bytes(frames[2:4], "big") == 1001
