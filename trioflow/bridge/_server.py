@@ -259,9 +259,9 @@ class BridgeServer:
         # close frame, the reader takes the peer's answer). They stop when this ends.
         io_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
-            ws_nursery: trio.Nursery = await nursery.start(_shielded_nursery, io_scope)
-            ws_nursery.start_soon(corked.flusher)
             try:
+                ws_nursery: trio.Nursery = await nursery.start(_shielded_nursery, io_scope)
+                ws_nursery.start_soon(corked.flusher)
                 request: WebSocketRequest | None = None
                 with trio.move_on_after(self.handshake_timeout):
                     request = await wrap_server_stream(
