@@ -84,6 +84,7 @@ async def _close_reason_seen(
                 while True:
                     await ws.get_message()
             except ConnectionClosed as closed:
+                assert closed.reason is not None
                 seen.append(closed.reason)
             nursery.cancel_scope.cancel()
     finally:
@@ -173,7 +174,7 @@ async def test_a_client_that_never_reads_cannot_hold_the_shutdown_up(
         async with trio.open_nursery() as client:
             ws = await wrap_client_stream(
                 client,
-                client_stream,
+                client_stream,  # type: ignore[arg-type]  # any trio stream works
                 "127.0.0.1",
                 "/",
                 extra_headers=[(b"Authorization", f"Bearer {TOKEN}".encode())],

@@ -151,3 +151,72 @@ async def test_an_open_run_ending_elsewhere_is_pushed_once_with_its_final_status
                 await seen.until(lambda _: all(seen.statuses(r) for r in suspended))
             await watch.poll()
             assert {r: seen.statuses(r) for r in suspended} == {r: ["success"] for r in suspended}
+
+
+@attrs.define
+class _Rows:
+    """A stand-in runtime whose ``list_runs`` serves rows as storage would (newest first,
+    filtered, paged), with creation times chosen by the test."""
+
+    rows: list[tf.RunInfo] = attrs.field(factory=list)
+    queries: int = 0
+
+    @property
+    def storage(self) -> _Rows:
+        return self
+
+    def add(self, run_id: str, status: str, created_at: int, updated_at: int = 0) -> None:
+        info = tf.RunInfo(
+            run_id=run_id,
+            workflow_id="w",
+            resource_id=None,
+            status=tf.RunStatus(status),
+            created_at=created_at,
+            updated_at=max(created_at, updated_at),
+        )
+        kept = [r for r in self.rows if r.run_id != run_id]
+        at = next((i for i, r in enumerate(self.rows) if r.run_id == run_id), len(kept))
+        self.rows = [*kept[:at], info, *kept[at:]]  # an update keeps the insertion order
+
+    async def list_runs(
+        self, *, status: tf.RunStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[tf.RunInfo]:
+        await trio.lowlevel.checkpoint()
+        self.queries += 1
+        order = {r.run_id: i for i, r in enumerate(self.rows)}
+        found = [r for r in self.rows if status is None or r.status == status]
+        found.sort(key=lambda r: (r.created_at, order[r.run_id]), reverse=True)
+        return found[offset : offset + limit]
+
+    async def load_snapshot(self, run_id: str) -> tf.RunInfo | None:
+        """The row stands in for the snapshot (the fields the watch reads)."""
+        await trio.lowlevel.checkpoint()
+        return next((r for r in self.rows if r.run_id == run_id), None)
+
+
+async def test_the_watch_forgets_old_finished_runs_and_never_reports_them_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watch's memory is the open and the recent runs, not the whole history; a
+    forgotten run met again on the first page is not news."""
+    monkeypatch.setattr(_watch, "POLL_LIMIT", 50)
+    day = 86_400_000
+    now = _watch.now_ms()
+    rows = _Rows()
+    rows.add("open", "suspended", now - 10 * day)
+    for index in range(2000):  # a minute apart, the newest over a week old
+        rows.add(f"old-{index}", "success", now - 10 * day + index * 60_000)
+    watch = RunWatch(rows, poll_min=0.01, poll_max=0.01)  # type: ignore[arg-type]
+    seen = Collector()
+    await watch.add(seen)
+    # One page read, and forgotten but for the newest (within the new-run margin).
+    assert set(watch._known) == {"old-1999", "open"}
+    rows.add("new", "success", now)
+    rows.add("open", "success", now - 10 * day, updated_at=now)
+    for _ in range(3):
+        await watch.poll()
+    assert [(m["runId"], m["status"]) for m in seen.messages] == [
+        ("new", "success"),
+        ("open", "success"),
+    ]
+    assert set(watch._known) == {"new"}
