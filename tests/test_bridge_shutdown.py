@@ -59,6 +59,11 @@ async def rt() -> AsyncIterator[tf.Runtime]:
         yield runtime
 
 
+async def _read_forever(ws: WebSocketConnection) -> None:
+    while True:
+        await ws.get_message()
+
+
 async def _close_reason_seen(
     port: int, subscribe_to: str | None, connected: trio.Event, seen: list[CloseReason]
 ) -> None:
@@ -80,12 +85,11 @@ async def _close_reason_seen(
                 await ws.send_message('{"op":"whoami","id":1}')
                 await ws.get_message()
             connected.set()
-            try:
-                while True:
-                    await ws.get_message()
-            except ConnectionClosed as closed:
-                assert closed.reason is not None
-                seen.append(closed.reason)
+            with pytest.raises(ConnectionClosed) as closed:
+                await _read_forever(ws)
+            reason = closed.value.reason
+            assert reason is not None
+            seen.append(reason)
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
