@@ -204,3 +204,29 @@ def test_bench_postgres_transactions_prints_its_counts() -> None:
     for figure in ("transactions", "queued_transactions", "floor_transactions"):
         assert isinstance(row[figure], int), (figure, row)
     assert row["calls"]["save_snapshot"] >= 1
+
+
+async def test_small_reads_of_an_idle_sqlite_storage_run_without_a_thread_hop(
+    tmp_path: Path,
+) -> None:
+    # A hop to the reader thread and back costs more than the read (mostly waiting for
+    # the GIL to come back): load_snapshot and last_seq run inline once the reader is open.
+    step = tf.create_step(id="plus_one", execute=plus_one)
+    workflow = tf.create_workflow(id="reads").then(step).commit()
+    async with tf.SqliteStorage(tmp_path / "runs.db") as storage, tf.open_runtime(
+        storage=storage
+    ):
+        run = await workflow.create_run()
+        assert (await run.start(input_data=1)).result == 2
+        await storage.read_events(run.run_id)  # opens the reader's connection
+        submitted: list[object] = []
+        reader = storage._reader
+        submit = reader._submit
+        reader._submit = lambda job: (submitted.append(job), submit(job))[1]  # type: ignore[method-assign]
+        snapshot = await storage.load_snapshot(run.run_id)
+        assert snapshot is not None
+        assert snapshot.status == "success"
+        assert await storage.last_seq(run.run_id) > 0
+        assert submitted == []
+        assert [c.seq for c in await storage.read_events(run.run_id, limit=1)] == [1]
+        assert len(submitted) == 1  # read_events (any size) still goes to the thread

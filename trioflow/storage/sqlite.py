@@ -284,7 +284,14 @@ class SqliteStorage:
                 raise
             return conn
 
-        return retry_busy(connect, self._timeout)
+        conn = retry_busy(connect, self._timeout)
+        if self._writer.inline:
+            # Small reads may then run inline (see _Worker.read_inline): busy timeout 0
+            # outside the thread's own jobs, so an inline read never waits.
+            conn.execute("PRAGMA busy_timeout = 0")
+            self._reader.read_busy_ms = int(self._timeout * 1000)
+            self._reader.inline = True
+        return conn
 
     async def open(self) -> None:
         """Open (and if needed initialise or migrate) the database now, rather than at
@@ -347,11 +354,14 @@ class SqliteStorage:
             inline=size is not None and size <= INLINE_BYTES,
         )
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False) -> T:
+        # small: a read of one run's rows, which may run inline while the reader is idle.
         self._check_open()
         if not self._opened:
             await self._ensure_open()
-        return await self._reader.call(cast(Callable[[sqlite3.Connection | None], T], fn), _READ)
+        return await self._reader.call(
+            cast(Callable[[sqlite3.Connection | None], T], fn), _READ, inline=small
+        )
 
     # --- the protocol ---------------------------------------------------------------------
 
@@ -394,7 +404,7 @@ class SqliteStorage:
         """The stored snapshot, or None."""
 
         where = f"SQLite storage {self._where}"
-        return await self._read(lambda conn: _sqlite_steps.load(conn, run_id, where))
+        return await self._read(lambda conn: _sqlite_steps.load(conn, run_id, where), small=True)
 
     async def save_snapshot(
         self,
@@ -483,7 +493,7 @@ class SqliteStorage:
 
     async def last_seq(self, run_id: str) -> int:
         """The highest stored ``seq`` of the run (0 when none)."""
-        return await self._read(lambda conn: _last_seq(conn, run_id))
+        return await self._read(lambda conn: _last_seq(conn, run_id), small=True)
 
     async def list_runs(
         self,
