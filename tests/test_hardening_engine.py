@@ -518,7 +518,7 @@ async def test_a_slow_final_write_of_a_canceled_run_completes(
 async def test_closing_the_runtime_still_bounds_a_final_write(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from trioflow._engine import SHIELDED_WRITE_GRACE
+    from trioflow._driver._execution import SHIELDED_WRITE_GRACE
 
     storage = SlowFinalWrites(delay=10_000)
     wf = tf.create_workflow(id="slow-close").then(tf.create_step(id="s", execute=_quick))

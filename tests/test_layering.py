@@ -188,16 +188,15 @@ MAX_COMPLEXITY = 15
 
 # Modules over MAX_LINES today: {path: reason}.
 OVERSIZED_MODULES = {
-    "trioflow/_engine.py": "the engine: replaced by the planner and driver (issue 15 parts 1-2)",
     "trioflow/_run.py": "Run and RunOutput: split with the driver (issue 15)",
 }
 
 # Functions over MAX_COMPLEXITY today (ruff C901): {path::function: reason}.
 COMPLEX_FUNCTIONS = {
-    "trioflow/_engine.py::run_step": "engine: moves to the planner (issue 15)",
-    "trioflow/_engine.py::run_nested": "engine: moves to the planner (issue 15)",
-    "trioflow/_engine.py::run_block": "engine: moves to the planner (issue 15)",
-    "trioflow/_engine.py::run_foreach": "engine: moves to the planner (issue 15)",
+    "trioflow/_driver/_step.py::run_step": "decisions move to _core/_plan/_step.py (issue 15)",
+    "trioflow/_driver/_nested.py::run_nested": "decisions move to _core/_plan/_nested.py (issue 15)",
+    "trioflow/_driver/_block.py::run_block": "decisions move to _core/_plan/_block.py (issue 15)",
+    "trioflow/_driver/_foreach.py::run_foreach": "decisions move to _core/_plan/_foreach.py (issue 15)",
     "trioflow/_core/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
 }
 
@@ -359,14 +358,22 @@ ALLOWED_CYCLES = {
     frozenset(
         {
             "trioflow._admit",
-            "trioflow._context",
-            "trioflow._engine",
+            "trioflow._driver._block",
+            "trioflow._driver._dispatch",
+            "trioflow._driver._execution",
+            "trioflow._driver._foreach",
+            "trioflow._driver._host",
+            "trioflow._driver._level",
+            "trioflow._driver._loop",
+            "trioflow._driver._nested",
+            "trioflow._driver._step",
+            "trioflow._driver._timers",
             "trioflow._run",
             "trioflow._runtime",
             "trioflow._worker",
             "trioflow._workflow",
         }
-    ): "the engine's circle (issue 15: planner, driver and run API point down only)",
+    ): "Workflow.create_run reaches the run API; Run and Runtime type each other (issue 15)",
     frozenset({"trioflow.bridge._connection", "trioflow.bridge._server"}): (
         "TYPE_CHECKING only: Connection annotates BridgeServer; type it with a Protocol of "
         "what it uses (bridge session)"
@@ -414,7 +421,7 @@ ALLOWED_ARROWS = {
 
 _ENGINE_AND_ABOVE = (
     "trioflow",
-    "trioflow._engine",
+    "trioflow._driver",
     "trioflow._run",
     "trioflow._runtime",
     "trioflow._worker",
@@ -465,7 +472,7 @@ def test_core_never_imports_trio_time_or_randomness() -> None:
 
 def test_the_arrow_check_catches_each_rule() -> None:
     assert _wrong_arrow("trioflow._core._plan", "trioflow._run") is not None
-    assert _wrong_arrow("trioflow.storage.postgres", "trioflow._engine") is not None
+    assert _wrong_arrow("trioflow.storage.postgres", "trioflow._driver._execution") is not None
     assert _wrong_arrow("trioflow.storage.sqlite", "trioflow.cli._app") is not None
     assert _wrong_arrow("trioflow._run", "trioflow.bridge._server") is not None
     assert _wrong_arrow("trioflow.storage.sqlite", "trioflow._core._serde") is None

@@ -21,7 +21,7 @@ import trio
 
 from ._context import StepContext
 from ._core._model import Usage
-from ._engine import call_maybe_async, now_ms
+from ._effects import call_maybe_async, now_ms
 from ._workflow import Step, create_step
 
 ModelChunkType = Literal[

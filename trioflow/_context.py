@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -16,8 +16,45 @@ from ._core._model import Usage
 from ._core._serde import to_jsonable, to_strict_jsonable, validate
 from .tracing._spans import current_span
 
-if TYPE_CHECKING:
-    from ._engine import Level
+
+class StepExecution(Protocol):
+    """What a step's context reads of the execution running it (the driver's Execution)."""
+
+    run_id: str
+    resource_id: str | None
+    request_context: RequestContext
+    log: EventLog
+    writers_closed: bool
+    done: trio.Event
+
+    def request_cancel(self, reason: str) -> None: ...
+
+    def add_usage(self, usage: Usage) -> None: ...
+
+
+class StepWorkflow(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class StepLevel(Protocol):
+    """What a step's context reads of the workflow level it runs in (the driver's Level):
+    declared here so that the context never imports the driver that creates it."""
+
+    @property
+    def execution(self) -> StepExecution: ...
+
+    @property
+    def workflow(self) -> StepWorkflow: ...
+
+    @property
+    def input(self) -> Any: ...
+
+    def step_output(self, step_id: str) -> Any: ...
+
+    def idempotency_key(
+        self, node_id: str, foreach_index: int | None, iteration: int, resumes: int
+    ) -> str: ...
 
 
 class RequestContext(MutableMapping[str, Any]):
@@ -96,7 +133,7 @@ class Writer:
 
     __slots__ = ("_level", "_step_name")
 
-    def __init__(self, level: Level, step_name: str) -> None:
+    def __init__(self, level: StepLevel, step_name: str) -> None:
         self._level = level
         self._step_name = step_name
 
@@ -187,7 +224,7 @@ class StepContext:
 
     def __init__(
         self,
-        level: Level,
+        level: StepLevel,
         *,
         step_id: str,
         step_name: str,

@@ -42,7 +42,8 @@ from ._core._resume import (
 )
 from ._core._serde import structure, to_stored_json, to_wire, validate
 from ._core._status import TERMINAL, RunStatus
-from ._engine import Execution, call_maybe_async, current_execution, new_trace_id, now_ms
+from ._driver._execution import Execution, current_execution
+from ._effects import call_maybe_async, new_trace_id, now_ms
 from ._workflow import Workflow
 from .storage._protocol import QueueStorage, save_changed_steps
 from .tracing import (

@@ -23,15 +23,11 @@ from ._core._errors import (
 )
 from ._core._json import id_text_problem
 from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
+from ._core._plan._records import all_step_results, load_step_result
 from ._core._resume import full_suspended_paths
 from ._core._status import RunStatus, is_terminal
-from ._engine import (
-    SHIELDED_WRITE_GRACE,
-    all_step_results,
-    call_maybe_async,
-    load_step_result,
-    now_ms,
-)
+from ._driver._execution import SHIELDED_WRITE_GRACE
+from ._effects import call_maybe_async, now_ms
 from ._groups import is_fatal, unwrap_groups
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
@@ -44,7 +40,7 @@ _STORAGE_MEMBERS = frozenset(
 )
 
 if TYPE_CHECKING:
-    from ._engine import Execution
+    from ._driver._execution import Execution
     from ._run import Run
     from ._worker import Worker
 

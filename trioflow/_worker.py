@@ -21,7 +21,8 @@ from ._core._errors import LeaseLostError, TrioflowError
 from ._core._model import RunSnapshot, SerializedError
 from ._core._serde import dump_error, load_error
 from ._core._status import RunStatus
-from ._engine import Execution, now_ms
+from ._driver._execution import Execution
+from ._effects import now_ms
 from ._groups import is_fatal
 from .storage._protocol import (
     AttemptCountingStorage,
