@@ -483,3 +483,54 @@ async def test_a_subscriber_of_a_run_whose_execution_died_here_gets_an_error_not
             assert f"subscribe again from seq {seen[-1]['seq'] + 1} once it is restarted" in text
             # The connection stays usable.
             assert (await ws.request({"op": "whoami", "id": 2}))["type"] == "reply"
+
+
+class _DurableFailingStorage(_FailingStorage):
+    """The same, as a storage other processes share (durable: a restart elsewhere)."""
+
+    durable = True
+
+
+async def test_after_its_execution_died_a_durable_run_is_followed_in_storage() -> None:
+    """The subscriber that followed the death is told; a later subscription follows what
+    storage gets, e.g. the restart another process makes, to the run's end."""
+    gate = trio.Event()
+
+    async def write_then_wait(ctx: tf.StepContext) -> str:
+        await ctx.writer.write("before")
+        await gate.wait()
+        await ctx.writer.write("after")
+        return "done"
+
+    dying = tf.create_workflow(id="dying").then(tf.create_step(id="s", execute=write_then_wait))
+    workflows = [dying.commit()]
+    storage = _DurableFailingStorage()
+    async with (
+        tf.open_runtime(storage=storage, workflows=workflows) as here,
+        tf.open_runtime(storage=storage, workflows=workflows) as other,
+    ):
+        run = await here.create_run("dying")
+        await (await run.stream(input_data=None)).aclose()
+        async with serving(here) as url, raw(url) as ws:
+            await ws.send({"op": "subscribe", "id": 1, "runId": run.run_id})
+            seen = [await ws.recv()]
+            while seen[-1]["type"] != "caught-up":
+                seen.append(await ws.recv())
+            storage.broken = True
+            gate.set()
+            message = await ws.recv()
+            while message["type"] != "error":
+                seen.append(message)
+                message = await ws.recv()
+            assert "died" in message["message"]
+            storage.broken = False
+            again = seen[-1]["seq"] + 1
+            await ws.send({"op": "subscribe", "id": 2, "runId": run.run_id, "fromSeq": again})
+            assert (await ws.recv())["type"] == "reply"
+            assert (await ws.recv())["type"] == "caught-up"
+            restarted = await (await other.create_run("dying", run_id=run.run_id)).restart()
+            assert restarted.status == "success"
+            messages = await ws.until_end(run.run_id)
+            chunks = [m for m in messages if m["type"].startswith("workflow-")]
+            assert chunks[0]["seq"] == again
+            assert chunks[-1]["payload"]["workflowStatus"] == "success"

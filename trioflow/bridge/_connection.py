@@ -551,7 +551,7 @@ class Connection:
         async for chunk in chunks:
             seq = chunk.seq
             if source.gate and seq > sub.stored:
-                sub.stored = await marks.wait(run_id, seq)
+                sub.stored = await marks.wait(run_id, seq, source.run)
             try:
                 frame = frames.frame(chunk)
             except ValueError as exc:

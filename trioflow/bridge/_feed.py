@@ -103,7 +103,7 @@ class LiveFeed:
                 async for chunk in chunks:
                     seq = chunk.seq
                     if self._gate and seq > self._stored:
-                        self._stored = await self._marks.wait(self.run_id, seq)
+                        self._stored = await self._marks.wait(self.run_id, seq, self.run)
                     frame = self._frames.frame(chunk)  # ValueError: released, pumps report
                     terminal = ends_at_terminal_finish(chunk)
                     self._hand_out(seq, frame, terminal)

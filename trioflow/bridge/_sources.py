@@ -90,9 +90,11 @@ class StoredMarks:
             self._marks.pop(run_id, None)
             self._locks.pop(run_id, None)
 
-    async def wait(self, run_id: str, seq: int) -> int:
+    async def wait(self, run_id: str, seq: int, run: Run | None = None) -> int:
         """Return once chunk ``seq`` of ``run_id`` is in storage; the stored mark. (The
-        engine stores a durable run's chunks within tens of milliseconds.)"""
+        engine stores a durable run's chunks within tens of milliseconds.) Raises
+        :class:`ExecutionDied` when ``run``'s execution here died first: its chunks that
+        were not stored never will be (a restart re-uses their ``seq``)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         mark = self._marks.get(run_id, 0)
         if mark >= seq:
@@ -106,6 +108,9 @@ class StoredMarks:
                     self._marks[run_id] = mark = last
                 if mark >= seq:
                     break
+                died = None if run is None else died_here(run)
+                if died is not None:
+                    raise died
                 await trio.sleep(delay)
                 delay = min(POLL_MAX, delay * 2)
         return mark
