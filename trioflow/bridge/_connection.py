@@ -420,8 +420,9 @@ class Connection:
             logger.error("trioflow bridge: subscription to %s failed: %s", sub.run_id, exc)
             if sub.active:
                 self._end(sub)
-                again = f": subscribe again from seq {sub.delivered + 1} once it is restarted"
-                text = f"{exc}; the subscription ends{again * isinstance(exc, ExecutionDied)}"
+                text = f"{exc}; the subscription ends"
+                if isinstance(exc, ExecutionDied):
+                    text += f": subscribe again from seq {sub.delivered + 1} once it is restarted"
                 self._notice(p.error(None, "internal", text, run_id=sub.run_id))
         except Exception as exc:
             logger.error(

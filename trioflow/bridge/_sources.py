@@ -117,8 +117,9 @@ class StoredMarks:
 
 
 class StoredChunks:
-    """Follows the stored log of a run whose workflow this server has not registered (so
-    it cannot be executing here): pages from storage, polling while nothing new comes."""
+    """Follows the stored log of a run that is not executing here (its workflow is not
+    registered on this server, or its execution here died: another process may restart
+    it): pages from storage, polling while nothing new comes."""
 
     def __init__(self, storage: Any, run_id: str, from_seq: int) -> None:
         self._storage = storage
