@@ -75,11 +75,19 @@ def _migrate_to_2(cur: psycopg.Cursor[Any]) -> None:
     )
 
 
+def _migrate_to_4(cur: psycopg.Cursor[Any]) -> None:
+    # Until when someone follows the run's log from another process (set by that
+    # process's listener, see _pg_listen): writes NOTIFY the events channel only then,
+    # because every NOTIFY costs every LISTENing backend of the database a transaction.
+    cur.execute("ALTER TABLE trioflow_runs ADD COLUMN followed_until timestamptz")
+
+
 #: ``MIGRATIONS[k]`` brings the schema from version ``k`` to ``k + 1`` (0 = no tables).
 MIGRATIONS: list[Callable[[psycopg.Cursor[Any]], None]] = [
     _migrate_to_1,
     _migrate_to_2,
     migrate_to_3,
+    _migrate_to_4,
 ]
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 #: Serialises initialisation and migration across processes (pg_advisory_xact_lock key).

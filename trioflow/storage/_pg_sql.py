@@ -2,7 +2,9 @@
 
 Each write is one statement: the compare-and-set, the lease bookkeeping, the events and
 the notifications sit in one ``UPDATE ... WHERE`` with CTEs, so PostgreSQL re-checks the
-conditions against the newest row version when writers race.
+conditions against the newest row version when writers race. A write NOTIFYs the events
+channel only while the run's ``followed_until`` is in the future (read from that newest
+row version): a process following the run sets it (:mod:`._pg_listen`).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ WITH upd AS (
       AND (%(nseq)s = 0 OR last_seq = %(first)s - 1)
       AND (NOT %(claim)s OR lease_owner IS NULL OR lease_owner = %(me)s
            OR lease_expires_at < now())
-    RETURNING fencing_token
+    RETURNING fencing_token, followed_until > now() AS followed
 )"""
     + SAVE_STEPS_CTES
     + """, ins AS (
@@ -94,7 +96,7 @@ WITH upd AS (
     SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
     WHERE EXISTS (SELECT 1 FROM upd)
 ), notified AS (
-    SELECT pg_notify(%(events_channel)s, %(run)s) FROM upd WHERE %(nseq)s > 0
+    SELECT pg_notify(%(events_channel)s, %(run)s) FROM upd WHERE %(nseq)s > 0 AND followed
     UNION ALL
     SELECT pg_notify(%(cancel_channel)s, %(run)s) FROM upd WHERE %(notify_cancel)s
 )
@@ -108,13 +110,13 @@ WITH upd AS (
     UPDATE trioflow_runs SET last_seq = %(last)s
     WHERE run_id = %(run)s AND last_seq = %(first)s - 1
       AND (%(fence)s::bigint IS NULL OR fencing_token = %(fence)s::bigint)
-    RETURNING 1
+    RETURNING followed_until > now() AS followed
 ), ins AS (
     INSERT INTO trioflow_events (run_id, seq, chunk)
     SELECT %(run)s, s, c FROM unnest(%(seqs)s::bigint[], %(texts)s::text[]) AS t(s, c)
     WHERE EXISTS (SELECT 1 FROM upd)
 ), notified AS (
-    SELECT pg_notify(%(channel)s, %(run)s) FROM upd
+    SELECT pg_notify(%(channel)s, %(run)s) FROM upd WHERE followed
 )
 SELECT (SELECT count(*) FROM upd) > 0, (SELECT count(*) FROM notified)
 """
@@ -145,6 +147,20 @@ RETURNING r.run_id, r.snapshot, r.queued, r.fencing_token, r.attempts,
           r.last_error, """
     + RETURNING_STEPS
 )
+
+
+#: Marks runs followed (see _pg_listen) for ``ttl`` seconds from now, never shortening
+#: another process's mark; returns the runs found.
+FOLLOW_SQL: Final = """
+UPDATE trioflow_runs
+SET followed_until = greatest(followed_until, now() + make_interval(secs => %s))
+WHERE run_id = ANY(%s::text[])
+RETURNING run_id
+"""
+
+
+def mark_followed(conn: psycopg.Connection[Any], run_ids: list[str], ttl: float) -> list[str]:
+    return [str(row[0]) for row in conn.execute(FOLLOW_SQL, (ttl, run_ids)).fetchall()]
 
 
 def explain_refused_save(

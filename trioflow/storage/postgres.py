@@ -19,9 +19,12 @@ Tables: ``trioflow_runs`` (one row per run: the snapshot, its status, ``last_seq
 log, and the lease: ``lease_owner``, ``lease_expires_at``, ``fencing_token``, ``queued``),
 ``trioflow_steps`` (one row per step record, ``(run_id, step_key)``: a write stores only
 the records that changed, see :mod:`trioflow.storage._steps`), ``trioflow_events``
-(``(run_id, seq)`` primary key) and ``trioflow_meta`` (schema version). Every write is one transaction; a snapshot and the events that describe it
-commit together, with one ``NOTIFY trioflow_events`` per transaction (payload: the run id)
-as a hint for followers in other processes.
+(``(run_id, seq)`` primary key) and ``trioflow_meta`` (schema version). Every write is
+one transaction; a snapshot and the events that describe it commit together, with one
+``NOTIFY trioflow_events`` (payload: the run id) as a hint for followers in other
+processes, sent only while a follower marks the run followed (``followed_until``, see
+:mod:`._pg_listen`): each NOTIFY costs every LISTENing backend of the database a
+transaction, so a run nobody follows elsewhere costs one transaction per write.
 
 Leases and fencing
 ------------------
@@ -88,6 +91,7 @@ from ._pg_sql import (
     explain_refused_append,
     explain_refused_save,
     insert_run,
+    mark_followed,
     record_failed,
     redacted_dsn,
     release_all,
@@ -548,7 +552,11 @@ class PostgresStorage:
 
     def watch_events(self, run_id: str, event: trio.Event) -> Callable[[], None]:
         """Set ``event`` at the next notification that the run's log grew (while
-        :meth:`serve` runs). Returns a function that withdraws the request."""
+        :meth:`serve` runs). Returns a function that withdraws the request.
+
+        The first watch of a run marks it followed in the database (writes notify only
+        followed runs) and then sets ``event`` once, so the caller reads the log again:
+        what was written before the mark was not notified."""
         return self._notes.watch_events(run_id, event)
 
     def watch_queue(self, event: trio.Event) -> Callable[[], None]:
@@ -576,9 +584,13 @@ class PostgresStorage:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._notes.run)
                 nursery.start_soon(self._keep_leases, on_stop)
+                nursery.start_soon(self._notes.keep_followed, self._mark_followed)
                 task_status.started()
         finally:
             self._notes.cancel_handlers.remove(on_stop)
+
+    async def _mark_followed(self, run_ids: list[str], ttl: float) -> list[str]:
+        return await self._call(lambda conn: mark_followed(conn, run_ids, ttl), write=True)
 
     async def _keep_leases(self, on_stop: Callable[[str, str], None]) -> None:
         while True:
