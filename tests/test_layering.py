@@ -195,7 +195,6 @@ OVERSIZED_MODULES = {
 COMPLEX_FUNCTIONS = {
     "trioflow/_driver/_step.py::run_step": "decisions move to _core/_plan/_step.py (issue 15)",
     "trioflow/_driver/_nested.py::run_nested": "decisions move to _core/_plan/_nested.py (issue 15)",
-    "trioflow/_driver/_foreach.py::run_foreach": "decisions move to _core/_plan/_foreach.py (issue 15)",
     "trioflow/_core/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
 }
 
