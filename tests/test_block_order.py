@@ -40,3 +40,53 @@ async def test_the_lowest_bailing_branch_ends_the_run(
     result = await run.start(input_data={})
     assert result.status == "success"
     assert result.result == {"bailed_by": "first"}
+
+
+class SlowDurableStorage(tf.storage.MemoryStorage):
+    """A durable storage whose next write, once armed, waits: the moment a branch's
+    progress write is in flight."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.writing = trio.Event()
+
+    async def save_snapshot(self, snapshot: Any, *args: Any, **kwargs: Any) -> bool:
+        if self.armed:
+            self.armed = False
+            self.writing.set()
+            await trio.sleep(1)
+        return await super().save_snapshot(snapshot, *args, **kwargs)
+
+
+async def test_fail_fast_does_not_cancel_a_branch_whose_progress_is_being_written(
+    autojump_clock: Any,
+) -> None:
+    storage = SlowDurableStorage()
+
+    async def quick(ctx: tf.StepContext) -> Any:
+        await trio.lowlevel.checkpoint()
+        storage.armed = True
+        return {"q": 1}
+
+    async def bad(ctx: tf.StepContext) -> Any:
+        await storage.writing.wait()
+        raise ValueError("bad")
+
+    wf = (
+        tf.create_workflow(id="par-ff-write")
+        .parallel(
+            [tf.create_step(id="quick", execute=quick), tf.create_step(id="bad", execute=bad)],
+            fail_fast=True,
+        )
+        .commit()
+    )
+    async with tf.open_runtime(storage=storage):
+        run = await wf.create_run()
+        result = await run.start(input_data={})
+    assert result.status == "failed"
+    # quick succeeded (its end chunk said so) before bad failed: it stays a success.
+    assert result.steps["quick"].status == "success"
+    assert result.steps["quick"].output == {"q": 1}
