@@ -119,24 +119,30 @@ class Notifications:
         write committed before the mark notified nobody."""
         while True:
             due, later = self._runs_to_mark(trio.current_time())
-            if not due:
+            if due:
+                await self._mark(due, mark)
+            else:
                 with trio.move_on_at(later):
                     await self._mark_needed.wait()
                 self._mark_needed = trio.Event()
-                continue
-            sent = trio.current_time()
-            try:
-                found = await mark(due, FOLLOW_TTL)
-            except Exception as exc:
-                # The waiters poll meanwhile; a later watch tries again.
-                logger.warning("%s: could not mark followed runs (%s)", self._where, exc)
-                found = []
-            fresh = [run_id for run_id in found if self._followed.get(run_id, -math.inf) < sent]
-            for run_id in found:
-                self._followed[run_id] = sent + FOLLOW_TTL
-            for run_id in fresh:
-                for event in self._event_waiters.pop(run_id, ()):
-                    event.set()
+
+    async def _mark(
+        self, due: list[str], mark: Callable[[list[str], float], Awaitable[list[str]]]
+    ) -> None:
+        sent = trio.current_time()
+        try:
+            found = await mark(due, FOLLOW_TTL)
+        except Exception as exc:
+            # The waiters poll meanwhile; a later watch tries again.
+            logger.warning("%s: could not mark followed runs (%s)", self._where, exc)
+            await trio.lowlevel.checkpoint()
+            return
+        fresh = [run_id for run_id in found if self._followed.get(run_id, -math.inf) < sent]
+        for run_id in found:
+            self._followed[run_id] = sent + FOLLOW_TTL
+        for run_id in fresh:
+            for event in self._event_waiters.pop(run_id, ()):
+                event.set()
 
     def wake_everyone(self) -> None:
         # After losing the listen connection, a notification may have been missed.
@@ -146,9 +152,7 @@ class Notifications:
         self._event_waiters.clear()
         self.dispatch(QUEUE_CHANNEL, "")
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """LISTEN and dispatch until cancelled (cancelling it closes the connection).
         Started at the first connection attempt, failed or not; a lost connection is
         reopened with a backoff, waking every waiter (they fall back to reading)."""
