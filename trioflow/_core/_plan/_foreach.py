@@ -88,7 +88,9 @@ def not_a_list(value: Any, started_at: int, now: int) -> Settle | None:
     result = StepResult(
         status=_S.FAILED, payload=value, error=error, started_at=started_at, ended_at=now
     )
-    return Settle(result=result, run=StepRun(result=result), outcome=Outcome(_S.FAILED, error=error))
+    return Settle(
+        result=result, run=StepRun(result=result), outcome=Outcome(_S.FAILED, error=error)
+    )
 
 
 def _status(record: Record | None) -> str | None:
@@ -132,9 +134,7 @@ class ForeachPlan:
         self.stop = False
         self.first_failure: int | None = None
         self.bailed: int | None = None
-        self.stored_bail = next(
-            (i for i, p in enumerate(previous) if _status(p) == "bailed"), None
-        )
+        self.stored_bail = next((i for i, p in enumerate(previous) if _status(p) == "bailed"), None)
         self.plan: list[ItemRun] = self._replay_plan()
         self._next = 0
         self._items_json: Any = None
@@ -350,7 +350,9 @@ class ForeachPlan:
         if self.bailed is not None:
             value = self.runs[self.bailed].result.output
             result = StepResult(status=_S.SUCCESS, output=value, ended_at=now, **base)
-            return Settle(result=result, run=StepRun(result=result), outcome=Outcome(_S.BAILED, output=value))
+            return Settle(
+                result=result, run=StepRun(result=result), outcome=Outcome(_S.BAILED, output=value)
+            )
         if self.suspended_payloads:
             first = min(self.suspended_payloads)
             result = StepResult(
@@ -366,7 +368,9 @@ class ForeachPlan:
             )
         result = StepResult(status=_S.SUCCESS, output=self.outputs, ended_at=now, **base)
         return Settle(
-            result=result, run=StepRun(result=result), outcome=Outcome(_S.SUCCESS, output=self.outputs)
+            result=result,
+            run=StepRun(result=result),
+            outcome=Outcome(_S.SUCCESS, output=self.outputs),
         )
 
     def labels(self) -> list[Label]:
