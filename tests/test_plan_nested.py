@@ -117,7 +117,8 @@ def test_a_resume_of_a_record_without_header_opens_fresh() -> None:
     opening = nested.open_nested({"v": 1}, resume, ANNOUNCED)
     assert opening.fresh
     assert opening.payload == {"v": 1}
-    assert opening.resume_payload is None and opening.resumed_at is None
+    assert opening.resume_payload is None
+    assert opening.resumed_at is None
 
 
 def test_a_stored_header_continues_with_the_stored_payload_and_the_resume_data() -> None:
@@ -137,7 +138,7 @@ def test_a_stored_header_without_payload_keeps_the_value() -> None:
 
 
 def test_a_fresh_start_is_entry_0_without_target() -> None:
-    assert nested.FRESH_START == nested.NestedStart(entry=0, target=None, restart=False)
+    assert nested.NestedStart(entry=0, target=None, restart=False) == nested.FRESH_START
 
 
 @pytest.mark.parametrize("active_entry", [0, 2, None])
@@ -242,7 +243,8 @@ def test_success_is_the_levels_output_with_its_header() -> None:
     assert run.result.status is _S.SUCCESS
     assert (run.result.output, run.result.ended_at, run.result.payload) == (5, 300, 1)
     assert run.result.metadata == {"nested": sub.header(), ITERATION_COUNT: 2}
-    assert run.labels == [] and run.tripwire is None
+    assert run.labels == []
+    assert run.tripwire is None
     assert nested.merges_state(Outcome(_S.SUCCESS))
 
 
@@ -258,7 +260,8 @@ def test_suspension_carries_the_first_inner_payload_and_the_labels_up() -> None:
     run = nested.nested_result(Outcome(_S.SUSPENDED), sub, opening, iteration=0, now=300)
     assert run.result.status is _S.SUSPENDED
     assert run.result.suspend_payload == {"why": "b"}
-    assert run.result.suspended_at == 300 and run.result.ended_at is None
+    assert run.result.suspended_at == 300
+    assert run.result.ended_at is None
     assert [(label.name, label.path) for label in run.labels] == [("lab", ["c"])]
     assert nested.merges_state(Outcome(_S.SUSPENDED))
 
@@ -271,7 +274,8 @@ def test_a_tripwire_fails_the_node_and_carries_the_tripwire() -> None:
     run = nested.nested_result(
         Outcome(_S.TRIPWIRE, error=err, tripwire=trip), sub, opening, iteration=0, now=300
     )
-    assert run.result.status is _S.FAILED and run.result.error is err
+    assert run.result.status is _S.FAILED
+    assert run.result.error is err
     assert run.tripwire is trip
     assert not nested.merges_state(Outcome(_S.TRIPWIRE))
 
@@ -344,7 +348,8 @@ def test_a_body_that_does_not_succeed_ends_the_loop(status: StepStatus) -> None:
 
 def test_a_bailed_body_ends_the_loop_bailed() -> None:
     decided = loop.body_settled(StepRun(result=StepResult(status=_S.SUCCESS, output=1), bailed=True))
-    assert isinstance(decided, loop.Stop) and decided.outcome.status is _S.BAILED
+    assert isinstance(decided, loop.Stop)
+    assert decided.outcome.status is _S.BAILED
 
 
 def test_a_condition_that_raises_fails_the_loop() -> None:

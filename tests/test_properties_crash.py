@@ -57,17 +57,13 @@ def _writes_progress(spec: WorkflowSpec) -> bool:
 def known_crash_bug(spec: WorkflowSpec) -> str | None:
     """The known engine limitation a crash of this generated workflow may run into, if any.
 
-    Open: crash recovery of a loop whose body is a nested workflow (a crash between or
-    inside iterations can re-run an iteration's inner steps that the snapshot of an earlier
-    iteration recorded), and of a foreach whose items suspend and are resumed (a replayed
+    Open: crash recovery of a foreach whose items suspend and are resumed (a replayed
     resume can leave different items suspended than an uninterrupted run).
     Found by these properties, not yet traced to their cause. Without a crash these shapes
     behave as the reference model says (tests/test_properties.py covers them).
     """
     for entry in walk_entries(spec):
         node = getattr(entry, "node", None)
-        if isinstance(entry, LoopSpec) and isinstance(node, WorkflowSpec):
-            return "crash recovery of a loop over a nested workflow"
         if isinstance(entry, ForeachSpec) and node is not None and _suspends(node):
             return "crash recovery of a foreach whose items suspend and are resumed"
         if isinstance(entry, ForeachSpec) and isinstance(node, WorkflowSpec):
