@@ -90,3 +90,33 @@ async def test_fail_fast_does_not_cancel_a_branch_whose_progress_is_being_writte
     # quick succeeded (its end chunk said so) before bad failed: it stays a success.
     assert result.steps["quick"].status == "success"
     assert result.steps["quick"].output == {"q": 1}
+
+
+@pytest.mark.parametrize("attempt", range(8))
+async def test_fail_fast_cancels_a_sibling_that_had_not_started(
+    rt: Any, autojump_clock: Any, attempt: int
+) -> None:
+    # trio starts the branches' tasks in a random order: a branch failing at its first
+    # step may run before its sibling has started at all.
+    done: list[str] = []
+
+    async def bad(ctx: tf.StepContext) -> Any:
+        raise ValueError("at once")
+
+    async def slow(ctx: tf.StepContext) -> Any:
+        await trio.sleep(100)
+        done.append("slow")
+
+    wf = (
+        tf.create_workflow(id="par-ff-first")
+        .parallel(
+            [tf.create_step(id="bad", execute=bad), tf.create_step(id="slow", execute=slow)],
+            fail_fast=True,
+        )
+        .commit()
+    )
+    run = await wf.create_run()
+    result = await run.start(input_data={})
+    assert result.status == "failed"
+    assert done == []
+    assert result.steps["slow"].status == "canceled"
