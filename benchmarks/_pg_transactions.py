@@ -254,18 +254,20 @@ async def _wait_done(dsn: str, run_id: str, polls: _Box) -> str:
 _MODES = {"idle": _idle, "bare": _bare, "direct": _direct, "queued": _queued}
 
 
-def measurement_offset(server: str) -> int:
+def measurement_offset(server: str, repeats: int = REPEATS) -> int:
     """Transactions counted beyond the statements sent when a runtime sends
     ``CALIBRATION_STATEMENTS`` bare ones (measured 1 on PostgreSQL 15, 0 for a single
     statement: not a statement of the engine's); subtracted from ``transactions``."""
-    return int(measure_one(server, "bare")["transactions"]) - CALIBRATION_STATEMENTS
+    return int(measure_one(server, "bare", repeats)["transactions"]) - CALIBRATION_STATEMENTS
 
 
-def measure(server: str) -> dict[str, Any]:
-    """The row of the ``pg-run-transactions`` scenario."""
-    direct = measure_one(server, "direct")
-    queued = measure_one(server, "queued")
-    offset = measurement_offset(server)
+def measure(server: str, quick: bool = False) -> dict[str, Any]:
+    """The row of the ``pg-run-transactions`` scenario (``quick``: one measurement of
+    each, not the least of ``REPEATS``)."""
+    repeats = 1 if quick else REPEATS
+    direct = measure_one(server, "direct", repeats)
+    queued = measure_one(server, "queued", repeats)
+    offset = measurement_offset(server, repeats)
     transactions = direct["transactions"] - offset
     queued_transactions = queued["transactions"] - offset
     worst = max(transactions, queued_transactions)

@@ -22,7 +22,8 @@ PostgreSQL server, beside a raw psycopg floor measured in the same run.
 - `pg-run-transactions` (`--transactions` alone, issue 15): the transactions of one 10-step
   run started in process (`transactions`) and of one queued and run by a worker
   (`queued_transactions`), with the storage calls the engine made and the database jobs
-  each sent (see `_pg_transactions.py`). Goal: <= 12; floor: 10.
+  each sent (see `_pg_transactions.py`). Goal: <= 12; floor: 10. `--quick`: one
+  measurement of each instead of the least of 3. `run_all.py` runs it too.
 
 Every process (workers, floor processes and the server) shares the machine's cores:
 `cpu_count` is in each row, and the figures for K > cpu_count are oversubscribed.
@@ -313,14 +314,17 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return _pgbench.run_with_server(SCENARIOS, lambda server: measure(server, quick))
 
 
-def transactions_row(server: str) -> list[dict[str, Any]]:
-    return [_harness.report("pg-run-transactions", _pg_transactions.measure(server))]
+def transactions_row(server: str, quick: bool = False) -> list[dict[str, Any]]:
+    return [_harness.report("pg-run-transactions", _pg_transactions.measure(server, quick))]
 
 
 if __name__ == "__main__":
     if "--floor-child" in sys.argv[1:]:
         floor_child(sys.argv[1:])
     elif "--transactions" in sys.argv[1:]:
-        _pgbench.run_with_server(["pg-run-transactions"], transactions_row)
+        quick = "--quick" in sys.argv[1:]
+        _pgbench.run_with_server(
+            ["pg-run-transactions"], lambda server: transactions_row(server, quick)
+        )
     else:
         _harness.cli(globals())

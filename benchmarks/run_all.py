@@ -7,6 +7,8 @@ its own) and prints one JSON object per scenario; this script collects them into
 list on stdout. Progress and the scripts' own stderr go to stderr. `--quick` shrinks sizes
 and repeats so the whole run takes a few seconds (a smoke test; the figures mean nothing
 then). `NAME`s pick scripts by name (`chain` or `bench_chain`); default: all of them.
+Scenarios a script prints only when asked (`bench_storage.py --big-output`,
+`bench_postgres_workers.py --transactions`) are run too, see `EXTRA_RUNS`.
 
 The PostgreSQL scripts (`bench_postgres_*.py`) start a throwaway private server, or use
 `$TRIOFLOW_BENCH_POSTGRES_DSN` (creating and dropping their own databases there); without
@@ -27,6 +29,12 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+#: Scenarios a script prints only when asked: run_all runs the script again with these
+#: arguments (after its default run).
+EXTRA_RUNS: dict[str, list[list[str]]] = {
+    "bench_storage": [["--big-output"]],  # sqlite-big-output
+    "bench_postgres_workers": [["--transactions"]],  # pg-run-transactions
+}
 
 
 def discover(names: list[str]) -> list[Path]:
@@ -41,9 +49,12 @@ def discover(names: list[str]) -> list[Path]:
     return chosen
 
 
-def run_script(path: Path, quick: bool) -> tuple[list[dict[str, Any]], str | None]:
-    """Run one scenario script; return its JSON rows and an error message (or None)."""
-    command = [sys.executable, str(path), *(["--quick"] if quick else [])]
+def run_script(
+    path: Path, quick: bool, extra: list[str] | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Run one scenario script (with ``extra`` arguments); return its JSON rows and an
+    error message (or None)."""
+    command = [sys.executable, str(path), *(extra or []), *(["--quick"] if quick else [])]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.stderr:
         sys.stderr.write(proc.stderr)
@@ -72,18 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     failed = False
     for path in discover(args.names):
-        t0 = time.perf_counter()
-        rows, error = run_script(path, args.quick)
-        elapsed = time.perf_counter() - t0
-        results.extend(rows)
-        for row in rows:
-            print(json.dumps(row), file=sys.stderr)
-        if error is not None:
-            failed = True
-            results.append({"scenario": path.stem, "error": error})
-            print(f"{path.name}: FAILED: {error}", file=sys.stderr)
-        else:
-            print(f"{path.name}: done in {elapsed:.1f} s", file=sys.stderr)
+        for extra in [None, *EXTRA_RUNS.get(path.stem, [])]:
+            label = " ".join([path.name, *(extra or [])])
+            t0 = time.perf_counter()
+            rows, error = run_script(path, args.quick, extra)
+            elapsed = time.perf_counter() - t0
+            results.extend(rows)
+            for row in rows:
+                print(json.dumps(row), file=sys.stderr)
+            if error is not None:
+                failed = True
+                results.append({"scenario": label, "error": error})
+                print(f"{label}: FAILED: {error}", file=sys.stderr)
+            else:
+                print(f"{label}: done in {elapsed:.1f} s", file=sys.stderr)
     print(json.dumps(results, indent=2))
     return 1 if failed else 0
 

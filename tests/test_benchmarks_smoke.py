@@ -107,6 +107,8 @@ EXPECTED_FIGURES: dict[str, tuple[str, ...]] = {
         )
         for mode in ("midstep", "snapshot")
     },
+    "sqlite-big-output": ("growth_mb", "floor_growth_mb", "goal_mb"),
+    "pg-run-transactions": ("transactions", "storage_transactions", "floor_transactions"),
     "pg-recovery": (
         "lease_ttl_s",
         "lease_left_at_kill_s",
