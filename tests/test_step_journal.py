@@ -21,7 +21,7 @@ from trioflow._core._journal import StepJournal
 from trioflow._core._model import RunSnapshot
 from trioflow._core._status import RunStatus
 from trioflow.storage import _sqlite_file
-from trioflow.storage.sqlite import SqliteStorage
+from trioflow.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 
 # --------------------------------------------------------------------------- v1 files
 
@@ -223,7 +223,7 @@ async def test_a_v1_database_migrates_and_its_runs_resume_and_restart(tmp_path: 
             assert loaded is not None
             assert list(loaded.steps) == list(before[name].steps)  # type: ignore[union-attr]
         with raw(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+            assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
             stored = conn.execute("SELECT count(*) FROM steps").fetchone()[0]
             assert stored == sum(len(s.steps) for s in before.values() if s is not None)
             for (text,) in conn.execute("SELECT snapshot FROM runs"):
