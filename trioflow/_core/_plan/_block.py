@@ -158,6 +158,9 @@ class CancelOthers:
 
 BlockAction = SettleBranch | PersistProgress | CancelOthers
 
+#: One value for every progress write (the step path is hot: no allocation per branch).
+PERSIST_PROGRESS = PersistProgress()
+
 
 # --- the block --------------------------------------------------------------------------
 
@@ -175,6 +178,7 @@ class BlockPlan:
         "_positions",
         "_previous",
         "_runs",
+        "concurrent",
         "to_run",
     )
 
@@ -199,11 +203,8 @@ class BlockPlan:
         self._previous = {n: previous[n] for n in self._node_ids if n in previous}
         self._runs: dict[int, StepRun] = {}
         self._cancel_requested = False
-
-    @property
-    def concurrent(self) -> bool:
-        """More than one branch runs: they are announced first, then run in a nursery."""
-        return len(self.to_run) > 1
+        #: More than one branch runs: they are announced first, then run in a nursery.
+        self.concurrent = len(self.to_run) > 1
 
     def branch_settled(self, event: BranchSettled) -> list[BlockAction]:
         b = event.position
@@ -211,7 +212,7 @@ class BlockPlan:
         self._runs[b] = run
         actions: list[BlockAction] = [self._settle(b, run)]
         if self.concurrent:
-            actions.append(PersistProgress())
+            actions.append(PERSIST_PROGRESS)
             if self._fail_fast and run.result.status is _S.FAILED:
                 self._cancel_requested = True
                 reason = f"fail_fast: {self._node_ids[b]} failed"
