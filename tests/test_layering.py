@@ -193,7 +193,6 @@ OVERSIZED_MODULES = {
 
 # Functions over MAX_COMPLEXITY today (ruff C901): {path::function: reason}.
 COMPLEX_FUNCTIONS = {
-    "trioflow/_driver/_step.py::run_step": "decisions move to _core/_plan/_step.py (issue 15)",
     "trioflow/_core/_serde.py::to_jsonable": "one branch per JSON kind; edited by the serde session",
 }
 
