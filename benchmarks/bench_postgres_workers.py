@@ -52,6 +52,8 @@ POLL_INTERVAL = 0.005
 TIMEOUT = 600.0
 STEPS = _pgbench.CHAIN_STEPS
 SCENARIOS = [f"pg-workers-{k}" for k in WORKER_COUNTS]
+#: Issue 15's goal for one worker (runs/s); none is set for more workers.
+GOAL_RUNS_PER_S = {1: 240.0}
 
 
 def xact_commit(dsn: str) -> int:
@@ -293,6 +295,7 @@ def measure(server: str, quick: bool) -> list[dict[str, Any]]:
                     "floor_runs_per_s": floor_runs_per_s,
                     "floor_steps_per_s": floor_runs_per_s * STEPS,
                     "ratio_to_floor": floor_runs_per_s / runs_per_s,
+                    "goal_runs_per_s": GOAL_RUNS_PER_S.get(k),
                     "db_transactions_per_run": engine["db_transactions_per_run"],
                     "floor_transactions_per_run": STEPS,
                     "runs_per_worker": engine["runs_per_worker"],
