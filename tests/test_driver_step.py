@@ -15,7 +15,10 @@ import trioflow as tf
 
 async def chunks(run: tf.Run) -> list[tuple[str, Any]]:
     async with run.observe_stream(from_seq=1, follow=False) as sub:
-        return [(chunk.type, getattr(chunk.payload, "status", None)) async for chunk in sub]
+        return [
+            (chunk.type, getattr(getattr(chunk, "payload", None), "status", None))
+            async for chunk in sub
+        ]
 
 
 async def test_cancel_during_retry_delay_publishes_the_canceled_result(
