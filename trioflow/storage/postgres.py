@@ -20,11 +20,9 @@ log, and the lease: ``lease_owner``, ``lease_expires_at``, ``fencing_token``, ``
 ``trioflow_steps`` (one row per step record, ``(run_id, step_key)``: a write stores only
 the records that changed, see :mod:`trioflow.storage._steps`), ``trioflow_events``
 (``(run_id, seq)`` primary key) and ``trioflow_meta`` (schema version). Every write is
-one transaction; a snapshot and the events that describe it commit together, with one
-``NOTIFY trioflow_events`` (payload: the run id) as a hint for followers in other
-processes, sent only while a follower marks the run followed (``followed_until``, see
-:mod:`._pg_listen`): each NOTIFY costs every LISTENing backend of the database a
-transaction, so a run nobody follows elsewhere costs one transaction per write.
+one transaction; a snapshot and its events commit together, with a ``NOTIFY
+trioflow_events`` (payload: the run id) for followers in other processes only while one
+marks the run followed (``followed_until``, :mod:`._pg_listen`).
 
 Leases and fencing
 ------------------
@@ -552,11 +550,8 @@ class PostgresStorage:
 
     def watch_events(self, run_id: str, event: trio.Event) -> Callable[[], None]:
         """Set ``event`` at the next notification that the run's log grew (while
-        :meth:`serve` runs). Returns a function that withdraws the request.
-
-        The first watch of a run marks it followed in the database (writes notify only
-        followed runs) and then sets ``event`` once, so the caller reads the log again:
-        what was written before the mark was not notified."""
+        :meth:`serve` runs; a first watch sets it once the run is marked followed, see
+        :mod:`._pg_listen`). Returns a function that withdraws the request."""
         return self._notes.watch_events(run_id, event)
 
     def watch_queue(self, event: trio.Event) -> Callable[[], None]:
