@@ -82,10 +82,16 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3 adds no table itself: the ``blobs`` table (``_blobs.py``) is created when
+    first needed. The number changes so that a trioflow knowing only version 2, which
+    would read a value stored as a blob as ``null``, refuses the file."""
+
+
 #: ``MIGRATIONS[k]`` brings a database from schema version ``k`` to ``k + 1`` (version 0
 #: is an empty file). A new schema version is a function appended here; opening a file
 #: applies every missing one, in order, in one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, migrate_to_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_1, migrate_to_2, _migrate_to_3]
 #: The schema version this code writes (``len(MIGRATIONS)`` when the module was loaded).
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
