@@ -132,11 +132,11 @@ def test_the_replay_plan_over_every_small_shape() -> None:
                 plan = _plan(names, target, restart, TOKEN)
                 runs, staying = _expected(names, target, restart)
                 got = {
-                    item.index: ("resume" if item.resume is not None else "run")
+                    item.foreach_index: ("resume" if item.resume is not None else "run")
                     for item in plan.plan
                 }
                 assert got == runs, (names, target, restart)
-                assert [item.index for item in plan.plan] == sorted(runs), "index order"
+                assert [item.foreach_index for item in plan.plan] == sorted(runs), "index order"
                 assert plan.suspended_payloads == staying, (names, target, restart)
                 for item in plan.plan:
                     if item.resume is not None:
@@ -153,8 +153,8 @@ def _succeed(plan: ForeachPlan) -> list[Any]:
     """Run every planned item one after the other, each returning ``index * 10``."""
     chunks = []
     while (item := plan.take()) is not None:
-        run = StepRun(result=StepResult(status=_S.SUCCESS, output=item.index * 10))
-        chunks.append(plan.item_settled(item.index, run, now=200).chunk)
+        run = StepRun(result=StepResult(status=_S.SUCCESS, output=item.foreach_index * 10))
+        chunks.append(plan.item_settled(item.foreach_index, run).chunk)
     return chunks
 
 
@@ -205,11 +205,11 @@ def test_a_replayed_resume_reports_the_recorded_failure_with_its_error() -> None
 
 def test_the_lowest_failure_wins_over_a_recorded_higher_one() -> None:
     plan = _plan(("running-fresh", "failed"), NO_RESUME, True, None)
-    assert [item.index for item in plan.plan] == [0]
+    assert [item.foreach_index for item in plan.plan] == [0]
     item = plan.take()
     assert item is not None
     failed = StepRun(result=StepResult(status=_S.FAILED, error=ValueError("new")))
-    assert plan.item_settled(0, failed, now=1).stop
+    assert plan.item_settled(0, failed).stop
     settle = plan.outcome(now=2)
     assert str(settle.outcome.error) == "new"
 
@@ -218,12 +218,12 @@ def test_labels_of_every_suspended_item_with_its_index() -> None:
     plan = _plan(("suspended", "running-fresh", "suspended"), NO_RESUME, True, None)
     item = plan.take()
     assert item is not None
-    assert item.index == 1
+    assert item.foreach_index == 1
     run = StepRun(
         result=StepResult(status=_S.SUSPENDED, suspend_payload="n"),
         labels=[Label("again", [])],
     )
-    actions = plan.item_settled(1, run, now=1)
+    actions = plan.item_settled(1, run)
     assert actions.stop
     assert actions.record["labels"] == ["again"]
     settle = plan.outcome(now=2)
@@ -250,7 +250,7 @@ def test_a_cancel_keeps_the_records_with_items_in_flight_running() -> None:
     second = plan.take()
     assert first is not None
     assert second is not None
-    plan.item_settled(0, StepRun(result=StepResult(status=_S.SUCCESS, output=1)), now=1)
+    plan.item_settled(0, StepRun(result=StepResult(status=_S.SUCCESS, output=1)))
     result = plan.cancelled(now=9)
     assert result.status is _S.CANCELED
     assert result.ended_at == 9
@@ -294,18 +294,21 @@ def _drive(kinds: list[str], concurrency: int, choices: list[int]) -> tuple[Fore
     for _ in range(lanes):
         item = plan.take()
         if item is not None:
-            in_flight.append(item.index)
+            in_flight.append(item.foreach_index)
     chunks = []
     picks = iter(choices)
     while in_flight:
         index = in_flight.pop(next(picks, 0) % len(in_flight))
-        actions = plan.item_settled(index, _run_of(index, kinds[index]), now=1)
+        actions = plan.item_settled(index, _run_of(index, kinds[index]))
         assert actions.record is plan.outcomes[index]
         chunks.append(actions.chunk)
         item = plan.take()  # the lane that settled takes the next item
+        if actions.stop:
+            # Once an item stops the foreach, only the items in flight still settle.
+            assert item is None
+            assert plan.take() is None
         if item is not None:
-            assert not actions.stop
-            in_flight.append(item.index)
+            in_flight.append(item.foreach_index)
     return plan, chunks
 
 
@@ -376,8 +379,6 @@ def test_no_item_is_taken_after_one_stops_the_foreach(
     assert taken == list(range(len(taken)))
     assert len(chunks) == len(taken)
     stoppers = [i for i in taken if kinds[i] != "success"]
-    if stoppers:
-        # After the first stopper settled, only the items already in flight settled.
-        assert len(taken) <= min(len(kinds), max(stoppers) + concurrency)
-    else:
+    if not stoppers:
         assert len(taken) == len(kinds)
+    assert plan.take() is None

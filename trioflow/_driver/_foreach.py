@@ -109,21 +109,27 @@ async def _lane(level: Level, entry: ForeachEntry, plan: ForeachPlan) -> None:  
     execution = level.execution
     log = execution.log
     key = level.key_prefix + node.id
+    items = plan.items
+    chunk_id = plan.chunk_id
+    durable = execution.durable
+    # Bound once: this loop is the per-item path (bench_foreach.py).
+    take, item_settled, run_node = plan.take, plan.item_settled, level.run_node
     done = 0
-    while (item := plan.take()) is not None:
-        run = await level.run_node(
+    while (item := take()) is not None:
+        index, item_resume = item
+        run = await run_node(
             node,
-            plan.items[item.index],
-            resume=item.resume,
-            chunk_id=plan.chunk_id,
+            items[index],
+            resume=item_resume,
+            chunk_id=chunk_id,
             emit=False,
-            foreach_index=item.index,
+            foreach_index=index,
             record=False,
         )
-        settled = plan.item_settled(item.index, run, now_ms())
-        if settled.chunk is not None:
-            level.publish(WorkflowStepProgress, settled.chunk)
-        if execution.durable:
+        _, chunk, _ = item_settled(index, run)
+        if chunk is not None:
+            level.publish(WorkflowStepProgress, chunk)
+        if durable:
             execution.stored[key] = plan.progress_record()
             await execution.persist_progress()
         # Items whose steps never checkpoint must not make the run uncancellable (a cancel
