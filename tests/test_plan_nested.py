@@ -185,6 +185,17 @@ def test_a_resume_without_a_path_and_nothing_suspended_reenters_the_running_entr
     )
 
 
+def test_a_replayed_resume_whose_inner_target_already_settled_continues_in_restart_mode() -> None:
+    # A restart replaying a resume of ["w1", "s3"] after the crash-time header shows s3
+    # resumed and settled (no longer suspended): the workflow goes on from its running
+    # entry (this indexed the suspended paths and raised KeyError).
+    hdr = header(active_entry=2)
+    resume = NodeResume(data=1, tail=["s3"], stored=stored_record(hdr))
+    assert nested.continue_start(book(hdr), resume, entries=3) == nested.NestedStart(
+        entry=2, target=None, restart=True
+    )
+
+
 def test_a_continued_level_runs_with_the_parent_state_merged_over_its_own() -> None:
     assert nested.continued_state({"a": 1, "b": 1}, {"b": 2}) == {"a": 1, "b": 2}
     assert nested.continued_state({"a": 1}, None) == {"a": 1}

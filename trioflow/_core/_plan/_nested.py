@@ -158,7 +158,10 @@ def continue_start(book: LevelBook, resume: NodeResume | None, entries: int) -> 
     if resume is not None and not tail and not resume.restarting:
         paths = book.full_suspended_paths()
         tail = paths[0] if paths else []
-    if resume is None or not tail:
+    if resume is None or not tail or tail[0] not in book.suspended_paths:
+        # (The last case: a restart replaying a resume whose target inside this workflow
+        # had already been resumed and settled before the crash: the workflow goes on
+        # from where it was, the resume is spent.)
         return NestedStart(entry=entry, target=None, restart=True)
     target = ResumeTarget(path=tail, foreach_index=resume.foreach_index)
     return NestedStart(entry=book.suspended_paths[tail[0]][0], target=target, restart=False)
