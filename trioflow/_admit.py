@@ -5,6 +5,7 @@ nothing, by the websocket bridge."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +15,10 @@ from ._context import RequestContext, coerce_request_context
 from ._core._errors import ValidationError
 from ._core._graph import find_node
 from ._core._json import id_text_problem
+from ._core._model import RunSnapshot
+from ._core._resume import ResumeTarget, check_foreach_index, resolve_target
 from ._core._serde import to_stored_json, validate
+from ._core._status import RunStatus
 from ._workflow import Step, Workflow
 
 
@@ -135,3 +139,89 @@ def check_run_ids(run_id: object, resource_id: object) -> None:
         problem = None if value is None else id_text_problem(value)
         if problem is not None:
             raise ValueError(f"{name} {value!r} {problem}")
+
+
+@attrs.frozen(kw_only=True)
+class StartInfo:
+    """What ``on_start`` receives."""
+
+    run_id: str
+    workflow_id: str
+    resource_id: str | None
+    input_data: Any
+    state: Any
+    request_context: RequestContext
+
+    def get_init_data(self) -> Any:
+        return self.input_data
+
+
+def deprecated_context(
+    request_context: Any, runtime_context: Any
+) -> RequestContext | Mapping[str, Any] | None:
+    if runtime_context is not None:
+        warnings.warn(
+            "runtime_context= is deprecated; use request_context=", DeprecationWarning, stacklevel=3
+        )
+        if request_context is None:
+            return runtime_context  # type: ignore[no-any-return]
+    return request_context  # type: ignore[no-any-return]
+
+
+@attrs.frozen(kw_only=True)
+class AdmittedResume:
+    """A resume's target, its validated data, the merged request context, and the
+    snapshot that claims the suspended run for it (status ``running``, ``resume`` set)."""
+
+    target: ResumeTarget
+    data: Any
+    context: RequestContext
+    claimed: RunSnapshot
+
+
+def admit_resume(
+    workflow: Workflow,
+    snapshot: RunSnapshot,
+    resume_data: Any,
+    *,
+    path: list[str] | None,
+    label: str | None,
+    for_each_index: int | None,
+    caller_context: RequestContext,
+    trace_id: str,
+    now: int,
+) -> AdmittedResume:
+    """The resume of the suspended ``snapshot`` that these arguments ask for; raises
+    (before anything is stored) what ``resolve_target`` and ``check_foreach_index`` raise
+    for a wrong target, ValidationError (``Invalid resume data:``, ``Invalid request
+    context:``) for values that fail their schema or are not strict JSON."""
+    target = resolve_target(
+        step=path,
+        label=label,
+        for_each_index=for_each_index,
+        suspended_paths=snapshot.suspended_paths,
+        steps=snapshot.steps,
+        resume_labels=snapshot.resume_labels,
+    )
+    check_foreach_index(target, snapshot.steps)
+    node = node_at(workflow, target.path)
+    data = resume_data
+    schema = getattr(node, "resume_schema", None)
+    if schema is not None and workflow.validate_inputs:
+        data = validate(resume_data, schema, "Invalid resume data:")
+    data_json = to_stored_json(data, "Invalid resume data:")
+    context = RequestContext({**snapshot.request_context, **caller_context})
+    to_stored_json(dict(context), "Invalid request context:")
+    claimed = attrs.evolve(
+        snapshot,
+        status=RunStatus.RUNNING,
+        request_context=context.to_dict(),
+        trace_id=trace_id,
+        resume={
+            "path": list(target.path),
+            "data": data_json,
+            "foreach_index": target.foreach_index,
+        },
+        updated_at=now,
+    )
+    return AdmittedResume(target=target, data=data, context=context, claimed=claimed)

@@ -83,7 +83,9 @@ def fixup_module_metadata(module_name: str, namespace: Mapping[str, object]) -> 
 
 def _resolve_annotations(cls: type) -> None:
     own = inspect.get_annotations(cls)
-    if not own:
+    # An attrs subclass that adds only methods (tf.Workflow) still has its inherited
+    # fields' string types to resolve.
+    if not own and not attrs.has(cls):
         return
     # A class whose annotations name a TYPE_CHECKING-only type resolves nowhere, before
     # or after: it is left as it is.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import trio
 
@@ -22,13 +23,15 @@ from ._core._errors import (
     StorageError,
 )
 from ._core._json import id_text_problem
-from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult, public_step_result
-from ._core._plan._records import all_step_results, load_step_result
-from ._core._resume import full_suspended_paths
-from ._core._status import RunStatus, is_terminal
-from ._driver._execution import SHIELDED_WRITE_GRACE
+from ._core._model import RunInfo, RunSnapshot, RunState, WorkflowResult
+from ._core._status import RunStatus
+from ._driver._execution import SHIELDED_WRITE_GRACE, Execution
 from ._effects import call_maybe_async, now_ms
 from ._groups import is_fatal, unwrap_groups
+from ._hub import RunHub as RunHub
+from ._hub import result_from_snapshot as result_from_snapshot
+from ._run import Run
+from ._worker import Worker, after_execution_died
 from ._workflow import Workflow
 from .storage import MemoryStorage, Storage
 from .storage._protocol import LeasingStorage, QueueStorage
@@ -38,11 +41,6 @@ from .tracing._guard import GuardedTracer
 _STORAGE_MEMBERS = frozenset(
     {"durable", *(name for name in vars(Storage) if not name.startswith("_"))}
 )
-
-if TYPE_CHECKING:
-    from ._driver._execution import Execution
-    from ._run import Run
-    from ._worker import Worker
 
 logger = logging.getLogger("trioflow")
 
@@ -59,103 +57,28 @@ def current_runtime() -> Runtime:
         ) from None
 
 
-class RunHub:
-    """Per-run, in-process coordination: the event log, the write lock, the execution
-    currently running in this process, and waiters for the next execution."""
+class _ExecutionHost:
+    """The Runtime as its executions see it (the driver's ExecutionHost protocol): the
+    lifecycle callbacks stay a private method of the Runtime."""
 
-    def __init__(self, run_id: str, log: EventLog, status: RunStatus) -> None:
-        self.run_id = run_id
-        self.log = log
-        self.write_lock = trio.Lock()
-        self.execution: Execution | None = None
-        self.latest: Execution | None = None
-        self.status = status
-        self.external_result: WorkflowResult | None = None
-        #: The execution here that ended last, and the log's next seq when it ended (its
-        #: last chunk is the one before: nothing is mirrored from storage while it runs).
-        self.last_ended: Execution | None = None
-        self.last_end_seq = log.next_seq
-        self._changed = trio.Event()
+    __slots__ = ("_runtime",)
 
-    def execution_started(self, execution: Execution) -> None:
-        self.execution = execution
-        self.latest = execution
-        self.status = RunStatus.RUNNING
-        self._notify()
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
-    def execution_ended(self, execution: Execution) -> None:
-        if self.execution is execution:
-            self.execution = None
-        self.last_ended = execution
-        self.last_end_seq = self.log.next_seq
-        if execution.result is not None:
-            self.status = execution.result.status
-        else:
-            # It died without a finish: its streams' subscribers must not wait for one.
-            self.log.interrupt_waiters()
-        self._notify()
+    @property
+    def storage(self) -> Storage:
+        return self._runtime.storage
 
-    def ended_outside(self, result: WorkflowResult) -> None:
-        """The run ended without an execution here (cancel of a suspended run, or
-        another process executed it to its end)."""
-        self.external_result = result
-        self.status = result.status
-        self._notify()
+    @property
+    def tracer(self) -> Any:
+        return self._runtime.tracer
 
-    async def load_stored_result(self) -> WorkflowResult:
-        """The result storage holds for the run (after a final ``workflow-finish`` that
-        another process wrote; it is stored in the same write as the final snapshot).
-        A terminal one is recorded as :meth:`ended_outside`."""
-        snapshot = await self.log.storage.load_snapshot(self.run_id)
-        if snapshot is None:
-            raise RunNotActiveError(f"run {self.run_id} was deleted")
-        result = result_from_snapshot(snapshot)
-        if is_terminal(result.status):
-            self.ended_outside(result)
-        else:
-            self.status = result.status
-            self._notify()
-        return result
+    def finishing_scope(self) -> contextlib.AbstractContextManager[trio.CancelScope]:
+        return self._runtime.finishing_scope()
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
-
-
-def result_from_snapshot(snapshot: RunSnapshot) -> WorkflowResult:
-    """The WorkflowResult a stored run describes (errors as SerializedError)."""
-    steps = {
-        key: public_step_result(load_step_result(value))
-        for key, value in snapshot.steps.items()
-        if "." not in key and "[" not in key and not key.startswith("@")
-    }
-    suspended = (
-        full_suspended_paths(snapshot.suspended_paths, snapshot.steps)
-        if snapshot.status is RunStatus.SUSPENDED
-        else []
-    )
-    payloads: dict[str, Any] = {}
-    for path in suspended:
-        stored = snapshot.steps.get(".".join(path)) or snapshot.steps.get(path[0]) or {}
-        payloads[".".join(path)] = stored.get("suspend_payload")
-    return WorkflowResult(
-        status=snapshot.status,
-        result=snapshot.result if snapshot.status is RunStatus.SUCCESS else None,
-        error=snapshot.error,
-        steps=steps,
-        all_steps=all_step_results(steps, snapshot.steps),
-        input=snapshot.input,
-        state=snapshot.state,
-        suspended=suspended,
-        suspend_payload=payloads,
-        tripwire=snapshot.tripwire,
-        run_id=snapshot.run_id,
-        trace_id=snapshot.trace_id or "",
-        step_execution_path=list(snapshot.step_execution_path),
-    )
+    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None:
+        await self._runtime._run_callbacks(workflow, result)
 
 
 class Runtime:
@@ -176,6 +99,7 @@ class Runtime:
         #: When the runtime began closing (trio time): the deadline of final writes.
         self._closing_deadline: float | None = None
         self._finishing: set[trio.CancelScope] = set()
+        self._execution_host = _ExecutionHost(self)
 
     # --- closing --------------------------------------------------------------------------
 
@@ -237,8 +161,6 @@ class Runtime:
         With the id of a stored run, the Run is bound to it; otherwise a ``pending`` run is
         stored.
         """
-        from ._run import Run
-
         wf = self.get_workflow(workflow) if isinstance(workflow, str) else workflow
         if not isinstance(wf, Workflow):
             raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
@@ -265,11 +187,15 @@ class Runtime:
             raise ValueError(
                 f"run {snapshot.run_id} belongs to workflow {snapshot.workflow_id!r}, not {wf.id!r}"
             )
-        hub = self.hub_for(snapshot)
         # Every path above awaited storage (a fresh id is inserted, a given one looked up).
-        return Run(self, wf, hub, snapshot)  # noqa: ASYNC910
+        return self._bind_run(wf, snapshot)  # noqa: ASYNC910
 
-    def hub_for(self, snapshot: RunSnapshot) -> RunHub:
+    def _bind_run(self, workflow: Workflow, snapshot: RunSnapshot) -> Run:
+        """A Run of ``workflow`` bound to the stored ``snapshot`` (a worker's claim returns
+        it: no second load)."""
+        return Run(self, workflow, self._hub_for(snapshot), snapshot)
+
+    def _hub_for(self, snapshot: RunSnapshot) -> RunHub:
         """The in-process hub of a stored run (made on first use: its log continues after
         the snapshot's ``last_seq``; executions resync with storage before publishing)."""
         hub = self._hubs.get(snapshot.run_id)
@@ -321,7 +247,8 @@ class Runtime:
         )
         return run.run_id
 
-    def spawn(self, execution: Execution) -> None:
+    def _spawn(self, execution: Execution) -> None:
+        """Run ``execution`` in this runtime's nursery (what RunHost asks)."""
         execution.hub.execution_started(execution)
         self._nursery.start_soon(self._execute, execution, name=f"trioflow run {execution.run_id}")
 
@@ -332,8 +259,6 @@ class Runtime:
             # running: give up its lease, so a worker restarts it instead of it staying
             # owned by this live process forever; on PostgreSQL the attempt is counted,
             # retried after a backoff, and the run fails after max_attempts.
-            from ._worker import after_execution_died
-
             with trio.CancelScope(shield=True):  # noqa: ASYNC912 - a storage call
                 try:
                     await after_execution_died(self, execution.run_id, execution.failure)
@@ -420,7 +345,7 @@ class Runtime:
             return None
         return await self.storage.load_snapshot(run_id)
 
-    async def run_callbacks(  # noqa: ASYNC910 - internal
+    async def _run_callbacks(  # noqa: ASYNC910 - internal
         self, workflow: Workflow, result: WorkflowResult
     ) -> None:
         """``on_finish`` after every execution, ``on_error`` for failed/tripwire runs.
@@ -470,7 +395,7 @@ class Runtime:
         keep the others from restarting, nor the runtime from opening)."""
         try:
             run = await self.create_run(workflow, run_id=run_id)
-            await run.begin_restart()
+            await run._begin_restart()
         except (RunNotActiveError, RunAlreadyStartedError):
             # Finished meanwhile, or executing in a live process that holds its lease
             # (PostgreSQL): not ours to restart.
@@ -561,8 +486,6 @@ async def open_runtime(
                     if restart_active_runs:
                         await runtime.restart_active_runs()
                     if worker:
-                        from ._worker import Worker
-
                         assert isinstance(store, QueueStorage)
                         runtime.worker = Worker(
                             runtime,

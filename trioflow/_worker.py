@@ -11,7 +11,7 @@ and never executes more than ``capacity`` runs at once.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
@@ -24,16 +24,39 @@ from ._core._status import RunStatus
 from ._driver._execution import Execution
 from ._effects import now_ms
 from ._groups import is_fatal
+from ._run import Run
+from ._workflow import Workflow
+from .storage import Storage
 from .storage._protocol import (
     AttemptCountingStorage,
+    ClaimedRun,
     LeasingStorage,
     QueueStorage,
     save_changed_steps,
 )
 
-if TYPE_CHECKING:
-    from ._runtime import Runtime
-    from .storage._protocol import ClaimedRun
+
+class WorkerHost(Protocol):
+    """What the claim loop uses of its runtime (the WorkerHost), declared here so that this
+    module never imports the layer above it."""
+
+    @property
+    def storage(self) -> Storage: ...
+
+    @property
+    def workflows(self) -> dict[str, Workflow]: ...
+
+    @property
+    def max_attempts(self) -> int: ...
+
+    @property
+    def retry_delay(self) -> float: ...
+
+    def ended_elsewhere(self, snapshot: RunSnapshot) -> None: ...
+
+    def _bind_run(self, workflow: Workflow, snapshot: RunSnapshot) -> Run:
+        """A Run of ``workflow`` bound to the stored ``snapshot`` (no storage call)."""
+        ...
 
 logger = logging.getLogger("trioflow.worker")
 
@@ -53,7 +76,7 @@ class Worker:
     """The claim loop of one runtime (see the module docstring)."""
 
     def __init__(
-        self, runtime: Runtime, storage: QueueStorage, *, capacity: int, poll_interval: float
+        self, runtime: WorkerHost, storage: QueueStorage, *, capacity: int, poll_interval: float
     ) -> None:
         if not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"worker_capacity must be an int >= 1, got {capacity!r}")
@@ -115,7 +138,7 @@ class Worker:
                 # Its executions died max_attempts times (the last give-up could not be
                 # written): end it failed without running any step again.
                 error = load_error(item.last_error) or SerializedError(
-                    message="its executions kept dying", name="RuntimeError"
+                    message="its executions kept dying", name="WorkerHostError"
                 )
                 await give_up(self._runtime, run_id, error, item.attempts)
                 return
@@ -135,7 +158,9 @@ class Worker:
         try:
             if workflow is None:
                 raise KeyError(f"workflow {snapshot.workflow_id!r} is not registered here")
-            run = await runtime.create_run(workflow, run_id=snapshot.run_id)
+            # The claim returned the stored snapshot: bind to it without loading it again.
+            workflow.check_runnable()
+            run = runtime._bind_run(workflow, snapshot)
             if queued:
                 execution = await run._begin_start(
                     input_data=snapshot.input,
@@ -146,7 +171,7 @@ class Worker:
                 )
                 self._started += 1
                 return execution
-            began = await run.begin_restart()
+            began = await run._begin_restart()
             self._restarted += 1
             return began if isinstance(began, Execution) else None
         except trio.Cancelled:
@@ -174,7 +199,7 @@ class Worker:
             return None
 
 
-async def after_execution_died(runtime: Runtime, run_id: str, failure: BaseException) -> None:
+async def after_execution_died(runtime: WorkerHost, run_id: str, failure: BaseException) -> None:
     """An execution of ``run_id`` died of ``failure`` here with its run left executing.
 
     On a storage that counts attempts (PostgreSQL), the attempt is stored and the run is
@@ -210,7 +235,7 @@ def dump_error_as_serialized(failure: BaseException) -> SerializedError:
     return error
 
 
-async def give_up(runtime: Runtime, run_id: str, error: SerializedError, attempts: int) -> bool:
+async def give_up(runtime: WorkerHost, run_id: str, error: SerializedError, attempts: int) -> bool:
     """End a stored ``running``/``waiting`` run ``failed`` with ``error`` (and its finish
     chunk), without executing anything: its executions died ``attempts`` times. True when
     written (False: it is no longer executing, or storage refused). Cancelling it may

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
-import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -28,7 +27,6 @@ from ._core._json import id_text_problem
 
 if TYPE_CHECKING:
     from ._context import StepContext
-    from ._run import Run
 
 Execute = Callable[["StepContext"], Awaitable[Any]]
 Condition = Callable[["StepContext"], Any]
@@ -182,19 +180,24 @@ def step(
 
 
 def _check_node(value: object) -> Any:
-    if isinstance(value, Step | Workflow):
+    if isinstance(value, Step | WorkflowGraph):
         return value
     raise TypeError(f"expected a Step or a Workflow, got {value!r}")
 
 
-_W = TypeVar("_W", bound="Workflow")
+_W = TypeVar("_W", bound="WorkflowGraph")
 
 
 @attrs.define(eq=False, kw_only=True)
-class Workflow:
+class WorkflowGraph:
     """An ordered graph of entries. Build it with the chained methods, then ``commit()``.
 
-    A Workflow is itself usable as a step (a nested workflow), keyed by its id.
+    A workflow is itself usable as a step (a nested workflow), keyed by its id.
+
+    This is the graph alone: what the driver runs and what nests. The public
+    :class:`trioflow.Workflow` (``trioflow._runnable``) adds ``create_run()``, which reaches
+    the run API above the driver; keeping it out of this class keeps the import graph
+    acyclic (SPEC §0).
     """
 
     id: str = attrs.field(validator=_check_workflow_id)
@@ -227,11 +230,11 @@ class Workflow:
         _graph_epoch += 1
         return self
 
-    def then(self: _W, node: Step | Workflow) -> _W:
+    def then(self: _W, node: Step | WorkflowGraph) -> _W:
         """Run ``node`` with the previous entry's output as input."""
         return self._add(StepEntry(_check_node(node)))
 
-    def parallel(self: _W, nodes: Sequence[Step | Workflow], *, fail_fast: bool = False) -> _W:
+    def parallel(self: _W, nodes: Sequence[Step | WorkflowGraph], *, fail_fast: bool = False) -> _W:
         """Run every node at once on the same input; output ``{id: output}``.
 
         By default every branch runs to completion and the first failure is reported after
@@ -241,7 +244,7 @@ class Workflow:
             raise ValueError("parallel() needs at least one step")
         return self._add(ParallelEntry(tuple(_check_node(n) for n in nodes), fail_fast))
 
-    def branch(self: _W, branches: Sequence[tuple[Condition, Step | Workflow]]) -> _W:
+    def branch(self: _W, branches: Sequence[tuple[Condition, Step | WorkflowGraph]]) -> _W:
         """Run **every** node whose condition is true (a raising condition is false);
         output ``{id: output}`` of those that ran, ``{}`` when none."""
         if not branches:
@@ -256,22 +259,22 @@ class Workflow:
             nodes.append(_check_node(node))
         return self._add(BranchEntry(tuple(conditions), tuple(nodes)))
 
-    def dowhile(self: _W, node: Step | Workflow, condition: Condition) -> _W:
+    def dowhile(self: _W, node: Step | WorkflowGraph, condition: Condition) -> _W:
         """Run ``node`` at least once, again while ``condition`` is true."""
         return self._loop(node, condition, "dowhile")
 
-    def dountil(self: _W, node: Step | Workflow, condition: Condition) -> _W:
+    def dountil(self: _W, node: Step | WorkflowGraph, condition: Condition) -> _W:
         """Run ``node`` at least once, again until ``condition`` is true."""
         return self._loop(node, condition, "dountil")
 
     def _loop(
-        self: _W, node: Step | Workflow, condition: Condition, kind: Literal["dowhile", "dountil"]
+        self: _W, node: Step | WorkflowGraph, condition: Condition, kind: Literal["dowhile", "dountil"]
     ) -> _W:
         if not callable(condition):
             raise TypeError(f"loop condition must be callable, got {condition!r}")
         return self._add(LoopEntry(_check_node(node), condition, kind))
 
-    def foreach(self: _W, node: Step | Workflow, *, concurrency: int = 1) -> _W:
+    def foreach(self: _W, node: Step | WorkflowGraph, *, concurrency: int = 1) -> _W:
         """Run ``node`` once per item of the previous output (a list), at most
         ``concurrency`` at once; output is the list of outputs in input order."""
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -364,44 +367,25 @@ class Workflow:
             )
         self.check_graph()  # a nested workflow may have changed since this one's commit()
 
-    async def create_run(self, *, run_id: str | None = None, resource_id: str | None = None) -> Run:
-        """A :class:`Run` of this workflow in the innermost open runtime.
 
-        With the ``run_id`` of a stored run, the Run is bound to it (this is how another
-        process resumes a run). Raises :class:`NoRuntimeError` outside ``open_runtime()``.
-        """
-        from ._runtime import current_runtime
-
-        return await current_runtime().create_run(self, run_id=run_id, resource_id=resource_id)
-
-    async def create_run_async(
-        self, *, run_id: str | None = None, resource_id: str | None = None
-    ) -> Run:
-        """Deprecated alias of :meth:`create_run`."""
-        warnings.warn(
-            "create_run_async() is deprecated; use create_run()", DeprecationWarning, stacklevel=2
-        )
-        return await self.create_run(run_id=run_id, resource_id=resource_id)
+def _nested_workflows(workflow: WorkflowGraph) -> list[WorkflowGraph]:
+    return [node for node in entry_nodes(workflow.entries) if isinstance(node, WorkflowGraph)]
 
 
-def _nested_workflows(workflow: Workflow) -> list[Workflow]:
-    return [node for node in entry_nodes(workflow.entries) if isinstance(node, Workflow)]
-
-
-def _chain(workflows: Sequence[Workflow]) -> str:
+def _chain(workflows: Sequence[WorkflowGraph]) -> str:
     ids = [w.id for w in workflows]
     if len(ids) > 8:
         ids = [*ids[:3], f"... ({len(ids) - 5} more)", *ids[-2:]]
     return " -> ".join(ids)
 
 
-def _check_graph(root: Workflow) -> None:
+def _check_graph(root: WorkflowGraph) -> None:
     """Depth-first over the nested workflows (by identity, iteratively: the graph may be
     deeper than the Python stack): a workflow met again on the current path is a cycle;
     ``heights`` remembers how many levels nest below each finished one."""
     heights: dict[int, int] = {}
-    path: list[Workflow] = [root]
-    children: list[list[Workflow]] = [_nested_workflows(root)]
+    path: list[WorkflowGraph] = [root]
+    children: list[list[WorkflowGraph]] = [_nested_workflows(root)]
     positions: list[int] = [0]
     while path:
         if positions[-1] == len(children[-1]):
@@ -430,6 +414,14 @@ def _check_graph(root: Workflow) -> None:
             positions.append(0)
 
 
+#: The class :func:`create_workflow` builds. The run API sets it to the public
+#: :class:`trioflow.Workflow` when it is imported (``trioflow/__init__.py`` imports it before
+#: anything can call this), so that callers of this module's ``create_workflow`` (today
+#: ``trioflow._demo``) get workflows that can ``create_run()``. Users get the public
+#: ``create_workflow``, typed with the public class.
+workflow_class: type[WorkflowGraph] = WorkflowGraph
+
+
 def create_workflow(
     *,
     id: str,
@@ -443,9 +435,10 @@ def create_workflow(
     on_finish: Callable[..., Any] | None = None,
     on_error: Callable[..., Any] | None = None,
     description: str | None = None,
-) -> Workflow:
-    """Create an empty :class:`Workflow`; add entries with ``then``/``parallel``/…"""
-    return Workflow(
+) -> WorkflowGraph:
+    """Create an empty workflow (of :data:`workflow_class`); add entries with
+    ``then``/``parallel``/…"""
+    return workflow_class(
         id=id,
         input_schema=input_schema,
         output_schema=output_schema,
@@ -458,3 +451,8 @@ def create_workflow(
         on_error=on_error,
         description=description,
     )
+
+
+#: The driver's name for the graph (its modules import ``Workflow`` from here): every
+#: public Workflow is one.
+Workflow = WorkflowGraph

@@ -19,12 +19,17 @@ class ExecutionHost(Protocol):
     """What an execution uses of the runtime that spawns it (the run API's Runtime):
     declared here so that the driver never imports the layer above it."""
 
-    tracer: Any
-    storage: Storage
+    @property
+    def tracer(self) -> Any: ...
+
+    @property
+    def storage(self) -> Storage: ...
 
     def finishing_scope(self) -> contextlib.AbstractContextManager[trio.CancelScope]: ...
 
-    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None: ...
+    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None:
+        """``on_finish``/``on_error`` of ``workflow`` (exceptions logged, not raised)."""
+        ...
 
 
 class ExecutionHub(Protocol):

@@ -304,7 +304,7 @@ async def cmd_events(session: Session, args: argparse.Namespace) -> int:
         snapshot = await load_snapshot(session, storage, args.run_id)
         follow = args.follow and snapshot.status not in TERMINAL
         async with open_runtime(storage=storage) as rt:
-            hub = rt.hub_for(snapshot)
+            hub = rt._hub_for(snapshot)
             # Read straight from the run's log (no workflow needed); while following, the
             # log polls storage for what the executing process appends.
             sub = Subscription(
