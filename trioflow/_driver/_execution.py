@@ -28,10 +28,6 @@ import trio
 from .._context import RequestContext
 from .._core._chunks import (
     Chunk,
-    WorkflowCanceled,
-    WorkflowFinish,
-    WorkflowFinishPayload,
-    WorkflowPaused,
     WorkflowStart,
     WorkflowStartPayload,
 )
@@ -39,32 +35,30 @@ from .._core._errors import (
     LeaseLostError,
     RuntimeClosedError,
 )
-from .._core._handout import Handout
 from .._core._journal import StepJournal
 from .._core._model import (
     RunSnapshot,
     Usage,
     WorkflowResult,
-    public_step_result,
 )
-from .._core._plan._records import (
-    AllSteps,
+from .._core._plan._run import (
+    ending_chunks,
+    final_fields,
+    final_status,
+    start_at,
+    workflow_result,
 )
 from .._core._plan._values import (
     NodeResume,
     Outcome,
-    run_status,
 )
 from .._core._resume import ResumeTarget
-from .._core._serde import (
-    serialize_error,
-    to_jsonable,
-)
-from .._core._status import RunStatus, StepStatus
+from .._core._serde import to_jsonable
+from .._core._status import RunStatus
 from .._effects import new_span_id, now_ms
 from .._groups import sole_exception, unwrap_groups
+from .._persist import OWNED, RunWriter
 from .._workflow import Workflow
-from ..storage._protocol import save_changed_steps
 from ..tracing import TracingOptions
 from ..tracing._spans import Span, current_span
 from ._dispatch import DRIVE
@@ -83,10 +77,6 @@ _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 #: is shielded without a deadline: a slow storage delays the result, it does not lose it.
 SHIELDED_WRITE_GRACE = 10.0
 
-_S = StepStatus
-_NO_USAGE = Usage()
-#: The stored statuses of a run while an execution owns it.
-_OWNED = (RunStatus.RUNNING, RunStatus.WAITING)
 
 
 # --- one execution of a run -------------------------------------------------------------
@@ -142,13 +132,12 @@ class Execution:
         self.usage = Usage()
         #: Step records by qualified key; remembers what changed since the last write.
         self.stored = StepJournal(base.steps)
-        #: Hands each write the records and path without copying them (see _handout).
-        self._handout = Handout()
         self.cancel_requested = False
+        #: The runtime (not a cancel of the run) interrupted this execution: the steps it
+        #: interrupts are not settled (their records stay running; restart runs them).
+        self.interrupted = False
         #: A step suspended during this execution (it is heading for ``suspended``).
         self.suspended_once = False
-        self._progress_writing = False
-        self._progress_dirty = False
         self._ending: list[Chunk] = []
         #: Set when the steps are over and the final chunks are being built: a writer kept
         #: past its step then raises, so it cannot take the workflow-finish's seq.
@@ -198,6 +187,18 @@ class Execution:
                     "active_input": base.active_input,
                 }
             )
+        self.writer = RunWriter(
+            source=self,
+            storage=self.storage,
+            hub=hub,
+            journal=self.stored,
+            live_records=self.live_records,
+            durable=self.durable,
+        )
+        # The writer's own methods, bound once: the modules of each kind of entry call
+        # ``execution.persist(...)`` and ``execution.persist_progress()``.
+        self.persist = self.writer.persist
+        self.persist_progress = self.writer.persist_progress
 
     def span(
         self, kind: str, name: str, *name_args: str
@@ -285,121 +286,6 @@ class Execution:
         if self.scope is not None:
             self.scope.cancel(reason=reason)
 
-    def snapshot(
-        self,
-        status: RunStatus,
-        *,
-        last_seq: int,
-        changed: list[str] | None = None,
-        **final: Any,
-    ) -> RunSnapshot:
-        """The snapshot to write now; ``changed``: the step keys this write names (None:
-        every one). Its steps and path are never changed afterwards, and are not copies
-        when an earlier write's are free to be brought up to date (see ``_handout``)."""
-        root = self.root
-        base = self.base
-        steps, path = self._handout.take(self.stored, changed, root.execution_path)
-        return RunSnapshot(
-            run_id=base.run_id,
-            workflow_id=base.workflow_id,
-            resource_id=base.resource_id,
-            status=status,
-            input=self.input_json,
-            state=to_jsonable(root.state),
-            steps=steps,
-            suspended_paths={k: list(v) for k, v in root.suspended_paths.items()},
-            resume_labels=dict(root.resume_labels),
-            request_context=self.request_context.to_dict(),
-            trace_id=self.trace_id,
-            span_id=self.span_id,
-            result=final.get("result", base.result),
-            error=final.get("error", base.error),
-            tripwire=final.get("tripwire", base.tripwire),
-            step_execution_path=path,
-            active_entry=root.active_entry,
-            active_input=to_jsonable(root.active_input),
-            resume=self.pending_resume,
-            last_seq=last_seq,
-            usage=base.usage + self.usage if self.usage != _NO_USAGE else base.usage,
-            created_at=base.created_at,
-            updated_at=now_ms(),
-        )
-
-    async def persist(
-        self,
-        status: RunStatus,
-        *,
-        extra: list[Chunk] | None = None,
-        expected: tuple[RunStatus, ...] | None = _OWNED,
-        **final: Any,
-    ) -> bool:
-        """Write the snapshot and every chunk not yet stored, in one storage call.
-
-        The write is a compare-and-set on the statuses an executing run has: when another
-        process canceled the run meanwhile, nothing is written, the chunks stay pending,
-        this execution's scope is cancelled, and False is returned.
-        """
-        lock = self.hub.write_lock
-        try:
-            lock.acquire_nowait()  # the usual case: no flusher writing; the write below
-        except trio.WouldBlock:  # is the checkpoint
-            await lock.acquire()
-        try:
-            for key, record in self.live_records.items():
-                self.stored[key] = record()
-            taken = self.log.take_unflushed()
-            events = [*taken, *extra] if extra else taken
-            last_seq = events[-1].seq if events else self.log.flushed_through
-            changed = self.stored.take_changed()
-            try:
-                # Building the snapshot can fail too (a value that is not JSON): then
-                # nothing was written either.
-                snapshot = self.snapshot(status, last_seq=last_seq, changed=changed, **final)
-                written = await save_changed_steps(
-                    self.storage, snapshot, events, expected_status=expected, changed_steps=changed
-                )
-            except (Exception, trio.Cancelled):
-                # Storage wrote nothing (a cancelled or failed call writes nothing): the
-                # chunks are pending again, for the next write.
-                self.log.untake(taken)
-                self.stored.write_failed()
-                raise
-            if not written:
-                self.log.untake(taken)
-                self.stored.write_failed()
-            elif taken:
-                # Committed: only now may they leave memory (a subscriber behind the
-                # window reads them from storage).
-                self.log.mark_stored(taken[-1].seq)
-        finally:
-            lock.release()
-        if written:
-            self.hub.status = status
-        else:
-            self.request_cancel("canceled by another process")
-            # Inside the run's scope this raises Cancelled now, before another step starts.
-            await trio.lowlevel.checkpoint()
-        return written
-
-    async def persist_progress(self) -> None:
-        """Durable storage only: store what finished inside the running entry (parallel
-        branches, foreach iterations) so a crash re-runs only what was running. Concurrent
-        callers coalesce: one write in flight, repeated while more progress arrived."""
-        if not self.durable:
-            return
-        if self._progress_writing:
-            self._progress_dirty = True
-            return
-        self._progress_writing = True
-        try:
-            while True:
-                self._progress_dirty = False
-                await self.persist(RunStatus.RUNNING)
-                if not self._progress_dirty:
-                    break
-        finally:
-            self._progress_writing = False
-
     def emit_workflow_start(self) -> None:
         log = self.log
         log.publish(
@@ -410,22 +296,9 @@ class Execution:
             )
         )
 
-    async def _flusher(self) -> None:
-        """Write chunks out between snapshots when a step floods the log (or a writer
-        waits for room: see ``EventLog.wait_for_room``)."""
-        while True:
-            await self.log.wait_flush_wanted()
-            async with self.hub.write_lock:
-                events = self.log.take_unflushed()
-                if events:
-                    try:
-                        await self.storage.append_events(self.run_id, events)
-                    except (Exception, trio.Cancelled):
-                        self.log.untake(events)
-                        raise
-                    self.log.mark_stored(events[-1].seq)
-
-    async def run(self) -> None:
+    # Every way out passes the helper nursery's exit, a checkpoint (an error raised inside
+    # ``async with`` goes through it too): the checker cannot see that of the except paths.
+    async def run(self) -> None:  # noqa: ASYNC910
         """The execution task. Never raises a step's error; on the runtime's own
         cancellation the last snapshot stays ``running`` (restartable)."""
         current_execution.set(self)
@@ -434,9 +307,14 @@ class Execution:
         try:
             with unwrap_groups():
                 async with trio.open_nursery() as helpers:
-                    helpers.start_soon(self._flusher)
+                    # The steps run shielded from the runtime's cancellation until the
+                    # helper has seen it and said so (``interrupted``): then the steps it
+                    # reaches know the runtime, not a cancel of the run, stopped them.
+                    guard = trio.CancelScope(shield=True)
+                    helpers.start_soon(self._helper, guard)
                     try:
-                        await self._run()
+                        with guard:
+                            await self._run()
                     finally:
                         helpers.cancel_scope.cancel(reason="execution ended")
         except trio.Cancelled:
@@ -466,6 +344,18 @@ class Execution:
             self.hub.execution_ended(self)
             self.done.set()
 
+    async def _helper(self, guard: trio.CancelScope) -> None:
+        """The flusher; its cancellation while the steps still run is the runtime's (the
+        execution cancels it only once they are over): then it lifts the guard."""
+        try:
+            await self.writer.flush_forever()
+        except trio.Cancelled:
+            if self.result is None and not guard.cancel_called:
+                self.interrupted = True
+            raise
+        finally:
+            guard.shield = False
+
     def _died(self, exc: BaseException) -> None:
         """Not a step's error (those are results): storage failing, or an engine bug. It
         ends this execution only; the stored run keeps its last snapshot (so it can be
@@ -483,55 +373,35 @@ class Execution:
     async def _run(self) -> None:
         root = self.root
         outcome: Outcome | None = None
+        start = start_at(
+            self.kind,
+            entries=len(self.workflow.entries),
+            input=root.input,
+            target=self.target,
+            suspended_paths=root.suspended_paths,
+            active_entry=root.active_entry,
+            active_input=root.active_input,
+        )
         with trio.CancelScope() as scope:
             self.scope = scope
             if self.cancel_requested:
                 scope.cancel(reason="canceled before it started")
-            if self.kind == "start":
-                outcome = await root.run(0, root.input, None)
-            elif self.kind == "resume":
-                assert self.target is not None
-                start = root.suspended_paths[self.target.path[0]][0]
-                outcome = await root.run(start, root.active_input, self.target)
-            else:
-                start = (
-                    root.active_entry
-                    if root.active_entry is not None
-                    else len(self.workflow.entries)
-                )
-                outcome = await root.run(start, root.active_input, None, restart=True)
-        if self.cancel_requested or outcome is None:
-            outcome = Outcome(_S.CANCELED)
+            outcome = await root.run(start.index, start.value, start.target, restart=start.restart)
         with self.runtime.finishing_scope():
             await self._finish(outcome)
 
-    async def _finish(self, outcome: Outcome) -> None:
+    async def _finish(self, outcome: Outcome | None) -> None:
         # The finish chunk's seq is computed before the (awaited) final write and published
         # after it: a write through a kept writer in between would take that seq.
         self.writers_closed = True
-        if not await self._store_end(outcome, expected=_OWNED):
+        final, status = final_status(outcome, canceled=self.cancel_requested)
+        if not await self._store_end(final, status, expected=OWNED):
             # Another process canceled the run while it executed here.
             self.cancel_requested = True
-            outcome = Outcome(_S.CANCELED)
-            await self._store_end(outcome, expected=None)
-        root = self.root
-        status = run_status(outcome)
-        error = outcome.error
-        steps = {k: public_step_result(v) for k, v in root.results.items()}
-        self.result = WorkflowResult(
-            status=status,
-            result=outcome.output if status is RunStatus.SUCCESS else None,
-            error=error if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) else None,
-            steps=steps,
-            all_steps=AllSteps(steps, self.stored),
-            input=root.input,
-            state=root.state,
-            suspended=root.full_suspended_paths() if status is RunStatus.SUSPENDED else [],
-            suspend_payload=root.suspend_payloads() if status is RunStatus.SUSPENDED else {},
-            tripwire=outcome.tripwire,
-            run_id=self.run_id,
-            trace_id=self.trace_id,
-            step_execution_path=list(root.execution_path),
+            final, status = final_status(final, canceled=True)
+            await self._store_end(final, status, expected=None)
+        self.result = workflow_result(
+            self.root, status, final, run_id=self.run_id, trace_id=self.trace_id
         )
         for chunk in self._ending:
             # Stored with the final snapshot: published only now, so a subscriber that sees
@@ -539,49 +409,15 @@ class Execution:
             self.log.publish_stored(chunk)
         await self.runtime.run_callbacks(self.workflow, self.result)
 
-    async def _store_end(self, outcome: Outcome, *, expected: tuple[RunStatus, ...] | None) -> bool:
+    async def _store_end(
+        self, outcome: Outcome, status: RunStatus, *, expected: tuple[RunStatus, ...] | None
+    ) -> bool:
         """Write the final snapshot with the execution's last chunks (canceled/paused, and
         workflow-finish). They are published by the caller once stored."""
-        root = self.root
-        log = self.log
-        status = run_status(outcome)
-        seq = log.next_seq
-        ending: list[Chunk] = []
-        if status is RunStatus.CANCELED:
-            ending.append(WorkflowCanceled(run_id=self.run_id, seq=seq))
-        elif status is RunStatus.PAUSED:
-            ending.append(WorkflowPaused(run_id=self.run_id, seq=seq))
-        error = outcome.error
-        metadata: dict[str, Any] = {}
-        if error is not None and status in (RunStatus.FAILED, RunStatus.TRIPWIRE):
-            ser = serialize_error(error)
-            metadata = {"error": {"message": ser.message, "name": ser.name}}
-        ending.append(
-            WorkflowFinish(
-                run_id=self.run_id,
-                seq=seq + len(ending),
-                payload=WorkflowFinishPayload(
-                    workflow_status=status.value,
-                    usage=self.usage,
-                    metadata=metadata,
-                    tripwire=outcome.tripwire,
-                    final_workflow_result=to_jsonable(outcome.output)
-                    if status is RunStatus.SUCCESS
-                    else None,
-                ),
-            )
-        )
-        final: dict[str, Any] = {}
-        if status is RunStatus.SUCCESS:
-            final["result"] = to_jsonable(outcome.output)
-            root.active_entry = None
-        if status in (RunStatus.FAILED, RunStatus.TRIPWIRE) and error is not None:
-            final["error"] = serialize_error(error)
-        if outcome.tripwire is not None:
-            final["tripwire"] = outcome.tripwire
-        if status is RunStatus.CANCELED:
-            root.suspended_paths.clear()
-        self._ending = ending
-        return await self.persist(status, extra=ending, expected=expected, **final)
-
-
+        self._ending = ending_chunks(self.run_id, self.log.next_seq, status, outcome, self.usage)
+        fields = final_fields(status, outcome)
+        if fields.clear_active_entry:
+            self.root.active_entry = None
+        if fields.clear_suspended:
+            self.root.suspended_paths.clear()
+        return await self.persist(status, extra=self._ending, expected=expected, **fields.final)

@@ -10,27 +10,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from .._context import StepContext
-from .._core._chunks import (
-    Chunk,
-    StepResultPayload,
-    StepStartPayload,
-    StepSuspendedPayload,
-    WorkflowStepResult,
-    WorkflowStepStart,
-    WorkflowStepSuspended,
-)
+from .._core._chunks import Chunk
 from .._core._graph import (
     Entry,
 )
 from .._core._model import (
     ITERATION_COUNT,
     StepResult,
-    public_metadata,
 )
 from .._core._plan._level import LevelBook
-from .._core._plan._records import (
-    VALUE,
-    start_times,
+from .._core._plan._records import start_times
+from .._core._plan._run import (
+    after_entry,
+    after_success,
+    interrupted_record,
+    settled_chunk,
+    start_chunk,
 )
 from .._core._plan._values import (
     Announced,
@@ -39,10 +34,6 @@ from .._core._plan._values import (
     StepRun,
 )
 from .._core._resume import ResumeTarget, nested_header
-from .._core._serde import (
-    serialize_error,
-    to_jsonable,
-)
 from .._core._status import RunStatus, StepStatus
 from .._effects import now_ms
 from .._workflow import Step, Workflow
@@ -51,6 +42,7 @@ if TYPE_CHECKING:
     from ._execution import Execution
 
 _S = StepStatus
+_settle = LevelBook.settle
 
 
 
@@ -122,9 +114,12 @@ class Level(LevelBook):
         )
 
     def settle(self, node_id: str, run: StepRun, entry_path: list[int]) -> None:
-        super().settle(node_id, run, entry_path)
-        if run.result.status is _S.SUSPENDED:
+        status = run.result.status
+        if status is _S.SUSPENDED:
             self.execution.suspended_once = True
+        elif status is _S.CANCELED and self.execution.interrupted:
+            run = StepRun(result=interrupted_record(run.result))
+        _settle(self, node_id, run, entry_path)
 
     def child(
         self,
@@ -172,91 +167,83 @@ class Level(LevelBook):
         resumed_at: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        """A step's start chunk; a resumed step's also carries its input and first start
-        time beside the resume data (as Mastra 1.71 sends them)."""
-        body = StepStartPayload(
-            id=chunk_id,
-            step_name=chunk_id,
-            step_call_id=call_id,
-            payload=to_jsonable(payload),
-            started_at=started_at,
-            resume_payload=to_jsonable(resume.data) if resume is not None else None,
-            resumed_at=(resumed_at or started_at) if resume is not None else None,
-            metadata=metadata,
+        """Publish a step's start chunk (see ``_plan._run.start_chunk``)."""
+        log = self.execution.log
+        log.publish(
+            start_chunk(
+                log.run_id,
+                log.next_seq,
+                chunk_id,
+                call_id=call_id,
+                payload=payload,
+                started_at=started_at,
+                resuming=resume is not None,
+                resume_data=resume.data if resume is not None else None,
+                resumed_at=resumed_at,
+                metadata=metadata,
+            )
         )
-        self.publish(WorkflowStepStart, body)
 
     def emit_settled(self, chunk_id: str, result: StepResult, call_id: str | None) -> None:
-        if result.status is _S.SUSPENDED:
-            suspended = StepSuspendedPayload(
-                id=chunk_id,
-                step_name=chunk_id,
-                suspend_payload=to_jsonable(result.suspend_payload),
-                suspend_output=to_jsonable(result.suspend_output),
-                suspended_at=result.suspended_at,
-                payload=to_jsonable(result.payload),
-                started_at=result.started_at,
-                step_call_id=call_id,
-            )
-            self.publish(WorkflowStepSuspended, suspended)
-            return
-        body = StepResultPayload(
-            id=chunk_id,
-            step_name=chunk_id,
-            status=VALUE[result.status],
-            output=to_jsonable(result.output),
-            payload=to_jsonable(result.payload),
-            error=serialize_error(result.error) if result.error is not None else None,
-            started_at=result.started_at,
-            ended_at=result.ended_at,
-            resume_payload=to_jsonable(result.resume_payload),
-            resumed_at=result.resumed_at,
-            step_call_id=call_id,
-            metadata=public_metadata(result.metadata) if result.metadata else None,
-            retry_count=result.retry_count,
+        """Publish a settled step's chunk, if any (see ``_plan._run.settled_chunk``)."""
+        execution = self.execution
+        log = execution.log
+        chunk = settled_chunk(
+            log.run_id, log.next_seq, chunk_id, result, call_id, interrupted=execution.interrupted
         )
-        self.publish(WorkflowStepResult, body)
+        if chunk is not None:
+            log.publish(chunk)
 
     # --- running the graph ----------------------------------------------------------------
 
     async def run(
         self, start: int, value: Any, target: ResumeTarget | None, *, restart: bool = False
     ) -> Outcome:
+        """Run the entries from ``start`` on, as the planner says after each
+        (``_plan._run.after_entry``/``after_success``)."""
         entries = self.workflow.entries
+        last = len(entries) - 1
         execution = self.execution
-        for idx in range(start, len(entries)):
-            entry = entries[idx]
+        is_root = self.is_root
+        durable = execution.durable
+        per_step = execution.per_step
+        for idx in range(start, last + 1):
             self.active_entry = idx
             self.active_input = value
             first = idx == start
             outcome = await self.run_entry(
-                idx, entry, value, target if first else None, restart=restart and first
+                idx, entries[idx], value, target if first else None, restart=restart and first
             )
-            if first and self.is_root:
+            if first and is_root:
                 execution.pending_resume = None
-            if outcome.status is _S.SUCCESS:
+            step = after_entry(outcome.status)
+            if step == "continue":
                 value = outcome.output
                 self.active_entry = idx + 1
                 self.active_input = value
-                if self.on_entry_done is not None and idx + 1 < len(entries):
+                then = after_success(
+                    last=idx == last, is_root=is_root, durable=durable, per_step=per_step
+                )
+                if then.report_progress and self.on_entry_done is not None:
                     await self.on_entry_done()
-                if self.is_root:
-                    if execution.durable and idx + 1 < len(entries):
-                        # (After the last entry the final snapshot is written at once.)
-                        await execution.persist(RunStatus.RUNNING)
-                    else:
-                        # Still a cancel and schedule point between entries.
-                        await trio.lowlevel.checkpoint()
-                    if execution.per_step and idx + 1 < len(entries):
-                        return Outcome(_S.PAUSED, output=value)
+                if then.persist:
+                    await execution.persist(RunStatus.RUNNING)
+                elif then.checkpoint:
+                    await trio.lowlevel.checkpoint()
+                if then.pause:
+                    return Outcome(_S.PAUSED, output=value)
                 continue
-            if outcome.status is _S.BAILED:
+            if step == "bail":
                 self.active_entry = None
                 return Outcome(_S.SUCCESS, output=outcome.output)
             return outcome
         self.active_entry = None
-        return Outcome(_S.SUCCESS, output=value)
-
+        if start > last:
+            # Nothing left to run (a restart after the last entry): still a cancel point.
+            await trio.lowlevel.checkpoint()
+        # Either the loop awaited an entry or the line above checkpointed (the checker
+        # cannot tell that the loop ran when start <= last).
+        return Outcome(_S.SUCCESS, output=value)  # noqa: ASYNC910
 
     async def run_entry(
         self, idx: int, entry: Entry, value: Any, target: ResumeTarget | None, *, restart: bool
