@@ -54,7 +54,11 @@ class Dispatch:
             resume = level.node_resume(node.id, target)
             if restart and resume is None:
                 resume = level.restart_resume(node.id)
-            run = await level.run_node(node, value, resume=resume, chunk_id=level.chunk_id(node.id))
+            # (Straight to this drive's run_node: the level's own delegate costs the step
+            # path a coroutine frame.)
+            run = await self.run_node(
+                level, node, value, resume=resume, chunk_id=level.chunk_id(node.id)
+            )
             level.settle(node.id, run, [idx])
             return outcome_of(run)
         if isinstance(entry, MapEntry):
@@ -105,17 +109,30 @@ class Dispatch:
             announced = level.announce(node, value, resume, chunk_id, emit=emit, iteration=iteration)
         try:
             with level.execution.span("workflow_step", "workflow step: '{}'", chunk_id) as span:
-                run = await self._run_node(
-                    level,
-                    node,
-                    value,
-                    resume=resume,
-                    chunk_id=chunk_id,
-                    emit=emit,
-                    iteration=iteration,
-                    foreach_index=foreach_index,
-                    announced=announced,
-                )
+                if isinstance(node, Workflow):
+                    run = await run_nested(
+                        level,
+                        node,
+                        value,
+                        resume=resume,
+                        chunk_id=chunk_id,
+                        emit=emit,
+                        foreach_index=foreach_index,
+                        announced=announced,
+                        iteration=iteration,
+                    )
+                else:
+                    run = await run_step(
+                        level,
+                        node,
+                        value,
+                        resume=resume,
+                        chunk_id=chunk_id,
+                        emit=emit,
+                        iteration=iteration,
+                        announced=announced,
+                        foreach_index=foreach_index,
+                    )
                 if resume is not None and not resume.restarting and foreach_index is None:
                     # The resumed node has consumed the resume: from the next write on, a
                     # restart after a crash must not apply it again. (Foreach items are
@@ -133,42 +150,6 @@ class Dispatch:
                 canceled = canceled_result(value, announced, resume, prior, iteration, now_ms())
                 level.settle(node.id, StepRun(result=canceled), [])
             raise
-
-    async def _run_node(
-        self,
-        level: Level,
-        node: Step | Workflow,
-        value: Any,
-        *,
-        resume: NodeResume | None,
-        chunk_id: str,
-        emit: bool,
-        iteration: int,
-        foreach_index: int | None,
-        announced: Announced | None,
-    ) -> StepRun:
-        if isinstance(node, Workflow):
-            return await run_nested(level,
-                node,
-                value,
-                resume=resume,
-                chunk_id=chunk_id,
-                emit=emit,
-                foreach_index=foreach_index,
-                announced=announced,
-                iteration=iteration,
-            )
-        return await run_step(level,
-            node,
-            value,
-            resume=resume,
-            chunk_id=chunk_id,
-            emit=emit,
-            iteration=iteration,
-            announced=announced,
-            foreach_index=foreach_index,
-        )
-
 
 
 DRIVE = Dispatch()

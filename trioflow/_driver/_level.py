@@ -4,7 +4,7 @@ announces nodes and publishes their chunks.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -205,8 +205,13 @@ class Level(LevelBook):
         last = len(entries) - 1
         execution = self.execution
         is_root = self.is_root
-        durable = execution.durable
-        per_step = execution.per_step
+        # The planner's two answers for this level, asked once (the step path asks nothing).
+        more = after_success(
+            last=False, is_root=is_root, durable=execution.durable, per_step=execution.per_step
+        )
+        final = after_success(
+            last=True, is_root=is_root, durable=execution.durable, per_step=execution.per_step
+        )
         for idx in range(start, last + 1):
             self.active_entry = idx
             self.active_input = value
@@ -221,9 +226,7 @@ class Level(LevelBook):
                 value = outcome.output
                 self.active_entry = idx + 1
                 self.active_input = value
-                then = after_success(
-                    last=idx == last, is_root=is_root, durable=durable, per_step=per_step
-                )
+                then = final if idx == last else more
                 if then.report_progress and self.on_entry_done is not None:
                     await self.on_entry_done()
                 if then.persist:
@@ -245,10 +248,11 @@ class Level(LevelBook):
         # cannot tell that the loop ran when start <= last).
         return Outcome(_S.SUCCESS, output=value)  # noqa: ASYNC910
 
-    async def run_entry(
+    def run_entry(
         self, idx: int, entry: Entry, value: Any, target: ResumeTarget | None, *, restart: bool
-    ) -> Outcome:
-        return await self.drive.run_entry(self, idx, entry, value, target, restart=restart)
+    ) -> Coroutine[Any, Any, Outcome]:
+        """Run one entry (await it): the drive's coroutine, without a frame of its own."""
+        return self.drive.run_entry(self, idx, entry, value, target, restart=restart)
 
     def make_context(
         self,
@@ -310,7 +314,7 @@ class Level(LevelBook):
         return announced
 
 
-    async def run_node(
+    def run_node(
         self,
         node: Step | Workflow,
         value: Any,
@@ -322,11 +326,15 @@ class Level(LevelBook):
         foreach_index: int | None = None,
         record: bool = True,
         announced: Announced | None = None,
-    ) -> StepRun:
-        """Run one node. When it is interrupted by cancellation, its ``canceled`` result is
-        recorded at this level (``record``; foreach iterations are recorded by their
-        container) before ``trio.Cancelled`` propagates."""
-        return await self.drive.run_node(
+    ) -> Coroutine[Any, Any, StepRun]:
+        """Run one node (await it). When it is interrupted by cancellation, its
+        ``canceled`` result is recorded at this level (``record``; foreach iterations are
+        recorded by their container) before ``trio.Cancelled`` propagates; when the runtime
+        (not a cancel of the run) interrupted it, that record says ``running``.
+
+        A plain function handing back the drive's coroutine: no frame of its own on the
+        step path."""
+        return self.drive.run_node(
             self,
             node,
             value,
