@@ -157,7 +157,7 @@ async def test_cancel_by_the_user_still_settles_every_started_step_as_canceled()
             await started.reached(2)
         await run.cancel()
         result = await out.result()
-        chunks = [(c.type, getattr(c.payload, "status", None)) async for c in out.full_stream()]
+        chunks = [(c.type, getattr(getattr(c, "payload", None), "status", None)) async for c in out.full_stream()]
         state = await rt.get_run_state("r1")
     assert result.status is tf.RunStatus.CANCELED
     assert state.status is tf.RunStatus.CANCELED

@@ -60,7 +60,7 @@ from .._model import (
 )
 from .._resume import ResumeTarget
 from .._serde import serialize_error, to_jsonable
-from .._status import RunStatus, StepStatus, check_transition
+from .._status import ACTIVE, InvalidTransitionError, RunStatus, StepStatus, check_transition
 from ._level import LevelBook
 from ._records import VALUE, AllSteps
 from ._values import Outcome, run_status
@@ -168,7 +168,10 @@ def final_status(outcome: Outcome | None, *, canceled: bool) -> tuple[Outcome, R
     transition table: the run is ``running`` until then)."""
     if canceled or outcome is None:
         outcome = Outcome(_S.CANCELED)
-    return outcome, check_transition(RunStatus.RUNNING, run_status(outcome))
+    status = run_status(outcome)
+    if status in ACTIVE:
+        raise InvalidTransitionError(f"an execution cannot end with its run {status.value}")
+    return outcome, check_transition(RunStatus.RUNNING, status)
 
 
 def ending_chunks(
@@ -351,4 +354,3 @@ def settled_chunk(
             retry_count=result.retry_count,
         ),
     )
-
