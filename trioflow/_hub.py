@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._broadcast import EventLog
-from ._core._errors import RunNotActiveError
+from ._core._errors import RunNotActiveError, RuntimeClosedError
 from ._core._model import RunSnapshot, WorkflowResult, public_step_result
 from ._core._plan._records import all_step_results, load_step_result
 from ._core._resume import full_suspended_paths
@@ -76,6 +76,20 @@ class RunHub:
             self.status = result.status
             self._notify()
         return result
+
+    def died_here(self) -> BaseException | None:
+        """Why no more chunks come through this process: its latest execution of the run
+        ended without its ``workflow-finish`` (storage failing, an engine error) and none
+        runs here now. That execution's error (RuntimeClosedError when it was stopped
+        without one); None when this is not so."""
+        latest = self.latest
+        if latest is None or self.execution is not None:
+            return None
+        if not latest.done.is_set() or latest.result is not None:
+            return None
+        if latest.failure is not None:
+            return latest.failure
+        return RuntimeClosedError(f"run {self.run_id} did not finish")
 
     def _notify(self) -> None:
         self._changed.set()

@@ -581,6 +581,13 @@ class Run:
 
         With ``follow=True`` it keeps following through suspensions until a terminal
         ``workflow-finish``; with ``follow=False`` it ends at the current end of the log.
+
+        Following ends with an error instead of waiting for ever when this process's
+        execution of the run dies without its ``workflow-finish`` (storage failing, an
+        engine error) and none runs here now: once every chunk published here is read,
+        iteration raises that execution's error (:class:`RuntimeClosedError` when it has
+        none), as the :class:`RunOutput` of that execution does. Its unstored chunks never
+        come; after a ``restart()`` a new subscription follows the run again.
         """
         hub = self._hub
         if hub.status in TERMINAL and hub.execution is None and from_seq >= hub.log.next_seq:
@@ -591,6 +598,7 @@ class Run:
             from_seq=from_seq,
             ends_after=ends_at_terminal_finish,
             follow=follow,
+            abandoned=hub.died_here,
         )
 
 

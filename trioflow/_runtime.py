@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import trio
 
-from ._admit import check_run_ids, row_count, unstorable_id
+from ._admit import admit_start, check_run_ids, row_count, unstorable_id
 from ._broadcast import EventLog
 from ._core._errors import (
     NoRuntimeError,
@@ -240,12 +240,54 @@ class Runtime:
         resource_id: str | None = None,
     ) -> str:
         """Create a run and queue it for any worker (see :meth:`Run.start_async`).
-        Returns its id."""
+        Returns its id. Raises what ``create_run`` and ``start_async`` raise, before
+        anything is stored. Cancelling it may leave the run stored ``pending`` (a given
+        ``run_id``) or queued."""
+        if run_id is None:
+            # A fresh id cannot be stored yet: the queue's insert is the only write.
+            return await self._enqueue_fresh(
+                workflow, input_data, initial_state, request_context, resource_id
+            )
         run = await self.create_run(workflow, run_id=run_id, resource_id=resource_id)
         await run.start_async(
             input_data=input_data, initial_state=initial_state, request_context=request_context
         )
         return run.run_id
+
+    async def _enqueue_fresh(
+        self,
+        workflow: Workflow | str,
+        input_data: Any,
+        initial_state: Any,
+        request_context: Any,
+        resource_id: str | None,
+    ) -> str:
+        wf = self.get_workflow(workflow) if isinstance(workflow, str) else workflow
+        if not isinstance(wf, Workflow):
+            raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
+        check_run_ids(None, resource_id)
+        storage = self.storage
+        if not isinstance(storage, QueueStorage):
+            raise TypeError(
+                f"{type(storage).__name__} has no run queue: start_async() "
+                "needs a storage that workers share, such as PostgresStorage"
+            )
+        admitted = admit_start(wf, input_data, initial_state, request_context)
+        created = now_ms()
+        snapshot = RunSnapshot(
+            run_id=str(uuid.uuid4()),
+            workflow_id=wf.id,
+            resource_id=resource_id,
+            status=RunStatus.PENDING,
+            input=admitted.input_json,
+            state=admitted.state_json,
+            request_context=admitted.context_json,
+            created_at=created,
+            updated_at=created,
+        )
+        if not await storage.enqueue_run(snapshot):
+            raise RunAlreadyStartedError(f"run {snapshot.run_id} already started or queued")
+        return snapshot.run_id
 
     def _spawn(self, execution: Execution) -> None:
         """Run ``execution`` in this runtime's nursery (what RunHost asks)."""
