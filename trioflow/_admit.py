@@ -225,3 +225,15 @@ def admit_resume(
         updated_at=now,
     )
     return AdmittedResume(target=target, data=data, context=context, claimed=claimed)
+
+
+def interrupted_resume(workflow: Workflow, pending: Mapping[str, Any]) -> tuple[ResumeTarget, Any]:
+    """The target and validated data of the resume a stored run was executing when its
+    process died (``RunSnapshot.resume``), to continue it on restart."""
+    target = ResumeTarget(path=list(pending["path"]), foreach_index=pending.get("foreach_index"))
+    node = node_at(workflow, target.path)
+    data = pending.get("data")
+    schema = getattr(node, "resume_schema", None)
+    if schema is not None and workflow.validate_inputs:
+        data = validate(data, schema, "Invalid resume data:")
+    return target, data

@@ -19,7 +19,7 @@ from ._admit import (
     admit_start,
     deprecated_context,
     initial_state,
-    node_at,
+    interrupted_resume,
     normalize_step,
 )
 from ._broadcast import Subscription, ends_at_terminal_finish
@@ -37,7 +37,7 @@ from ._core._resume import (
     ResumeTarget,
     executing_a_resume,
 )
-from ._core._serde import structure, to_stored_json, validate
+from ._core._serde import structure, to_stored_json
 from ._core._status import TERMINAL, RunStatus
 from ._driver._execution import Execution, current_execution
 from ._driver._host import ExecutionHost
@@ -544,15 +544,7 @@ class Run:
         await self._hub.log.sync_with_storage()
         if snapshot.resume is not None:
             # The process died while executing a resume: continue that resume.
-            pending = snapshot.resume
-            target = ResumeTarget(
-                path=list(pending["path"]), foreach_index=pending.get("foreach_index")
-            )
-            node = node_at(self._workflow, target.path)
-            data = pending.get("data")
-            schema = getattr(node, "resume_schema", None)
-            if schema is not None and self._workflow.validate_inputs:
-                data = validate(data, schema, "Invalid resume data:")
+            target, data = interrupted_resume(self._workflow, snapshot.resume)
             return self._spawn_continuation(
                 claimed,
                 "resume",
@@ -560,7 +552,7 @@ class Run:
                 trace_id,
                 target,
                 data,
-                token=pending.get("token"),
+                token=snapshot.resume.get("token"),
                 restarted=True,
             )
         return self._spawn_continuation(claimed, "restart", context, trace_id, None, None)
