@@ -260,3 +260,42 @@ async def test_observe_stream_follows_a_restart_after_the_death(
         assert result.status is tf.RunStatus.SUCCESS
         types = [c.type async for c in run.observe_stream()]
         assert types[-1] == "workflow-finish"
+
+
+class _CountingPostgres(tf.PostgresStorage):
+    """A PostgresStorage counting the calls of the methods a queued run goes through."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.calls: Counter[str] = Counter()
+
+    async def load_snapshot(self, run_id: str) -> Any:
+        self.calls["load_snapshot"] += 1
+        return await super().load_snapshot(run_id)
+
+    async def create_run(self, snapshot: Any) -> bool:
+        self.calls["create_run"] += 1
+        return await super().create_run(snapshot)
+
+    async def enqueue_run(self, snapshot: Any) -> bool:
+        self.calls["enqueue_run"] += 1
+        return await super().enqueue_run(snapshot)
+
+
+async def test_a_queued_run_on_postgres_makes_no_redundant_call(postgres_db: str) -> None:
+    wf = _wf()
+    async with _CountingPostgres(postgres_db) as client, _CountingPostgres(postgres_db) as work:
+        async with tf.open_runtime(storage=client, workflows=[wf]) as rt:
+            run_id = await rt.enqueue(wf)
+            # Was: create_run, then enqueue_run (its insert refused, then an update).
+            assert client.calls == Counter(enqueue_run=1)
+            async with tf.open_runtime(
+                storage=work, workflows=[wf], worker=True, worker_poll_interval=60
+            ):
+                run = await rt.create_run(wf, run_id=run_id)
+                with trio.fail_after(30):
+                    async for _ in run.observe_stream():
+                        pass
+    # Was: the worker loaded the snapshot its claim had just returned.
+    assert work.calls["load_snapshot"] == 0
+    assert work.calls["create_run"] == 0
