@@ -136,6 +136,7 @@ class Execution:
         #: The runtime (not a cancel of the run) interrupted this execution: the steps it
         #: interrupts are not settled (their records stay running; restart runs them).
         self.interrupted = False
+        self._steps_over = False
         #: A step suspended during this execution (it is heading for ``suspended``).
         self.suspended_once = False
         self._ending: list[Chunk] = []
@@ -316,6 +317,7 @@ class Execution:
                         with guard:
                             await self._run()
                     finally:
+                        self._steps_over = True
                         helpers.cancel_scope.cancel(reason="execution ended")
         except trio.Cancelled:
             if self.result is None:
@@ -350,7 +352,7 @@ class Execution:
         try:
             await self.writer.flush_forever()
         except trio.Cancelled:
-            if self.result is None and not guard.cancel_called:
+            if not self._steps_over:
                 self.interrupted = True
             raise
         finally:
