@@ -8,6 +8,7 @@ import inspect
 from collections import Counter
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -299,3 +300,24 @@ async def test_a_queued_run_on_postgres_makes_no_redundant_call(postgres_db: str
     # Was: the worker loaded the snapshot its claim had just returned.
     assert work.calls["load_snapshot"] == 0
     assert work.calls["create_run"] == 0
+
+
+async def test_a_worker_gives_up_a_run_whose_executions_kept_dying() -> None:
+    storage = _QueueMemory()
+    wf = _wf()
+    async with tf.open_runtime(storage=storage, workflows=[wf]) as rt:
+        run = await wf.create_run(run_id="r1")
+        stored = await storage.load_snapshot("r1")
+        running = attrs.evolve(stored, status=tf.RunStatus.RUNNING)
+        assert await storage.save_snapshot(running, expected_status=tf.RunStatus.PENDING)
+        worker = Worker(rt, storage, capacity=1, poll_interval=60)
+        await worker._execute(
+            ClaimedRun(snapshot=running, queued=False, fencing_token=1, attempts=5)
+        )
+        assert run.status is tf.RunStatus.FAILED
+    failed = await storage.load_snapshot("r1")
+    assert failed.status is tf.RunStatus.FAILED
+    assert failed.error.name == "RuntimeError"
+    assert failed.error.message == (
+        "its executions kept dying (the run's executions died 5 times; gave up)"
+    )

@@ -37,7 +37,7 @@ from .storage._protocol import (
 
 
 class WorkerHost(Protocol):
-    """What the claim loop uses of its runtime (the WorkerHost), declared here so that this
+    """What the claim loop uses of its runtime (the Runtime), declared here so that this
     module never imports the layer above it."""
 
     @property
@@ -138,7 +138,7 @@ class Worker:
                 # Its executions died max_attempts times (the last give-up could not be
                 # written): end it failed without running any step again.
                 error = load_error(item.last_error) or SerializedError(
-                    message="its executions kept dying", name="WorkerHostError"
+                    message="its executions kept dying", name="RuntimeError"
                 )
                 await give_up(self._runtime, run_id, error, item.attempts)
                 return
