@@ -137,8 +137,9 @@ class LevelBook:
         if node_id not in self._seen:
             self._seen.add(node_id)
             self.execution_path.append(node_id)
-        for name in [k for k, v in self.resume_labels.items() if v.path[:1] == [node_id]]:
-            del self.resume_labels[name]
+        if self.resume_labels:
+            for name in [k for k, v in self.resume_labels.items() if v.path[:1] == [node_id]]:
+                del self.resume_labels[name]
         if result.status is StepStatus.SUSPENDED:
             self.suspended_paths[node_id] = entry_path
             for label in run.labels:

@@ -37,22 +37,28 @@ VALUE: dict[StepStatus, str] = {status: status.value for status in StepStatus}
 
 
 def dump_step_result(result: StepResult) -> dict[str, Any]:
+    # Field by field, not a loop over names: this runs once per settled step.
     out: dict[str, Any] = {"status": VALUE[result.status]}
-    for name in (
-        "output",
-        "payload",
-        "suspend_payload",
-        "suspend_output",
-        "resume_payload",
-        "metadata",
-    ):
-        value = getattr(result, name)
-        if value is not None:
-            out[name] = to_jsonable(value)
-    for name in ("started_at", "ended_at", "suspended_at", "resumed_at"):
-        value = getattr(result, name)
-        if value is not None:
-            out[name] = value
+    if (value := result.output) is not None:
+        out["output"] = to_jsonable(value)
+    if (value := result.payload) is not None:
+        out["payload"] = to_jsonable(value)
+    if (value := result.suspend_payload) is not None:
+        out["suspend_payload"] = to_jsonable(value)
+    if (value := result.suspend_output) is not None:
+        out["suspend_output"] = to_jsonable(value)
+    if (value := result.resume_payload) is not None:
+        out["resume_payload"] = to_jsonable(value)
+    if (value := result.metadata) is not None:
+        out["metadata"] = to_jsonable(value)
+    if (at := result.started_at) is not None:
+        out["started_at"] = at
+    if (at := result.ended_at) is not None:
+        out["ended_at"] = at
+    if (at := result.suspended_at) is not None:
+        out["suspended_at"] = at
+    if (at := result.resumed_at) is not None:
+        out["resumed_at"] = at
     if result.error is not None:
         out["error"] = dump_error(result.error)
     if result.retry_count:
