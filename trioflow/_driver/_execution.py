@@ -2,8 +2,11 @@
 
 One :class:`Execution` is one start, resume or restart of a run. It owns the run's cancel
 scope (cancelling it *is* the ``canceled`` status), emits chunks into the run's log, and
-writes a snapshot after every top-level entry, so the stored run is at most one entry
-behind. A :class:`Level` executes one workflow graph: the top-level workflow, or a nested
+writes a snapshot after every top-level entry through its :class:`~trioflow._persist.RunWriter`,
+so the stored run is at most one entry behind. Where it starts, what it does between
+entries and how it ends are the run planner's answers (``_core/_plan/_run.py``). When the
+runtime (not a cancel of the run) stops it, the steps it interrupts are not settled: their
+records say ``running`` and restart() runs them again. A :class:`Level` executes one workflow graph: the top-level workflow, or a nested
 workflow used as a step.
 
 Step errors never escape into a nursery: whatever a step (or a condition, a map or sleep

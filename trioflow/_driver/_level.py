@@ -293,7 +293,10 @@ class Level(LevelBook):
         Concurrent branches are announced one after the other before any of them runs, so
         the log lists their starts in graph order whatever order trio runs them in.
         """
-        announced = Announced(self.execution.next_call_id(), *start_times(now_ms(), resume))
+        if resume is None:
+            announced = Announced(self.execution.next_call_id(), now_ms())
+        else:
+            announced = Announced(self.execution.next_call_id(), *start_times(now_ms(), resume))
         if emit and self.emits:
             stored = resume.stored if resume is not None else None
             if (
