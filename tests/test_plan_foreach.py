@@ -382,3 +382,72 @@ def test_no_item_is_taken_after_one_stops_the_foreach(
     if not stoppers:
         assert len(taken) == len(kinds)
     assert plan.take() is None
+
+
+# --- nested workflow items and items in flight at a crash ----------------------------------
+
+NESTED_PROGRESS = {
+    "status": "running",
+    "payload": 1,
+    "started_at": 3,
+    "metadata": {"nested": {"input": 1, "state": {}, "active_entry": 1, "active_input": 7}},
+}
+
+
+def _restart(records: list[dict[str, Any] | None], progress: dict[int, Any]) -> ForeachPlan:
+    stored = None
+    if any(r is not None for r in records):
+        stored = {
+            "status": "running",
+            "payload": list(range(len(records))),
+            "metadata": {"foreach": {"outcomes": records}},
+        }
+    return ForeachPlan(
+        items=list(range(len(records))),
+        stored=stored,
+        resume=None,
+        resume_token=None,
+        chunk_id="each",
+        emit=True,
+        now=100,
+        item_progress=progress.get,
+    )
+
+
+def test_a_nested_item_in_flight_at_a_crash_continues_from_its_progress_record() -> None:
+    # Item 0 was running with its nested workflow's progress stored; item 1 was running
+    # before any inner write; item 2 was never taken.
+    plan = _restart([STATES["running-fresh"], STATES["running-fresh"], None], {0: NESTED_PROGRESS})
+    runs = {item.foreach_index: item.resume for item in plan.plan}
+    assert sorted(runs) == [0, 1, 2]
+    assert runs[0] == NodeResume(data=None, tail=[], stored=NESTED_PROGRESS, restarting=True)
+    assert runs[1] is None
+    assert runs[2] is None
+
+
+def test_a_nested_item_taken_before_the_foreachs_first_write_continues_too() -> None:
+    # No foreach record was stored yet (the crash came before any item settled), but the
+    # item's nested workflow had stored its progress: it continues, it does not start over.
+    plan = _restart([None, None], {1: NESTED_PROGRESS})
+    runs = {item.foreach_index: item.resume for item in plan.plan}
+    assert runs[0] is None
+    assert runs[1] == NodeResume(data=None, tail=[], stored=NESTED_PROGRESS, restarting=True)
+    assert plan.replayed == {1}
+
+
+def test_items_in_flight_at_a_crash_run_again_even_after_one_of_them_stops_the_foreach() -> None:
+    # Items 0 and 1 were both in flight; the replayed item 0 fails at once (a nested item
+    # whose inner failure was stored): item 1 still runs, as it did before the crash, and
+    # item 2 (never taken) does not.
+    plan = _restart([STATES["running-fresh"], STATES["running-fresh"], None], {})
+    first = plan.take()
+    assert first is not None
+    assert first.foreach_index == 0
+    _, _, stop = plan.item_settled(0, _run_of(0, "failed"))
+    assert stop
+    second = plan.take()
+    assert second is not None
+    assert second.foreach_index == 1
+    assert plan.take() is None
+    plan.item_settled(1, _run_of(1, "failed"))
+    assert plan.outcome(200).outcome.status is _S.FAILED

@@ -242,9 +242,10 @@ def test_the_progress_record_holds_payload_start_header_and_iteration(iteration:
 
 
 def test_only_nodes_outside_foreach_items_on_durable_storage_keep_progress() -> None:
-    assert nested.keeps_progress(None, True)
-    assert not nested.keeps_progress(0, True)
-    assert not nested.keeps_progress(None, False)
+    assert nested.keeps_progress(True)
+    assert not nested.keeps_progress(False)
+    assert not nested.drops_progress_when_settled(None)
+    assert nested.drops_progress_when_settled(0)
 
 
 def test_success_is_the_levels_output_with_its_header() -> None:

@@ -4,8 +4,8 @@ uninterrupted run and as the reference model say, with an event log that holds t
 settled facts; and every crash point of small random workflows, and of a fixed workflow on
 SQLite, passes the crash-point harness.
 
-Engine bugs these properties found are excluded below (``known_crash_bug``) until fixed;
-each has a failing regression test in tests/test_properties_regressions.py.
+Every generated shape is checked: no exclusions (nested workflows inside foreach items,
+suspending foreach items resumed, loops over nested workflows included).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import trioflow as tf
@@ -21,7 +21,6 @@ from trioflow.testing import (
     ForeachSpec,
     LoopSpec,
     MapSpec,
-    NodeSpec,
     ParallelSpec,
     ResumeRequest,
     SleepSpec,
@@ -33,44 +32,17 @@ from trioflow.testing import (
     check_crash_points,
     resume_with,
     run_on_mock_clock,
-    walk_entries,
-    walk_steps,
 )
-from trioflow.testing.strategies import fault_plans, inputs_for, profile_settings, workflows
+from trioflow.testing.strategies import (
+    ENTRY_KINDS,
+    fault_plans,
+    inputs_for,
+    profile_settings,
+    workflows,
+)
 
-#: .branch is left out: restart() skips a branch that had not settled (regression test
-#: test_restart_runs_a_branch_the_crash_interrupted).
-CRASH_KINDS = ("then", "parallel", "dowhile", "dountil", "foreach", "map", "sleep")
-
-
-def _suspends(node: NodeSpec) -> bool:
-    return any(step.action == "suspend" for step in walk_steps(node))
-
-
-def _writes_progress(spec: WorkflowSpec) -> bool:
-    return any(
-        (isinstance(e, ParallelSpec) and len(e.nodes) > 1) or isinstance(e, ForeachSpec)
-        for e in walk_entries(spec)
-    )
-
-
-def known_crash_bug(spec: WorkflowSpec) -> str | None:
-    """The known engine limitation a crash of this generated workflow may run into, if any.
-
-    Open: crash recovery of a foreach whose items suspend and are resumed (a replayed
-    resume can leave different items suspended than an uninterrupted run).
-    Found by these properties, not yet traced to their cause. Without a crash these shapes
-    behave as the reference model says (tests/test_properties.py covers them).
-    """
-    for entry in walk_entries(spec):
-        node = getattr(entry, "node", None)
-        if isinstance(entry, ForeachSpec) and node is not None and _suspends(node):
-            return "crash recovery of a foreach whose items suspend and are resumed"
-        if isinstance(entry, ForeachSpec) and isinstance(node, WorkflowSpec):
-            # At-least-once granularity: a nested workflow inside a foreach item keeps no
-            # progress record of its own, so an item in flight at a crash re-runs whole.
-            return "crash recovery of a foreach over a nested workflow"
-    return None
+#: Every kind of entry (no exclusions).
+CRASH_KINDS = ENTRY_KINDS
 
 
 @profile_settings(120)
@@ -79,7 +51,6 @@ def test_a_crash_at_a_random_durable_write_recovers_to_the_same_outcome(
     data: st.DataObject,
 ) -> None:
     generated = data.draw(workflows(max_depth=1, entry_kinds=CRASH_KINDS), label="workflow")
-    assume(known_crash_bug(generated.spec) is None)
     plan = data.draw(inputs_for(generated), label="plan")
     faults = data.draw(fault_plans(kinds=("crash",)), label="faults")
     run_on_mock_clock(check_against_model, generated, plan, faults)
@@ -92,7 +63,6 @@ def test_every_crash_point_of_small_random_workflows(data: st.DataObject) -> Non
         workflows(max_depth=1, max_entries=3, max_steps=4, entry_kinds=CRASH_KINDS),
         label="workflow",
     )
-    assume(known_crash_bug(generated.spec) is None)
     plan = data.draw(inputs_for(generated), label="plan")
     expected = generated.expectations(plan)
     requests = [request for request, _ in expected[1:] if request is not None]

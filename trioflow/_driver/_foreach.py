@@ -6,6 +6,7 @@ this module runs the lanes, publishes the chunks and persists progress.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -13,10 +14,12 @@ import trio
 from .._core._chunks import WorkflowStepProgress
 from .._core._graph import ForeachEntry
 from .._core._plan._foreach import ForeachPlan, Settle, foreach_input, not_a_list
+from .._core._plan._nested import item_progress_key
 from .._core._plan._values import Outcome, StepRun
 from .._core._resume import ResumeTarget
 from .._effects import now_ms
 from .._groups import unwrap_groups
+from .._workflow import Step, Workflow
 from ._level import Level
 
 
@@ -47,6 +50,7 @@ async def run_foreach(
         chunk_id=chunk_id,
         emit=level.emits,
         now=now_ms(),
+        item_progress=_item_progress(level, node) if (resume or restart) else None,
     )
     failed = not_a_list(value, plan.started_at, now_ms())
     if failed is not None:
@@ -91,6 +95,14 @@ async def run_foreach(
     # With no item to run (all settled or staying suspended) the foreach settles at once,
     # with no cancel point, as before the planner; otherwise every item ran in a lane.
     return _settle(level, node.id, idx, plan, plan.outcome(now_ms()))  # noqa: ASYNC910
+
+
+def _item_progress(level: Level, node: Step | Workflow) -> Callable[[int], Any] | None:
+    """The progress records foreach items of a nested workflow left (durable storage)."""
+    if not isinstance(node, Workflow) or not level.execution.durable:
+        return None
+    stored, prefix = level.execution.stored, level.key_prefix
+    return lambda i: stored.get(item_progress_key(prefix, node.id, i))
 
 
 def _settle(level: Level, node_id: str, idx: int, plan: ForeachPlan, settle: Settle) -> Outcome:

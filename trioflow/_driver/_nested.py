@@ -56,8 +56,9 @@ async def run_nested(
         sub = _continued_level(level, node, keys, opening.header)
         start = plan.continue_start(sub, resume, len(node.entries))
     execution = level.execution
-    if plan.keeps_progress(foreach_index, execution.durable):
+    if plan.keeps_progress(execution.durable):
         _track_progress(sub, keys, opening, iteration)
+    settled = False
     try:
         outcome = await sub.run(
             start.entry,
@@ -65,6 +66,7 @@ async def run_nested(
             start.target,
             restart=start.restart,
         )
+        settled = True
     except trio.Cancelled:
         if emit:
             canceled = plan.canceled(opening, now_ms())
@@ -73,9 +75,12 @@ async def run_nested(
     finally:
         refresh = execution.live_records.pop(keys.record_key, None)
         if refresh is not None:
-            # The last progress record stays until the step's own result replaces it
-            # (an interrupted execution keeps it, for restart).
-            execution.stored[keys.record_key] = refresh()
+            if settled and plan.drops_progress_when_settled(foreach_index):
+                execution.stored.pop(keys.record_key, None)
+            else:
+                # The last progress record stays until the step's own result replaces
+                # it (an interrupted execution keeps it, for restart).
+                execution.stored[keys.record_key] = refresh()
     if plan.merges_state(outcome):
         level.apply_state(sub.state, None)
     run = plan.nested_result(outcome, sub, opening, iteration=iteration, now=now_ms())

@@ -20,7 +20,8 @@ Rules:
   (``foreach_index`` None or its index); otherwise it stays suspended with its payload.
 - Items are taken in index order by ``concurrency`` lanes; a taken item is recorded as
   ``running`` (with its ``prior`` record) until it settles. After an item suspends, fails
-  or bails no new item is taken; the items in flight still settle.
+  or bails no new item is taken; the items in flight still settle, and so do the items
+  that were in flight when the execution stopped (they run again whatever settles first).
 - Outcome, in this order: the failed item with the lowest index (recorded, on a restart or
   replayed resume, or new), whatever order items finished in; else the bail with the
   lowest index (new, else stored); else suspended with the payload of the lowest suspended
@@ -29,12 +30,14 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import attrs
 
 from .._chunks import StepProgressPayload
 from .._model import StepResult
+from .._resume import nested_header
 from .._serde import dump_error, load_error, to_jsonable
 from .._status import StepStatus
 from ._records import VALUE, start_times, type_name
@@ -112,9 +115,13 @@ class ForeachPlan:
         chunk_id: str,
         emit: bool,
         now: int,
+        item_progress: Callable[[int], Record | None] | None = None,
     ) -> None:
         """``stored``: the node's stored record when the foreach is resumed or restarted
-        (else None); ``resume_token``: the execution's resume (None outside a resume)."""
+        (else None); ``resume_token``: the execution's resume (None outside a resume);
+        ``item_progress``: the progress record an item in flight left (a nested workflow's
+        header), by index, when the node is a nested workflow on durable storage."""
+        self.item_progress = item_progress
         self.items = items
         self.resume = resume
         self.resume_token = resume_token
@@ -137,6 +144,9 @@ class ForeachPlan:
         self.first_failure: int | None = None
         self.bailed: int | None = None
         self.stored_bail = next((i for i, p in enumerate(previous) if _status(p) == "bailed"), None)
+        #: Items in flight when the execution stopped: they run again even after another
+        #: item stops the foreach (they had been taken before it stopped).
+        self.replayed: set[int] = set()
         self.plan: list[ItemRun] = self._replay_plan()
         self._next = 0
         self._items_json: Any = None
@@ -158,19 +168,34 @@ class ForeachPlan:
         plan: list[ItemRun] = []
         for i, prev in enumerate(self.previous):
             if prev is None:
-                # Never taken (all items of a first run): the per-item path.
+                # Never taken (all items of a first run): the per-item path. (Or taken
+                # before the foreach's first write: a nested item may have progress.)
                 if not stopped and self.stored_bail is None:
-                    plan.append(_new(ItemRun, (i, None)))
+                    resume = None if self.item_progress is None else self._continuing(i)
+                    if resume is not None:
+                        self.replayed.add(i)
+                    plan.append(_new(ItemRun, (i, resume)))
                 continue
             if _status(prev) == "running":
+                self.replayed.add(i)
                 prev = (prev or {}).get("prior")
                 if not (_status(prev) == "suspended" and self.resume is not None):
-                    plan.append(ItemRun(i, None))
+                    plan.append(ItemRun(i, self._continuing(i)))
                     continue
             item = self._plan_item(i, prev, stopped)
             if item is not None:
                 plan.append(item)
         return plan
+
+    def _continuing(self, i: int) -> NodeResume | None:
+        """An item in flight when the execution stopped whose nested workflow left its
+        progress: it continues from there (its finished inner steps do not run again)."""
+        if self.item_progress is None:
+            return None
+        progress = self.item_progress(i)
+        if nested_header(progress) is None:
+            return None
+        return NodeResume(data=None, tail=[], stored=progress, restarting=True)
 
     def _plan_item(self, i: int, prev: Record | None, stopped: bool) -> ItemRun | None:
         status = _status(prev)
@@ -199,7 +224,7 @@ class ForeachPlan:
     def take(self) -> ItemRun | None:
         """The next item for a free lane (recorded as running), or None: no more items."""
         taken = self._next
-        if self.stop or taken >= len(self.plan):
+        if taken >= len(self.plan) or (self.stop and self.plan[taken][0] not in self.replayed):
             return None
         item = self.plan[taken]
         self._next = taken + 1

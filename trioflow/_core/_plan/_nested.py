@@ -5,7 +5,8 @@ Rules:
 - Keys. The nested level stores its steps under ``<parent prefix><node id>[<foreach
   index>].``; its idempotency-key scope adds the loop iteration (``body#2.``). Its own
   record (the node's result, and while it runs its progress record) is
-  ``<parent prefix><node id>``.
+  ``<parent prefix><node id>``; a foreach item's progress record is
+  ``<parent prefix><node id>[<index>].@progress`` (the item's result is the foreach's).
 - Where it starts. A node whose stored record carries a nested header (resumed, or a
   restart continuing it) *continues*: its payload is the stored one, its level is rebuilt
   from the header, the parent's current state is merged over its own, and it starts at
@@ -15,9 +16,11 @@ Rules:
   run: its input is validated against the workflow's input schema (a failure is the
   node's failed result, nothing runs), every record an earlier run left under its keys is
   replaced (e.g. the previous iteration of a loop), and it starts at entry 0.
-- Progress. On durable storage, a nested node outside a foreach item keeps a
-  ``running`` progress record (payload, start time, its header, the loop iteration) that
-  every write stores, so a crash re-runs only its unfinished entry.
+- Progress. On durable storage, a nested node keeps a ``running`` progress record
+  (payload, start time, its header, the loop iteration) that every write stores, so a
+  crash re-runs only its unfinished entry. A foreach item's progress record is removed
+  when the item settles (its record in the foreach holds its result and header); an
+  interrupted item keeps it, and a restart continues the item from it.
 - Outcome. Success: the node succeeds with the level's output. Suspended: the node is
   suspended with the payload of its first suspended inner path, and carries the level's
   resume labels up. Tripwire: the node fails and carries the tripwire. Anything else:
@@ -111,7 +114,11 @@ def nested_keys(
     return NestedKeys(
         key_prefix=f"{parent_key_prefix}{node_id}{index}.",
         key_scope=f"{parent_key_scope}{node_id}{index}{loop}.",
-        record_key=parent_key_prefix + node_id,
+        record_key=(
+            parent_key_prefix + node_id
+            if foreach_index is None
+            else item_progress_key(parent_key_prefix, node_id, foreach_index)
+        ),
         chunk_prefix=chunk_id + ".",
     )
 
@@ -170,9 +177,21 @@ def continue_start(book: LevelBook, resume: NodeResume | None, entries: int) -> 
 FRESH_START = NestedStart(entry=0, target=None, restart=False)
 
 
-def keeps_progress(foreach_index: int | None, durable: bool) -> bool:
-    """Whether the node keeps a progress record (foreach items keep none)."""
-    return foreach_index is None and durable
+def keeps_progress(durable: bool) -> bool:
+    """Whether the node keeps a progress record (durable storage only)."""
+    return durable
+
+
+def item_progress_key(parent_key_prefix: str, node_id: str, foreach_index: int) -> str:
+    """Where a foreach item's nested workflow keeps its progress record (an engine
+    record: ``@``-named, never a step's result)."""
+    return f"{parent_key_prefix}{node_id}[{foreach_index}].@progress"
+
+
+def drops_progress_when_settled(foreach_index: int | None) -> bool:
+    """A foreach item's progress record goes when the item settles (its record in the
+    foreach holds the result); a node's own is replaced by its result."""
+    return foreach_index is not None
 
 
 def nested_metadata(header: dict[str, Any], iteration: int) -> dict[str, Any]:
