@@ -165,3 +165,34 @@ async def test_cancel_by_the_user_still_settles_every_started_step_as_canceled()
     assert state.steps["q"].status is tf.StepStatus.CANCELED
     assert chunks.count(("workflow-step-result", "canceled")) == 2
     assert ("workflow-canceled", None) in chunks
+
+
+async def test_a_foreach_and_a_sleep_the_runtime_interrupts_stay_running(tmp_path: Path) -> None:
+    started = _Started()
+
+    async def three(ctx: tf.StepContext) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        return [1, 2, 3]
+
+    wf = (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="items", execute=three))
+        .foreach(_hanging("item", started), concurrency=2)
+        .commit()
+    )
+    asleep = tf.create_workflow(id="z").sleep(3600).commit()
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    await _interrupt(storage, wf, started, 2)
+    async with tf.open_runtime(storage=storage, workflows=[asleep]):
+        run = await asleep.create_run(run_id="r2")
+        await run.stream()
+        await trio.testing.wait_all_tasks_blocked()
+    async with tf.open_runtime(storage=storage, workflows=[wf, asleep]) as rt:
+        state = await rt.get_run_state("r1")
+        slept = await rt.get_run_state("r2")
+    assert state.status is tf.RunStatus.RUNNING
+    assert state.steps["item"].status is tf.StepStatus.RUNNING
+    assert [s for s in await _stored_step_results(storage) if s[1] == "canceled"] == []
+    assert slept.status is tf.RunStatus.RUNNING
+    assert [r.status for r in slept.steps.values()] == [tf.StepStatus.RUNNING]
+    await storage.aclose()
