@@ -236,9 +236,10 @@ async def _unsettled_steps(storage: Any, run_id: str) -> list[tuple[str, int | N
     """Steps whose start is in the stored log with no result or suspension after it, in
     the last execution: what was running when the executing process stopped (or still
     runs, elsewhere). The snapshot may not say so: it is written after entries settle."""
-    # A runtime that stops (Ctrl-C) records the steps it interrupts as canceled, though
-    # the run stays running and restart() runs them again: only a workflow-canceled (a
-    # cancel of the run) makes those results final.
+    # Logs written before trioflow stopped settling the steps a stopping runtime
+    # interrupted hold canceled results for them, though the run stayed running and
+    # restart() runs them again: only a workflow-canceled (a cancel of the run) makes a
+    # canceled result final.
     started: dict[str, int | None] = {}
     seq = 1
     while True:
