@@ -348,29 +348,7 @@ def _cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
 
 
 # Import cycles today: {strongly connected component: reason}.
-ALLOWED_CYCLES = {
-    frozenset(
-        {
-            "trioflow._driver._block",
-            "trioflow._driver._dispatch",
-            "trioflow._driver._execution",
-            "trioflow._driver._foreach",
-            "trioflow._driver._level",
-            "trioflow._driver._loop",
-            "trioflow._driver._nested",
-            "trioflow._driver._step",
-            "trioflow._driver._timers",
-        }
-    ): (
-        "inside the driver only, TYPE_CHECKING: _level annotates the Execution, which "
-        "imports _dispatch and every kind's module, which import _level; type it with a "
-        "Protocol of what the level uses (driver session)"
-    ),
-    frozenset({"trioflow.bridge._connection", "trioflow.bridge._server"}): (
-        "TYPE_CHECKING only: Connection annotates BridgeServer; type it with a Protocol of "
-        "what it uses (bridge session)"
-    ),
-}
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 
 def test_cycle_detection_sees_through_every_kind_of_import() -> None:

@@ -4,16 +4,18 @@ announces nodes and publishes their chunks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 
-from .._context import StepContext
+from .._context import StepContext, StepExecution
 from .._core._chunks import Chunk
 from .._core._graph import (
     Entry,
 )
+from .._core._journal import StepJournal
 from .._core._model import (
     ITERATION_COUNT,
     StepResult,
@@ -37,9 +39,38 @@ from .._core._resume import ResumeTarget, nested_header
 from .._core._status import RunStatus, StepStatus
 from .._effects import now_ms
 from .._workflow import Step, Workflow
+from ..tracing._spans import Span
 
-if TYPE_CHECKING:
-    from ._execution import Execution
+
+class LevelExecution(StepExecution, Protocol):
+    """What a level and the modules of each kind of entry use of the execution running
+    them (``_execution.Execution``): declared here so that the level never imports the
+    execution that creates it."""
+
+    stored: StepJournal
+    durable: bool
+    per_step: bool
+    emit_step_events: bool
+    resume_data: Any
+    resume_token: str | None
+    pending_resume: dict[str, Any] | None
+    live_records: dict[str, Callable[[], dict[str, Any]]]
+    interrupted: bool
+    suspended_once: bool
+
+    @property
+    def persist(self) -> Callable[..., Awaitable[bool]]: ...
+
+    @property
+    def persist_progress(self) -> Callable[[], Awaitable[None]]: ...
+
+    def next_call_id(self) -> str: ...
+
+    def span(
+        self, kind: str, name: str, *name_args: str
+    ) -> contextlib.AbstractContextManager[Span | None]: ...
+
+    def interrupted_resume(self, resume: NodeResume | None) -> bool: ...
 
 _S = StepStatus
 _settle = LevelBook.settle
@@ -82,7 +113,7 @@ class Level(LevelBook):
 
     def __init__(
         self,
-        execution: Execution,
+        execution: LevelExecution,
         workflow: Workflow,
         *,
         drive: Drive,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -39,12 +39,10 @@ from ._checks import check_resume, check_start, describe
 from ._corked import CorkedStream
 from ._describe import describe as describe_workflow
 from ._feed import LiveFeed
+from ._host import ConnectionHost
 from ._replies import error_for, forget_pending, frame_of
 from ._sources import ExecutionDied, Source, close_chunks, follow_run
 from ._watch import RunWatcher
-
-if TYPE_CHECKING:
-    from ._server import BridgeServer
 
 logger = logging.getLogger("trioflow.bridge")
 
@@ -88,7 +86,7 @@ class Connection:
     and run watch."""
 
     def __init__(
-        self, server: BridgeServer, ws: WebSocketConnection, role: p.Role, out: CorkedStream
+        self, server: ConnectionHost, ws: WebSocketConnection, role: p.Role, out: CorkedStream
     ) -> None:
         self.server = server
         self.ws = ws
