@@ -19,13 +19,13 @@ from ._core._model import RunSnapshot
 from ._core._resume import ResumeTarget, check_foreach_index, resolve_target
 from ._core._serde import to_stored_json, validate
 from ._core._status import RunStatus
-from ._workflow import Step, Workflow
+from ._workflow import Step, WorkflowGraph
 
 
 def normalize_step(step: Any) -> list[str] | None:
     if step is None:
         return None
-    if isinstance(step, Step | Workflow):
+    if isinstance(step, Step | WorkflowGraph):
         return [step.id]
     if isinstance(step, str):
         if not step:
@@ -42,11 +42,11 @@ def normalize_step(step: Any) -> list[str] | None:
     raise TypeError(f"step must be a Step, a Workflow, an id or a list of them, got {step!r}")
 
 
-def node_at(workflow: Workflow, path: list[str]) -> Any:
+def node_at(workflow: WorkflowGraph, path: list[str]) -> Any:
     current: Any = workflow
     node: Any = None
     for part in path:
-        if not isinstance(current, Workflow):
+        if not isinstance(current, WorkflowGraph):
             return None
         node = find_node(current.entries, part)
         if node is None:
@@ -55,7 +55,7 @@ def node_at(workflow: Workflow, path: list[str]) -> Any:
     return node
 
 
-def initial_state(workflow: Workflow, initial_state: Any) -> Any:
+def initial_state(workflow: WorkflowGraph, initial_state: Any) -> Any:
     schema = workflow.state_schema
     if schema is None:
         if initial_state is None:
@@ -85,7 +85,7 @@ class Admitted:
 
 
 def admit_start(
-    workflow: Workflow, input_data: Any, initial_state_value: Any, request_context: Any
+    workflow: WorkflowGraph, input_data: Any, initial_state_value: Any, request_context: Any
 ) -> Admitted:
     """The values of a start of ``workflow``, validated, with what is stored for each.
 
@@ -180,7 +180,7 @@ class AdmittedResume:
 
 
 def admit_resume(
-    workflow: Workflow,
+    workflow: WorkflowGraph,
     snapshot: RunSnapshot,
     resume_data: Any,
     *,
@@ -227,7 +227,9 @@ def admit_resume(
     return AdmittedResume(target=target, data=data, context=context, claimed=claimed)
 
 
-def interrupted_resume(workflow: Workflow, pending: Mapping[str, Any]) -> tuple[ResumeTarget, Any]:
+def interrupted_resume(
+    workflow: WorkflowGraph, pending: Mapping[str, Any]
+) -> tuple[ResumeTarget, Any]:
     """The target and validated data of the resume a stored run was executing when its
     process died (``RunSnapshot.resume``), to continue it on restart."""
     target = ResumeTarget(path=list(pending["path"]), foreach_index=pending.get("foreach_index"))

@@ -15,7 +15,8 @@ import attrs
 import trio
 
 from ._context import StepContext
-from ._workflow import Workflow, create_step, create_workflow
+from ._runnable import Workflow, create_workflow
+from ._workflow import create_step
 
 #: The input ``trioflow demo`` starts the workflow with.
 DEMO_INPUT: dict[str, Any] = {

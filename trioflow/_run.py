@@ -47,7 +47,7 @@ from ._legacy import LegacyEvent as LegacyEvent
 from ._legacy import LegacyRunOutput as LegacyRunOutput
 from ._output import RunOutput as RunOutput
 from ._output import wait_for as _wait
-from ._workflow import Workflow
+from ._workflow import WorkflowGraph
 from .storage import Storage
 from .storage._protocol import QueueStorage, save_changed_steps
 from .tracing import (
@@ -88,7 +88,7 @@ class Run:
     """
 
     def __init__(
-        self, runtime: RunHost, workflow: Workflow, hub: RunHub, snapshot: RunSnapshot
+        self, runtime: RunHost, workflow: WorkflowGraph, hub: RunHub, snapshot: RunSnapshot
     ) -> None:
         self._runtime = runtime
         self._workflow = workflow

@@ -14,7 +14,6 @@ from typing import Any
 
 import attrs
 
-from . import _workflow
 from ._run import Run
 from ._runtime import current_runtime
 from ._workflow import RetryConfig, WorkflowGraph
@@ -46,10 +45,6 @@ class Workflow(WorkflowGraph):
             "create_run_async() is deprecated; use create_run()", DeprecationWarning, stacklevel=2
         )
         return await self.create_run(run_id=run_id, resource_id=resource_id)
-
-
-# Workflows built by the graph module's own create_workflow (trioflow._demo) are runnable.
-_workflow.workflow_class = Workflow
 
 
 def create_workflow(

@@ -32,7 +32,7 @@ from ._hub import RunHub as RunHub
 from ._hub import result_from_snapshot as result_from_snapshot
 from ._run import Run
 from ._worker import Worker, after_execution_died
-from ._workflow import Workflow
+from ._workflow import WorkflowGraph
 from .storage import MemoryStorage, Storage
 from .storage._protocol import LeasingStorage, QueueStorage
 from .tracing._guard import GuardedTracer
@@ -77,7 +77,7 @@ class _ExecutionHost:
     def finishing_scope(self) -> contextlib.AbstractContextManager[trio.CancelScope]:
         return self._runtime.finishing_scope()
 
-    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None:
+    async def run_callbacks(self, workflow: WorkflowGraph, result: WorkflowResult) -> None:
         await self._runtime._run_callbacks(workflow, result)
 
 
@@ -88,7 +88,7 @@ class Runtime:
         self.storage = storage
         self.tracer: Any = None if tracer is None else GuardedTracer(tracer)
         self._nursery = nursery
-        self._workflows: dict[str, Workflow] = {}
+        self._workflows: dict[str, WorkflowGraph] = {}
         self._hubs: weakref.WeakValueDictionary[str, RunHub] = weakref.WeakValueDictionary()
         #: The claim loop, when this runtime is a worker (``open_runtime(worker=True)``).
         self.worker: Worker | None = None
@@ -126,9 +126,9 @@ class Runtime:
 
     # --- workflows ------------------------------------------------------------------------
 
-    def register(self, workflow: Workflow) -> None:
+    def register(self, workflow: WorkflowGraph) -> None:
         """Make ``workflow`` findable by id (for the bridge and the CLI); commits it."""
-        if not isinstance(workflow, Workflow):
+        if not isinstance(workflow, WorkflowGraph):
             raise TypeError(f"expected a Workflow, got {workflow!r}")
         existing = self._workflows.get(workflow.id)
         if existing is not None and existing is not workflow:
@@ -136,7 +136,7 @@ class Runtime:
         workflow.commit()
         self._workflows[workflow.id] = workflow
 
-    def get_workflow(self, workflow_id: str) -> Workflow:
+    def get_workflow(self, workflow_id: str) -> WorkflowGraph:
         """The registered workflow with that id (KeyError if unknown)."""
         try:
             return self._workflows[workflow_id]
@@ -144,25 +144,25 @@ class Runtime:
             raise KeyError(f"no workflow registered with id {workflow_id!r}") from None
 
     @property
-    def workflows(self) -> dict[str, Workflow]:
+    def workflows(self) -> dict[str, WorkflowGraph]:
         return dict(self._workflows)
 
     # --- runs ---------------------------------------------------------------------------------
 
     async def create_run(
         self,
-        workflow: Workflow | str,
+        workflow: WorkflowGraph | str,
         *,
         run_id: str | None = None,
         resource_id: str | None = None,
     ) -> Run:
-        """A Run of ``workflow`` (a Workflow, or the id of a registered one).
+        """A Run of ``workflow`` (a WorkflowGraph, or the id of a registered one).
 
         With the id of a stored run, the Run is bound to it; otherwise a ``pending`` run is
         stored.
         """
         wf = self.get_workflow(workflow) if isinstance(workflow, str) else workflow
-        if not isinstance(wf, Workflow):
+        if not isinstance(wf, WorkflowGraph):
             raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
         wf.check_runnable()
         check_run_ids(run_id, resource_id)
@@ -190,7 +190,7 @@ class Runtime:
         # Every path above awaited storage (a fresh id is inserted, a given one looked up).
         return self._bind_run(wf, snapshot)  # noqa: ASYNC910
 
-    def _bind_run(self, workflow: Workflow, snapshot: RunSnapshot) -> Run:
+    def _bind_run(self, workflow: WorkflowGraph, snapshot: RunSnapshot) -> Run:
         """A Run of ``workflow`` bound to the stored ``snapshot`` (a worker's claim returns
         it: no second load)."""
         return Run(self, workflow, self._hub_for(snapshot), snapshot)
@@ -231,7 +231,7 @@ class Runtime:
 
     async def enqueue(
         self,
-        workflow: Workflow | str,
+        workflow: WorkflowGraph | str,
         *,
         input_data: Any = None,
         initial_state: Any = None,
@@ -256,14 +256,14 @@ class Runtime:
 
     async def _enqueue_fresh(
         self,
-        workflow: Workflow | str,
+        workflow: WorkflowGraph | str,
         input_data: Any,
         initial_state: Any,
         request_context: Any,
         resource_id: str | None,
     ) -> str:
         wf = self.get_workflow(workflow) if isinstance(workflow, str) else workflow
-        if not isinstance(wf, Workflow):
+        if not isinstance(wf, WorkflowGraph):
             raise TypeError(f"expected a Workflow or a workflow id, got {workflow!r}")
         check_run_ids(None, resource_id)
         storage = self.storage
@@ -388,7 +388,7 @@ class Runtime:
         return await self.storage.load_snapshot(run_id)
 
     async def _run_callbacks(  # noqa: ASYNC910 - internal
-        self, workflow: Workflow, result: WorkflowResult
+        self, workflow: WorkflowGraph, result: WorkflowResult
     ) -> None:
         """``on_finish`` after every execution, ``on_error`` for failed/tripwire runs.
         Their exceptions are logged and swallowed."""
@@ -431,7 +431,7 @@ class Runtime:
                         restarted.append(info.run_id)
         return restarted
 
-    async def _restart_stored(self, workflow: Workflow, run_id: str) -> bool:
+    async def _restart_stored(self, workflow: WorkflowGraph, run_id: str) -> bool:
         """Restart one stored run in the background; False when it is not ours to
         restart, or its stored record cannot be read (logged: one damaged run must not
         keep the others from restarting, nor the runtime from opening)."""
@@ -455,7 +455,7 @@ class Runtime:
 async def open_runtime(
     *,
     storage: Storage | None = None,
-    workflows: Iterable[Workflow] = (),
+    workflows: Iterable[WorkflowGraph] = (),
     restart_active_runs: bool = False,
     tracer: Any = None,
     worker: bool = False,

@@ -25,7 +25,7 @@ from ._driver._execution import Execution
 from ._effects import now_ms
 from ._groups import is_fatal
 from ._run import Run
-from ._workflow import Workflow
+from ._workflow import WorkflowGraph
 from .storage import Storage
 from .storage._protocol import (
     AttemptCountingStorage,
@@ -44,7 +44,7 @@ class WorkerHost(Protocol):
     def storage(self) -> Storage: ...
 
     @property
-    def workflows(self) -> dict[str, Workflow]: ...
+    def workflows(self) -> dict[str, WorkflowGraph]: ...
 
     @property
     def max_attempts(self) -> int: ...
@@ -54,7 +54,7 @@ class WorkerHost(Protocol):
 
     def ended_elsewhere(self, snapshot: RunSnapshot) -> None: ...
 
-    def _bind_run(self, workflow: Workflow, snapshot: RunSnapshot) -> Run:
+    def _bind_run(self, workflow: WorkflowGraph, snapshot: RunSnapshot) -> Run:
         """A Run of ``workflow`` bound to the stored ``snapshot`` (no storage call)."""
         ...
 

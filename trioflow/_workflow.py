@@ -268,7 +268,10 @@ class WorkflowGraph:
         return self._loop(node, condition, "dountil")
 
     def _loop(
-        self: _W, node: Step | WorkflowGraph, condition: Condition, kind: Literal["dowhile", "dountil"]
+        self: _W,
+        node: Step | WorkflowGraph,
+        condition: Condition,
+        kind: Literal["dowhile", "dountil"],
     ) -> _W:
         if not callable(condition):
             raise TypeError(f"loop condition must be callable, got {condition!r}")
@@ -412,47 +415,3 @@ def _check_graph(root: WorkflowGraph) -> None:
             path.append(child)
             children.append(_nested_workflows(child))
             positions.append(0)
-
-
-#: The class :func:`create_workflow` builds. The run API sets it to the public
-#: :class:`trioflow.Workflow` when it is imported (``trioflow/__init__.py`` imports it before
-#: anything can call this), so that callers of this module's ``create_workflow`` (today
-#: ``trioflow._demo``) get workflows that can ``create_run()``. Users get the public
-#: ``create_workflow``, typed with the public class.
-workflow_class: type[WorkflowGraph] = WorkflowGraph
-
-
-def create_workflow(
-    *,
-    id: str,
-    input_schema: Any = None,
-    output_schema: Any = None,
-    state_schema: Any = None,
-    retry_config: RetryConfig | None = None,
-    validate_inputs: bool = True,
-    emit_step_events: bool = True,
-    on_start: Callable[..., Any] | None = None,
-    on_finish: Callable[..., Any] | None = None,
-    on_error: Callable[..., Any] | None = None,
-    description: str | None = None,
-) -> WorkflowGraph:
-    """Create an empty workflow (of :data:`workflow_class`); add entries with
-    ``then``/``parallel``/…"""
-    return workflow_class(
-        id=id,
-        input_schema=input_schema,
-        output_schema=output_schema,
-        state_schema=state_schema,
-        retry_config=retry_config if retry_config is not None else RetryConfig(),
-        validate_inputs=validate_inputs,
-        emit_step_events=emit_step_events,
-        on_start=on_start,
-        on_finish=on_finish,
-        on_error=on_error,
-        description=description,
-    )
-
-
-#: The driver's name for the graph (its modules import ``Workflow`` from here): every
-#: public Workflow is one.
-Workflow = WorkflowGraph

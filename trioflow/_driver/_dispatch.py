@@ -30,7 +30,7 @@ from .._core._plan._values import (
 from .._core._resume import ResumeTarget
 from .._core._status import StepStatus
 from .._effects import now_ms
-from .._workflow import Step, Workflow
+from .._workflow import Step, WorkflowGraph
 from ._block import run_block, run_branch
 from ._foreach import run_foreach
 from ._level import Level
@@ -90,7 +90,7 @@ class Dispatch:
     async def run_node(
         self,
         level: Level,
-        node: Step | Workflow,
+        node: Step | WorkflowGraph,
         value: Any,
         *,
         resume: NodeResume | None,
@@ -109,7 +109,7 @@ class Dispatch:
             announced = level.announce(node, value, resume, chunk_id, emit=emit, iteration=iteration)
         try:
             with level.execution.span("workflow_step", "workflow step: '{}'", chunk_id) as span:
-                if isinstance(node, Workflow):
+                if isinstance(node, WorkflowGraph):
                     run = await run_nested(
                         level,
                         node,

@@ -61,7 +61,7 @@ from .._core._status import RunStatus
 from .._effects import new_span_id, now_ms
 from .._groups import sole_exception, unwrap_groups
 from .._persist import OWNED, RunWriter
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ..tracing import TracingOptions
 from ..tracing._spans import Span, current_span
 from ._dispatch import DRIVE
@@ -94,7 +94,7 @@ class Execution:
         *,
         runtime: ExecutionHost,
         hub: ExecutionHub,
-        workflow: Workflow,
+        workflow: WorkflowGraph,
         base: RunSnapshot,
         kind: str,
         input: Any,

@@ -19,7 +19,7 @@ from .._core._plan._values import Outcome, StepRun
 from .._core._resume import ResumeTarget
 from .._effects import now_ms
 from .._groups import unwrap_groups
-from .._workflow import Step, Workflow
+from .._workflow import Step, WorkflowGraph
 from ._level import Level
 
 
@@ -97,9 +97,9 @@ async def run_foreach(
     return _settle(level, node.id, idx, plan, plan.outcome(now_ms()))  # noqa: ASYNC910
 
 
-def _item_progress(level: Level, node: Step | Workflow) -> Callable[[int], Any] | None:
+def _item_progress(level: Level, node: Step | WorkflowGraph) -> Callable[[int], Any] | None:
     """The progress records foreach items of a nested workflow left (durable storage)."""
-    if not isinstance(node, Workflow) or not level.execution.durable:
+    if not isinstance(node, WorkflowGraph) or not level.execution.durable:
         return None
     stored, prefix = level.execution.stored, level.key_prefix
     return lambda i: stored.get(item_progress_key(prefix, node.id, i))

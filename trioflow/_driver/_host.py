@@ -11,7 +11,7 @@ import trio
 from .._broadcast import EventLog
 from .._core._model import WorkflowResult
 from .._core._status import RunStatus
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ..storage import Storage
 
 
@@ -27,7 +27,7 @@ class ExecutionHost(Protocol):
 
     def finishing_scope(self) -> contextlib.AbstractContextManager[trio.CancelScope]: ...
 
-    async def run_callbacks(self, workflow: Workflow, result: WorkflowResult) -> None:
+    async def run_callbacks(self, workflow: WorkflowGraph, result: WorkflowResult) -> None:
         """``on_finish``/``on_error`` of ``workflow`` (exceptions logged, not raised)."""
         ...
 

@@ -38,7 +38,7 @@ from .._core._plan._values import (
 from .._core._resume import ResumeTarget, nested_header
 from .._core._status import RunStatus, StepStatus
 from .._effects import now_ms
-from .._workflow import Step, Workflow
+from .._workflow import Step, WorkflowGraph
 from ..tracing._spans import Span
 
 
@@ -95,7 +95,7 @@ class Drive(Protocol):
     async def run_node(
         self,
         level: Level,
-        node: Step | Workflow,
+        node: Step | WorkflowGraph,
         value: Any,
         *,
         resume: NodeResume | None,
@@ -114,7 +114,7 @@ class Level(LevelBook):
     def __init__(
         self,
         execution: LevelExecution,
-        workflow: Workflow,
+        workflow: WorkflowGraph,
         *,
         drive: Drive,
         key_prefix: str,
@@ -154,7 +154,7 @@ class Level(LevelBook):
 
     def child(
         self,
-        workflow: Workflow,
+        workflow: WorkflowGraph,
         *,
         key_prefix: str,
         chunk_prefix: str,
@@ -311,7 +311,7 @@ class Level(LevelBook):
 
     def announce(
         self,
-        node: Step | Workflow,
+        node: Step | WorkflowGraph,
         value: Any,
         resume: NodeResume | None,
         chunk_id: str,
@@ -333,7 +333,7 @@ class Level(LevelBook):
             if (
                 stored is not None
                 and "payload" in stored
-                and (not isinstance(node, Workflow) or nested_header(stored) is not None)
+                and (not isinstance(node, WorkflowGraph) or nested_header(stored) is not None)
             ):
                 value = stored["payload"]
             self.emit_start(
@@ -350,7 +350,7 @@ class Level(LevelBook):
 
     def run_node(
         self,
-        node: Step | Workflow,
+        node: Step | WorkflowGraph,
         value: Any,
         *,
         resume: NodeResume | None,

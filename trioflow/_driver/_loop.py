@@ -16,7 +16,7 @@ from .._core._plan._values import Outcome
 from .._core._resume import ResumeTarget
 from .._effects import call_maybe_async
 from .._groups import is_fatal
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ._level import Level
 
 
@@ -60,7 +60,7 @@ async def run_loop(
         if isinstance(decided, plan.Stop):
             return decided.outcome
         again = decided
-        if isinstance(node, Workflow) and level.execution.durable:
+        if isinstance(node, WorkflowGraph) and level.execution.durable:
             await _store_finished_iteration(level, node.id)
 
 

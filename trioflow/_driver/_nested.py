@@ -14,13 +14,13 @@ from .._core._plan import _nested as plan
 from .._core._plan._values import Announced, NodeResume, StepRun
 from .._core._serde import to_jsonable
 from .._effects import now_ms
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ._level import Level
 
 
 async def run_nested(
     level: Level,
-    node: Workflow,
+    node: WorkflowGraph,
     value: Any,
     *,
     resume: NodeResume | None,
@@ -95,7 +95,7 @@ def _finish(
     return run
 
 
-def _fresh_level(level: Level, node: Workflow, keys: plan.NestedKeys, input: Any) -> Level:
+def _fresh_level(level: Level, node: WorkflowGraph, keys: plan.NestedKeys, input: Any) -> Level:
     stored = level.execution.stored
     for key in plan.replaced_keys(list(stored), keys):
         del stored[key]
@@ -110,7 +110,7 @@ def _fresh_level(level: Level, node: Workflow, keys: plan.NestedKeys, input: Any
 
 
 def _continued_level(
-    level: Level, node: Workflow, keys: plan.NestedKeys, header: dict[str, Any] | None
+    level: Level, node: WorkflowGraph, keys: plan.NestedKeys, header: dict[str, Any] | None
 ) -> Level:
     assert header is not None
     sub = level.child(

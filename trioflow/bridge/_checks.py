@@ -14,7 +14,7 @@ from .._admit import admit_start
 from .._core._errors import ValidationError
 from .._core._json import JsonValueError, check_strict_json
 from .._groups import leaves
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from . import _protocol as p
 
 
@@ -27,7 +27,7 @@ def _strict(value: Any, prefix: str) -> None:
         raise ValidationError(prefix, [(exc.path, exc.reason)]) from None
 
 
-def check_start(workflow: Workflow, request: p.Start) -> None:
+def check_start(workflow: WorkflowGraph, request: p.Start) -> None:
     """Raise what ``Run.stream`` would raise for this start's values (ValidationError,
     TypeError, a graph error), before anything is stored."""
     _strict(request.input_data, "Invalid input data:")

@@ -50,7 +50,7 @@ from typing import Any, Final
 import attrs
 
 from .._core import _graph as g
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 
 JsonSchema = dict[str, Any]
 
@@ -232,7 +232,7 @@ def _is_json(value: Any) -> bool:
 # --- graph ---------------------------------------------------------------------------------
 
 
-def describe(workflow: Workflow) -> dict[str, Any]:
+def describe(workflow: WorkflowGraph) -> dict[str, Any]:
     """The graph and schemas of ``workflow`` as JSON (see the module docstring)."""
     resume: dict[str, JsonSchema] = {}
     out: dict[str, Any] = {"id": workflow.id}
@@ -287,7 +287,8 @@ def _entry(
 
 def _node(n: Any, prefix: str, resume: dict[str, JsonSchema], depth: int) -> dict[str, Any]:
     path = prefix + n.id
-    out: dict[str, Any] = {"id": path, "kind": "workflow" if isinstance(n, Workflow) else "step"}
+    kind = "workflow" if isinstance(n, WorkflowGraph) else "step"
+    out: dict[str, Any] = {"id": path, "kind": kind}
     if getattr(n, "description", None):
         out["description"] = n.description
     for attr, key in (
@@ -301,7 +302,7 @@ def _node(n: Any, prefix: str, resume: dict[str, JsonSchema], depth: int) -> dic
             out[key] = json_schema(value)
     if "resumeSchema" in out:
         resume[path] = out["resumeSchema"]
-    if isinstance(n, Workflow):
+    if isinstance(n, WorkflowGraph):
         if depth >= _MAX_DEPTH:
             out["entries"] = []
         else:

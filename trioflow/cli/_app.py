@@ -35,7 +35,7 @@ from .._install import install_hint
 from .._run import RunOutput
 from .._runtime import open_runtime, result_from_snapshot
 from .._version import __version__
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ..storage import Storage
 from ._common import (
     escape,
@@ -71,7 +71,7 @@ DEMO_REF = "trioflow._demo:demo_workflow"
 
 async def _start_and_show(
     session: Session,
-    workflow: Workflow,
+    workflow: WorkflowGraph,
     ref: str,
     input_data: Any,
     context: dict[str, Any],
@@ -98,7 +98,7 @@ async def _follow_output(
     session: Session,
     storage: Storage,
     out: RunOutput,
-    workflow: Workflow,
+    workflow: WorkflowGraph,
     *,
     resume_data: Any | None = None,
 ) -> int:
@@ -118,7 +118,7 @@ async def _follow(
     storage: Storage,
     chunks: AsyncIterable[Chunk],
     outcome: Callable[[], Awaitable[WorkflowResult]],
-    workflow: Workflow,
+    workflow: WorkflowGraph,
     *,
     until_any_finish: bool,
     resume_data: Any | None = None,
@@ -233,7 +233,7 @@ async def cmd_resume(session: Session, args: argparse.Namespace) -> int:
 
 
 def _require_resume_data(
-    snapshot: RunSnapshot, workflow: Workflow, args: argparse.Namespace
+    snapshot: RunSnapshot, workflow: WorkflowGraph, args: argparse.Namespace
 ) -> None:
     """A resume without ``--data``: refused with an example when the step expects data."""
     suspended = [list(path) for path in result_from_snapshot(snapshot).suspended]

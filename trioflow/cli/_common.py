@@ -15,7 +15,7 @@ from .._core._model import RunSnapshot, WorkflowResult
 from .._core._serde import to_jsonable
 from .._core._status import RunStatus
 from .._runtime import result_from_snapshot
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ..storage import Storage
 from ._hints import resume_commands
 from ._load import WORKFLOW_REF_KEY, CliError, load_workflow
@@ -30,7 +30,7 @@ async def load_snapshot(session: Session, storage: Storage, run_id: str) -> RunS
     return snapshot
 
 
-def workflow_of(snapshot: RunSnapshot, ref: str | None) -> tuple[Workflow, str]:
+def workflow_of(snapshot: RunSnapshot, ref: str | None) -> tuple[WorkflowGraph, str]:
     """The workflow a stored run belongs to: ``--ref`` or the reference stored with it."""
     stored = snapshot.request_context.get(WORKFLOW_REF_KEY)
     chosen = ref or (stored if isinstance(stored, str) else None)
@@ -89,7 +89,7 @@ async def resume_hints(
     session: Session,
     storage: Storage,
     result: WorkflowResult,
-    workflow: Workflow | None,
+    workflow: WorkflowGraph | None,
     data: Any | None = None,
 ) -> list[str]:
     """The commands that resume ``result``'s run (``data``: the resume data, if known)."""
@@ -111,7 +111,7 @@ def stored_hints(session: Session, snapshot: RunSnapshot, ref: str | None = None
     suspended = result_from_snapshot(snapshot).suspended
     if not suspended:
         return []
-    workflow: Workflow | None = None
+    workflow: WorkflowGraph | None = None
     if ref is not None or snapshot.request_context.get(WORKFLOW_REF_KEY) is not None:
         # Without the workflow the command still helps, only without example data.
         with contextlib.suppress(CliError):
@@ -205,7 +205,7 @@ async def show_chunks(
     chunks: AsyncIterable[Chunk],
     *,
     until_any_finish: bool,
-    workflow: Workflow | None = None,
+    workflow: WorkflowGraph | None = None,
 ) -> None:
     """Show chunks as they come (nothing in --json mode: the summary says it all)."""
     if session.json:

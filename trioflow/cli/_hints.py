@@ -24,7 +24,7 @@ from .._admit import node_at
 from .._core._errors import ValidationError
 from .._core._model import ResumeLabel
 from .._core._serde import to_jsonable, validate
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 from ._load import CliError
 
 #: Nested classes deeper than this are shown as ``{}`` (a schema may be recursive).
@@ -115,7 +115,7 @@ def describe_expected(schema: Any) -> str:
 # --- resume commands -----------------------------------------------------------------------
 
 
-def resume_schema_at(workflow: Workflow | None, path: Sequence[str]) -> Any:
+def resume_schema_at(workflow: WorkflowGraph | None, path: Sequence[str]) -> Any:
     """The resume schema of the suspended step at ``path`` (None: unknown or none)."""
     if workflow is None:
         return None
@@ -128,7 +128,7 @@ def resume_commands(
     db_option: str,
     suspended: Sequence[Sequence[str]],
     *,
-    workflow: Workflow | None,
+    workflow: WorkflowGraph | None,
     labels: Mapping[str, ResumeLabel] | None = None,
     data: Any | None = None,
 ) -> list[str]:

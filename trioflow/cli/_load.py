@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from .._core._json import MAX_JSON_INT_DIGITS
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 
 #: The request-context key that holds the ``MODULE:WORKFLOW`` reference a run was started
 #: from (reserved, in the spirit of Mastra's ``mastra__resourceId``).
@@ -95,9 +95,9 @@ def import_module(module: str) -> tuple[ModuleType, str]:
     return _import_module(module), module
 
 
-def workflows_in(module: ModuleType) -> dict[str, Workflow]:
+def workflows_in(module: ModuleType) -> dict[str, WorkflowGraph]:
     """The module-level workflows of ``module``, by attribute name."""
-    return {name: value for name, value in vars(module).items() if isinstance(value, Workflow)}
+    return {name: value for name, value in vars(module).items() if isinstance(value, WorkflowGraph)}
 
 
 def _is_factory(value: object) -> bool:
@@ -146,7 +146,7 @@ def where(exc: BaseException) -> str:
     return "".join("\n" + line for line in lines)
 
 
-def load_workflow(ref: str, workflow_id: str | None = None) -> tuple[Workflow, str]:
+def load_workflow(ref: str, workflow_id: str | None = None) -> tuple[WorkflowGraph, str]:
     """The workflow ``MODULE:WORKFLOW`` names, and the reference to store with its runs.
 
     With ``workflow_id`` (a stored run's), the attribute may also be a list of workflows
@@ -156,14 +156,14 @@ def load_workflow(ref: str, workflow_id: str | None = None) -> tuple[Workflow, s
         raise CliError(f"expected MODULE:WORKFLOW (e.g. myapp.flows:orders), got {ref!r}")
     module, canonical = import_module(module_text)
     value = _attribute(module, module_text, attr)
-    if not isinstance(value, Workflow) and _is_factory(value):
+    if not isinstance(value, WorkflowGraph) and _is_factory(value):
         try:
             value = value()
         except Exception as exc:
             raise CliError(f"{ref}() raised {_describe(exc)}{where(exc)}") from exc
     if workflow_id is not None and isinstance(value, list | tuple):
         value = next((w for w in value if getattr(w, "id", None) == workflow_id), value)
-    if not isinstance(value, Workflow):
+    if not isinstance(value, WorkflowGraph):
         raise CliError(f"{ref} is not a workflow (it is a {type(value).__name__})")
     value.commit()
     return value, f"{canonical}:{attr}"
@@ -182,7 +182,7 @@ def _attribute(module: ModuleType, module_text: str, attr: str) -> Any:
     return value
 
 
-def load_module_workflows(target: str) -> list[Workflow]:
+def load_module_workflows(target: str) -> list[WorkflowGraph]:
     """``MODULE`` (every module-level workflow) or ``MODULE:ATTR`` (one workflow, or a list
     of workflows), each made to store its reference with the runs it starts
     (:func:`remember_ref`), so that ``trioflow resume``/``cancel``/``restart`` find it."""
@@ -191,7 +191,7 @@ def load_module_workflows(target: str) -> list[Workflow]:
         module_text, attr = target, ""
     module, canonical = import_module(module_text)
     if not attr:
-        by_id: dict[int, Workflow] = {}
+        by_id: dict[int, WorkflowGraph] = {}
         for name, workflow in workflows_in(module).items():
             if id(workflow) not in by_id:
                 by_id[id(workflow)] = remember_ref(workflow.commit(), f"{canonical}:{name}")
@@ -205,9 +205,13 @@ def load_module_workflows(target: str) -> list[Workflow]:
         except AttributeError:
             raise CliError(f"module {module_text!r} has no attribute {attr!r}") from None
     ref = f"{canonical}:{attr}"
-    if isinstance(value, Workflow):
+    if isinstance(value, WorkflowGraph):
         return [remember_ref(value.commit(), ref)]
-    if isinstance(value, list | tuple) and value and all(isinstance(w, Workflow) for w in value):
+    if (
+        isinstance(value, list | tuple)
+        and value
+        and all(isinstance(w, WorkflowGraph) for w in value)
+    ):
         return [remember_ref(w.commit(), ref) for w in value]
     if _is_factory(value):
         return [remember_ref(*load_workflow(target))]
@@ -232,7 +236,7 @@ class _StoresRef:
         info.request_context[WORKFLOW_REF_KEY] = self.ref
 
 
-def remember_ref(workflow: Workflow, ref: str) -> Workflow:
+def remember_ref(workflow: WorkflowGraph, ref: str) -> WorkflowGraph:
     """Make the runs this process starts of ``workflow`` (through ``trioflow serve``'s
     bridge, or a ``trioflow worker`` starting queued runs) store ``ref`` as
     :data:`WORKFLOW_REF_KEY` in their request context, as ``trioflow run`` does. The

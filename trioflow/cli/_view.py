@@ -38,7 +38,7 @@ from .._core._chunks import (
     WorkflowStepWaiting,
 )
 from .._core._graph import BranchEntry, ForeachEntry, LoopEntry, ParallelEntry, StepEntry
-from .._workflow import Workflow
+from .._workflow import WorkflowGraph
 
 #: Longest rendering of a value on one line before it is cut.
 MAX_VALUE = 160
@@ -320,7 +320,7 @@ class LiveView:
             await trio.sleep(0.1)
 
 
-def foreach_ids(workflow: Workflow | None, prefix: str = "") -> frozenset[str]:
+def foreach_ids(workflow: WorkflowGraph | None, prefix: str = "") -> frozenset[str]:
     """The chunk ids of the foreach steps of ``workflow`` (nested workflows included), so
     their progress bars can show from the start."""
     if workflow is None:
@@ -328,7 +328,7 @@ def foreach_ids(workflow: Workflow | None, prefix: str = "") -> frozenset[str]:
     found: set[str] = set()
 
     def visit(node: Any, prefix: str) -> None:
-        if isinstance(node, Workflow):
+        if isinstance(node, WorkflowGraph):
             found.update(foreach_ids(node, f"{prefix}{node.id}."))
 
     for entry in workflow.entries:
@@ -343,7 +343,7 @@ def foreach_ids(workflow: Workflow | None, prefix: str = "") -> frozenset[str]:
     return frozenset(found)
 
 
-def make_view(console: Console, workflow: Workflow | None = None) -> PlainView | LiveView:
+def make_view(console: Console, workflow: WorkflowGraph | None = None) -> PlainView | LiveView:
     """The live view on a terminal, plain lines elsewhere."""
     if console.is_terminal and not console.is_dumb_terminal:
         return LiveView(console, foreach_ids(workflow))
