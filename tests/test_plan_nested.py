@@ -85,7 +85,10 @@ def test_keys_add_the_foreach_index_to_records_and_the_iteration_to_the_key_scop
     index = f"[{foreach_index}]" if foreach_index is not None else ""
     assert keys.key_prefix == f"outer.w1{index}."
     assert keys.key_scope == f"outer#2.w1{index}" + (f"#{iteration}" if iteration else "") + "."
-    assert keys.record_key == "outer.w1"
+    # A node's progress becomes its own record; a foreach item's is an engine record
+    # under the item's prefix (the item's result is the foreach's).
+    expected = "outer.w1" if foreach_index is None else f"outer.w1[{foreach_index}].@progress"
+    assert keys.record_key == expected
     assert keys.chunk_prefix == "outer.w1."
 
 
