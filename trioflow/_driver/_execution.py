@@ -136,9 +136,8 @@ class Execution:
         #: Step records by qualified key; remembers what changed since the last write.
         self.stored = StepJournal(base.steps)
         self.cancel_requested = False
-        #: The runtime (not a cancel of the run) interrupted this execution: the steps it
-        #: interrupts are not settled (their records stay running; restart runs them).
-        self.interrupted = False
+        #: The runtime's cancellation reached this execution (see ``interrupted``).
+        self.runtime_stopped = False
         self._steps_over = False
         #: A step suspended during this execution (it is heading for ``suspended``).
         self.suspended_once = False
@@ -273,6 +272,14 @@ class Execution:
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage
 
+    @property
+    def interrupted(self) -> bool:
+        """The runtime (not a cancel of the run) interrupted this execution: the steps it
+        interrupts are not settled (their records stay running; restart runs them). A
+        cancel() asked before then wins: the user's cancel is never lost to a stop that
+        came in the same instant."""
+        return self.runtime_stopped and not self.cancel_requested
+
     def interrupted_resume(self, resume: NodeResume | None) -> bool:
         """Whether the runtime (not a cancel of the run) interrupted a node it was
         resuming: its stored suspended record and path stay as they were, so restart()
@@ -324,10 +331,8 @@ class Execution:
                         helpers.cancel_scope.cancel(reason="execution ended")
         except trio.Cancelled:
             if self.result is None:
-                # Store what finished and every chunk published so far, so a restart()
-                # continues where this execution stopped and never reuses a seq.
                 with trio.move_on_after(SHIELDED_WRITE_GRACE, shield=True):
-                    await self.persist(RunStatus.RUNNING)
+                    await self._store_interrupted()
             if self.result is None:
                 self.failure = RuntimeClosedError(
                     f"the runtime stopped while run {self.run_id} was executing; "
@@ -356,10 +361,20 @@ class Execution:
             await self.writer.flush_forever()
         except trio.Cancelled:
             if not self._steps_over:
-                self.interrupted = True
+                self.runtime_stopped = True
             raise
         finally:
             guard.shield = False
+
+    async def _store_interrupted(self) -> None:
+        """The runtime stopped this execution before its end was stored. Normally: store
+        what finished and every chunk published so far, so a restart() continues where it
+        stopped and never reuses a seq. A cancel() asked before the stop (its steps were
+        settled ``canceled``) is finished as such instead: the run ends ``canceled``."""
+        if self.cancel_requested and not self.writers_closed:
+            await self._finish(None)
+        else:
+            await self.persist(RunStatus.RUNNING)
 
     def _died(self, exc: BaseException) -> None:
         """Not a step's error (those are results): storage failing, or an engine bug. It

@@ -55,8 +55,10 @@ class LevelExecution(StepExecution, Protocol):
     resume_token: str | None
     pending_resume: dict[str, Any] | None
     live_records: dict[str, Callable[[], dict[str, Any]]]
-    interrupted: bool
     suspended_once: bool
+
+    @property
+    def interrupted(self) -> bool: ...
 
     @property
     def persist(self) -> Callable[..., Awaitable[bool]]: ...
