@@ -269,6 +269,11 @@ def to_jsonable(value: Any) -> Any:
             if type(item) not in _JSON_SCALARS:
                 return [to_jsonable(v) for v in value]
         return value
+    return _jsonable_other(value, kind)
+
+
+def _jsonable_other(value: Any, kind: type) -> Any:
+    """:func:`to_jsonable` of anything but an exact JSON scalar, dict or list."""
     if isinstance(value, enum.Enum):
         return to_jsonable(value.value)
     if isinstance(value, _PRIMITIVES):
