@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -111,3 +112,40 @@ async def test_a_cancel_asked_while_the_runtime_stop_unwinds_the_run_wins(
     assert state.steps["h"].status is tf.StepStatus.CANCELED
     assert ("h", "canceled") in await _stored_step_results(storage)
     await storage.aclose()
+
+
+class _AppendFails(tf.MemoryStorage):
+    """Chunk writes between snapshots (the flusher's) fail: a disk that filled up."""
+
+    async def append_events(self, run_id: str, events: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        raise tf.StorageError("disk full")
+
+
+async def test_a_failing_flush_does_not_settle_the_running_step_as_canceled() -> None:
+    """A step floods its log; the flusher's write fails and the execution dies of it. The
+    step was interrupted by the storage, not cancelled by anyone: no canceled
+    step-result is published for it (was: the helper nursery's cancel reached the step
+    as if the user had cancelled, and its canceled result chunk went out before the
+    StorageError)."""
+    seen: list[Any] = []
+
+    async def flood(ctx: tf.StepContext) -> int:
+        for i in range(5000):
+            await ctx.writer.write({"i": i})
+        return 1
+
+    wf = tf.create_workflow(id="flood").then(tf.create_step(id="flood", execute=flood)).commit()
+    async with tf.open_runtime(storage=_AppendFails()) as runtime:
+        del runtime
+        run = await wf.create_run()
+        out = await run.stream(input_data=None)
+
+        async def read_all() -> None:
+            async for chunk in out:
+                seen.append(chunk)
+
+        with pytest.raises(tf.StorageError, match="disk full"):
+            await read_all()
+    results = [c for c in seen if isinstance(c, tf.WorkflowStepResult)]
+    assert [c.payload.status for c in results] == []

@@ -356,10 +356,12 @@ class Execution:
 
     async def _helper(self, guard: trio.CancelScope) -> None:
         """The flusher; its cancellation while the steps still run is the runtime's (the
-        execution cancels it only once they are over): then it lifts the guard."""
+        execution cancels it only once they are over), and its failure is the storage's:
+        either way nobody cancelled the run, so the steps it interrupts stay unsettled
+        (``interrupted``). Then it lifts the guard."""
         try:
             await self.writer.flush_forever()
-        except trio.Cancelled:
+        except BaseException:
             if not self._steps_over:
                 self.runtime_stopped = True
             raise
