@@ -204,15 +204,12 @@ class ReferenceModel:
         validated: set[str] = set()
         labels: dict[str, tuple[tuple[str, ...], int | None]] = {}
         if status == "suspended":
-            for path, rec, spec in self._suspended_leaves(root, ()):
+            for path, rec, spec, iterations in self._suspended_leaves(root, ()):
                 dotted = ".".join(path)
                 suspended.append(dotted)
                 payloads[dotted] = rec.suspend_payload
-                if rec.kind == "foreach":
-                    assert rec.items is not None
-                    foreach[dotted] = tuple(
-                        i for i, item in enumerate(rec.items) if item and item.status == "suspended"
-                    )
+                if iterations is not None:
+                    foreach[dotted] = iterations
                 if isinstance(spec, StepSpec):
                     validated.add(dotted)
             labels = self._labels()
@@ -240,13 +237,38 @@ class ReferenceModel:
 
     def _suspended_leaves(
         self, level: _Level, prefix: tuple[str, ...]
-    ) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec]]:
+    ) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec, tuple[int, ...] | None]]:
+        """Each suspended path with its leaf's record and spec and, below a foreach, the
+        suspended iterations it names. A foreach over a nested workflow lists the inner
+        paths of its suspended items (each once, the first item's record)."""
         for node_id in level.suspended:
             rec = level.results[node_id]
+            path = (*prefix, node_id)
             if rec.kind == "nested" and rec.level is not None:
-                yield from self._suspended_leaves(rec.level, (*prefix, node_id))
+                yield from self._suspended_leaves(rec.level, path)
+            elif rec.kind == "foreach" and rec.items is not None:
+                yield from self._foreach_leaves(level, rec, path)
             else:
-                yield (*prefix, node_id), rec, self._leaf_spec(level.spec, node_id)
+                yield path, rec, self._leaf_spec(level.spec, node_id), None
+
+    def _foreach_leaves(
+        self, level: _Level, rec: _Rec, path: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec, tuple[int, ...] | None]]:
+        assert rec.items is not None
+        suspended = [
+            (i, item) for i, item in enumerate(rec.items) if item and item.status == "suspended"
+        ]
+        inner: dict[tuple[str, ...], tuple[_Rec, NodeSpec, list[int]]] = {}
+        for i, item in suspended:
+            if item.kind != "nested" or item.level is None:
+                continue
+            for leaf_path, leaf, spec, _ in self._suspended_leaves(item.level, path):
+                inner.setdefault(leaf_path, (leaf, spec, []))[2].append(i)
+        if not inner:
+            yield path, rec, self._leaf_spec(level.spec, path[-1]), tuple(i for i, _ in suspended)
+            return
+        for leaf_path, (leaf, spec, indices) in inner.items():
+            yield leaf_path, leaf, spec, tuple(indices)
 
     @staticmethod
     def _leaf_spec(spec: WorkflowSpec, node_id: str) -> NodeSpec:
@@ -434,7 +456,7 @@ class ReferenceModel:
                 inner = target
             else:
                 # Resumed as a whole (a foreach iteration): its single suspended path.
-                paths = [p for p, _, _ in self._suspended_leaves(sub, ())]
+                paths = [p for p, *_ in self._suspended_leaves(sub, ())]
                 if len(paths) != 1:
                     raise ModelError(f"nested {spec.id!r} has {len(paths)} suspended paths")
                 inner = _Target(paths[0], target.value, target.index)
