@@ -1,0 +1,319 @@
+"""Second adversarial pass over issue 15: the runtime's stop (steps that shield
+themselves, a stop during the final write, a sleep entry, a resumed step, nested shapes,
+``move_on_after`` around ``open_runtime``), the run API, the bridge and resume by label.
+Each test is a regression test of a bug found by attacking it, or pins a behaviour the
+attack showed to hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioflow as tf
+
+
+async def _step_results(storage: Any, run_id: str = "r1") -> list[tuple[str, str]]:
+    return [
+        (c.payload.id, c.payload.status)
+        for c in await storage.read_events(run_id, from_seq=1, limit=10_000)
+        if c.type == "workflow-step-result"
+    ]
+
+
+async def _restart(storage: Any, wf: tf.Workflow, run_id: str = "r1") -> tf.WorkflowResult:
+    async with tf.open_runtime(storage=storage, workflows=[wf]):
+        run = await wf.create_run(run_id=run_id)
+        with trio.fail_after(100):
+            return await run.restart()
+
+
+async def _state(storage: Any, wf: tf.Workflow, run_id: str = "r1") -> Any:
+    async with tf.open_runtime(storage=storage, workflows=[wf]) as rt:
+        return await rt.get_run_state(run_id)
+
+
+@pytest.fixture
+def slow_autojump_clock() -> trio.testing.MockClock:
+    """Autojump only after 50 ms of real idleness: SQLite writes run in a worker thread,
+    and a threshold of 0 would jump the clock while one is under way."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+async def test_a_step_shielding_itself_finishes_and_the_stop_still_ends_the_run(
+    tmp_path: Path,
+) -> None:
+    """A step shields a wait; the runtime stops inside it. The step's result is stored
+    when the shield ends, the next step never starts, the runtime closes, restart()
+    finishes without running the shielded step again."""
+    started: list[str] = []
+    gate = trio.Event()
+
+    async def shielded(ctx: tf.StepContext) -> str:
+        started.append("a")
+        with trio.CancelScope(shield=True):
+            await gate.wait()
+        return "a-done"
+
+    async def then_b(ctx: tf.StepContext) -> str:
+        started.append("b")
+        await trio.lowlevel.checkpoint()
+        return f"{ctx.input_data}+b"
+
+    wf = (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="a", execute=shielded))
+        .then(tf.create_step(id="b", execute=then_b))
+        .commit()
+    )
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+
+    async def release_later() -> None:
+        while not outer.cancel_called:
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_later)
+            with trio.CancelScope() as outer:
+                async with tf.open_runtime(storage=storage, workflows=[wf]):
+                    run = await wf.create_run(run_id="r1")
+                    await run.stream()
+                    while not started:
+                        await trio.testing.wait_all_tasks_blocked()
+                    outer.cancel()
+    state = await _state(storage, wf)
+    assert state.status is tf.RunStatus.RUNNING
+    assert started == ["a"]
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    result = await _restart(storage, wf)
+    assert result.status is tf.RunStatus.SUCCESS
+    assert result.result == "a-done+b"
+    await storage.aclose()
+
+
+async def test_a_step_that_stops_the_runtime_and_returns_without_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """The step cancels the runtime's enclosing scope then returns at once (no
+    checkpoint): nothing hangs, no step is stored canceled, restart() finishes."""
+    started: list[str] = []
+    scope_box: list[trio.CancelScope] = []
+    first = {"a": True}
+
+    async def stopper(ctx: tf.StepContext) -> str:
+        started.append("a")
+        if first["a"]:
+            first["a"] = False
+            scope_box[0].cancel()
+        return "a"
+
+    async def b(ctx: tf.StepContext) -> str:
+        started.append("b")
+        await trio.lowlevel.checkpoint()
+        return f"{ctx.input_data}+b"
+
+    wf = (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="a", execute=stopper))
+        .then(tf.create_step(id="b", execute=b))
+        .commit()
+    )
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    with trio.fail_after(10):
+        with trio.CancelScope() as outer:
+            scope_box.append(outer)
+            async with tf.open_runtime(storage=storage, workflows=[wf]):
+                run = await wf.create_run(run_id="r1")
+                await run.stream()
+                await trio.sleep_forever()
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    state = await _state(storage, wf)
+    assert state.status is tf.RunStatus.RUNNING, state
+    result = await _restart(storage, wf)
+    assert result.status is tf.RunStatus.SUCCESS
+    assert result.result == "a+b"
+    await storage.aclose()
+
+
+async def test_a_sleep_entry_the_runtime_stops_restarts_to_the_result(
+    tmp_path: Path, slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    async def one(ctx: tf.StepContext) -> int:
+        await trio.lowlevel.checkpoint()
+        return 1
+
+    async def two(ctx: tf.StepContext) -> int:
+        await trio.lowlevel.checkpoint()
+        return int(ctx.input_data) + 1
+
+    wf = (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="one", execute=one))
+        .sleep(10)
+        .then(tf.create_step(id="two", execute=two))
+        .commit()
+    )
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    with trio.move_on_after(3):
+        async with tf.open_runtime(storage=storage, workflows=[wf]):
+            run = await wf.create_run(run_id="r1")
+            await run.stream()
+            await trio.sleep_forever()
+    state = await _state(storage, wf)
+    assert state.status is tf.RunStatus.RUNNING
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    result = await _restart(storage, wf)
+    assert result.status is tf.RunStatus.SUCCESS
+    assert result.result == 2
+    await storage.aclose()
+
+
+class _SlowFinal(tf.SqliteStorage):
+    """The final snapshot's write waits ``delay`` seconds (trio time) before writing."""
+
+    delay = 0.0
+    entered: trio.Event
+
+    async def save_snapshot(self, snapshot: Any, *args: Any, **kwargs: Any) -> bool:
+        if tf.RunStatus(snapshot.status) is tf.RunStatus.SUCCESS:
+            self.entered.set()
+            await trio.sleep(self.delay)
+        return await super().save_snapshot(snapshot, *args, **kwargs)
+
+
+@pytest.mark.parametrize("delay", [1.0, 1000.0])
+async def test_the_runtime_stopping_during_the_final_write(
+    tmp_path: Path, slow_autojump_clock: trio.testing.MockClock, delay: float
+) -> None:
+    """A slow final write finishes within the grace (the run is success); one that
+    never finishes is given up after the grace: the run stays restartable."""
+    calls: list[str] = []
+
+    async def a(ctx: tf.StepContext) -> str:
+        calls.append("a")
+        await trio.lowlevel.checkpoint()
+        return "a"
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="a", execute=a)).commit()
+    storage = _SlowFinal(tmp_path / "runs.db")
+    storage.delay = delay
+    storage.entered = trio.Event()
+    with trio.fail_after(100):
+        with trio.CancelScope() as outer:
+            async with tf.open_runtime(storage=storage, workflows=[wf]):
+                run = await wf.create_run(run_id="r1")
+                await run.stream()
+                await storage.entered.wait()
+                outer.cancel()
+    storage.delay = 0.0
+    state = await _state(storage, wf)
+    if delay < 10:
+        assert state.status is tf.RunStatus.SUCCESS
+        assert calls == ["a"]
+    else:
+        assert state.status is tf.RunStatus.RUNNING
+        result = await _restart(storage, wf)
+        assert result.status is tf.RunStatus.SUCCESS
+        assert result.result == "a"
+    await storage.aclose()
+
+
+async def test_a_resumed_step_the_runtime_stops_replays_the_resume(
+    tmp_path: Path,
+) -> None:
+    seen: list[Any] = []
+    hang = {"on": True}
+
+    async def ask(ctx: tf.StepContext) -> Any:
+        if ctx.resume_data is None:
+            return await ctx.suspend({"q": 1})
+        seen.append(ctx.resume_data)
+        if hang["on"]:
+            await trio.sleep_forever()
+        return {"got": ctx.resume_data}
+
+    wf = tf.create_workflow(id="w").then(tf.create_step(id="ask", execute=ask)).commit()
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    async with tf.open_runtime(storage=storage, workflows=[wf]):
+        run = await wf.create_run(run_id="r1")
+        first = await run.start()
+        assert first.status is tf.RunStatus.SUSPENDED
+    with trio.fail_after(10):
+        async with tf.open_runtime(storage=storage, workflows=[wf]):
+            run = await wf.create_run(run_id="r1")
+            await run.resume_stream(step="ask", resume_data={"answer": 42})
+            while not seen:
+                await trio.testing.wait_all_tasks_blocked()
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    hang["on"] = False
+    result = await _restart(storage, wf)
+    assert result.status is tf.RunStatus.SUCCESS
+    assert result.result == {"got": {"answer": 42}}
+    await storage.aclose()
+
+
+def _items_then(inner: tf.Workflow) -> tf.Workflow:
+    async def three(ctx: tf.StepContext) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        return [1, 2, 3]
+
+    return (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="items", execute=three))
+        .foreach(inner, concurrency=2)
+        .commit()
+    )
+
+
+async def test_a_foreach_over_nested_parallel_the_runtime_stops_restarts_exactly(
+    tmp_path: Path,
+) -> None:
+    calls: list[str] = []
+    hang = {"on": True}
+
+    def leaf(name: str) -> tf.Step:
+        async def run(ctx: tf.StepContext) -> int:
+            calls.append(f"{name}{ctx.input_data}")
+            if hang["on"] and name == "p" and ctx.input_data == 2:
+                await trio.sleep_forever()
+            await trio.lowlevel.checkpoint()
+            return int(ctx.input_data) * (10 if name == "p" else 100)
+
+        return tf.create_step(id=name, execute=run)
+
+    async def total(ctx: tf.StepContext) -> int:
+        await trio.lowlevel.checkpoint()
+        return int(ctx.input_data["p"]) + int(ctx.input_data["q"])
+
+    inner = (
+        tf.create_workflow(id="inner")
+        .parallel([leaf("p"), leaf("q")])
+        .then(tf.create_step(id="sum", execute=total))
+        .commit()
+    )
+    wf = _items_then(inner)
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    with trio.fail_after(10):
+        async with tf.open_runtime(storage=storage, workflows=[wf]):
+            run = await wf.create_run(run_id="r1")
+            await run.stream()
+            while "p2" not in calls or "q2" not in calls:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    hang["on"] = False
+    before = list(calls)
+    result = await _restart(storage, wf)
+    assert result.status is tf.RunStatus.SUCCESS
+    assert result.result == [110, 220, 330]
+    rerun = calls[len(before):]
+    assert "p2" in rerun
+    assert "q2" not in rerun
+    assert "p1" not in rerun
+    await storage.aclose()
