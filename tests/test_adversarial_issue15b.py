@@ -317,3 +317,60 @@ async def test_a_foreach_over_nested_parallel_the_runtime_stops_restarts_exactly
     assert "q2" not in rerun
     assert "p1" not in rerun
     await storage.aclose()
+
+
+# --- D: resume by label inside a foreach over nested workflows, then a crash ---------------
+
+
+async def _three_items(ctx: tf.StepContext) -> list[int]:
+    await trio.lowlevel.checkpoint()
+    return [1, 2, 3]
+
+
+async def _ask_by_label(ctx: tf.StepContext) -> Any:
+    if ctx.resume_data is None:
+        return await ctx.suspend({"n": ctx.input_data}, resume_label=f"item-{ctx.input_data}")
+    return int(ctx.input_data) * 10 + int(ctx.resume_data)
+
+
+async def _plus_one(ctx: tf.StepContext) -> int:
+    await trio.lowlevel.checkpoint()
+    return int(ctx.input_data) + 1
+
+
+def _labelled_foreach(concurrency: int) -> tf.Workflow:
+    inner = (
+        tf.create_workflow(id="inner")
+        .then(tf.create_step(id="ask", execute=_ask_by_label))
+        .then(tf.create_step(id="plus", execute=_plus_one))
+        .commit()
+    )
+    return (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="items", execute=_three_items))
+        .foreach(inner, concurrency=concurrency)
+        .commit()
+    )
+
+
+# (With one lane only the item taken last is suspended: it is resumed in item order.)
+@pytest.mark.parametrize(
+    ("concurrency", "order"), [(1, (1, 2, 3)), (3, (1, 2, 3)), (3, (3, 1, 2)), (2, (2, 1, 3))]
+)
+async def test_a_crash_after_a_resumed_item_step_settled_continues_the_item(
+    concurrency: int, order: tuple[int, ...]
+) -> None:
+    """Items of a foreach over a nested workflow suspend with labels; each is resumed by
+    label. A crash after the resumed inner step's result is stored (the resume is spent,
+    the item's next inner step not yet run): the restart continues that item from its
+    progress (was: the foreach's stored record still said the item was suspended, so the
+    restart left it suspended, its resumed step's result was forgotten, and the next
+    resume by label failed or re-ran that step)."""
+    from trioflow.testing import ResumeRequest, check_crash_points, resume_with
+
+    requests = [ResumeRequest(label=f"item-{i}", resume_data=i) for i in order]
+    report = await check_crash_points(
+        _labelled_foreach(concurrency), resumer=resume_with(*requests), raise_on_mismatch=False
+    )
+    assert report.reference.result.result == [12, 23, 34]
+    assert report.failures() == [], report.summary()

@@ -160,10 +160,22 @@ class ForeachPlan:
             self.resume is None or record.get("resumed") == self.resume_token
         )
 
+    def _resumed_before(self, i: int, record: Record | None) -> NodeResume | None:
+        """A restart (no resume) of an item recorded ``suspended`` that a resume had taken
+        again and whose progress outlived it (the resume was spent once its resumed inner
+        step settled; the foreach's record was not written since): it continues from that
+        progress, not suspended again with its resumed step forgotten."""
+        if self.resume is not None or _status(record) != "suspended":
+            return None
+        return self._continuing(i)
+
     def _replay_plan(self) -> list[ItemRun]:
         # An item that suspended or failed had stopped the foreach taking new items.
         stopped = any(
-            _status(p) in ("suspended", "failed") and self._settled_here(p) for p in self.previous
+            _status(p) in ("suspended", "failed")
+            and self._settled_here(p)
+            and self._resumed_before(i, p) is None
+            for i, p in enumerate(self.previous)
         )
         plan: list[ItemRun] = []
         for i, prev in enumerate(self.previous):
@@ -210,6 +222,10 @@ class ForeachPlan:
         if (status is None and stopped) or (status == "failed" and self._settled_here(prev)):
             return None
         if status == "suspended":
+            continuing = self._resumed_before(i, prev)
+            if continuing is not None:
+                self.replayed.add(i)
+                return ItemRun(i, continuing)
             if resume is not None and resume.foreach_index in (None, i):
                 item_resume = NodeResume(
                     data=resume.data, tail=resume.tail, stored=prev, foreach_index=None
