@@ -374,3 +374,64 @@ async def test_a_crash_after_a_resumed_item_step_settled_continues_the_item(
     )
     assert report.reference.result.result == [12, 23, 34]
     assert report.failures() == [], report.summary()
+
+
+async def test_the_runtime_stopping_inside_a_resumed_foreach_item_restarts_it_exactly(
+    tmp_path: Path,
+) -> None:
+    """The runtime stops while a foreach item resumed by label runs its next inner step:
+    restart() continues that item (its resumed step does not run again), the other items
+    stay suspended and are resumed by label afterwards."""
+    asked: list[tuple[int, Any]] = []
+    hang = {"on": True}
+    plus_started: list[int] = []
+
+    async def ask(ctx: tf.StepContext) -> Any:
+        asked.append((int(ctx.input_data), ctx.resume_data))
+        if ctx.resume_data is None:
+            return await ctx.suspend({"n": ctx.input_data}, resume_label=f"item-{ctx.input_data}")
+        return int(ctx.input_data) * 10 + int(ctx.resume_data)
+
+    async def plus(ctx: tf.StepContext) -> int:
+        plus_started.append(int(ctx.input_data))
+        if hang["on"]:
+            await trio.sleep_forever()
+        return int(ctx.input_data) + 1
+
+    inner = (
+        tf.create_workflow(id="inner")
+        .then(tf.create_step(id="ask", execute=ask))
+        .then(tf.create_step(id="plus", execute=plus))
+        .commit()
+    )
+    wf = (
+        tf.create_workflow(id="w")
+        .then(tf.create_step(id="items", execute=_three_items))
+        .foreach(inner, concurrency=3)
+        .commit()
+    )
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    async with tf.open_runtime(storage=storage, workflows=[wf]):
+        run = await wf.create_run(run_id="r1")
+        assert (await run.start()).status is tf.RunStatus.SUSPENDED
+    with trio.fail_after(10):
+        async with tf.open_runtime(storage=storage, workflows=[wf]):
+            run = await wf.create_run(run_id="r1")
+            await run.resume_stream(label="item-2", resume_data=2)
+            while not plus_started:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    hang["on"] = False
+    async with tf.open_runtime(storage=storage, workflows=[wf]):
+        run = await wf.create_run(run_id="r1")
+        with trio.fail_after(10):
+            restarted = await run.restart()
+            assert restarted.status is tf.RunStatus.SUSPENDED
+            await run.resume(label="item-1", resume_data=1)
+            result = await run.resume(label="item-3", resume_data=3)
+    assert result.status is tf.RunStatus.SUCCESS
+    assert result.result == [12, 23, 34]
+    resumed = [a for a in asked if a[1] is not None]
+    assert sorted(resumed) == [(1, 1), (2, 2), (3, 3)]
+    await storage.aclose()
