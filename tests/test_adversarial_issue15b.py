@@ -94,6 +94,7 @@ async def test_a_step_shielding_itself_finishes_and_the_stop_still_ends_the_run(
     result = await _restart(storage, wf)
     assert result.status is tf.RunStatus.SUCCESS
     assert result.result == "a-done+b"
+    assert started == ["a", "b"]  # the shielded step's stored success is not run again
     await storage.aclose()
 
 
@@ -138,6 +139,7 @@ async def test_a_step_that_stops_the_runtime_and_returns_without_checkpoint(
     result = await _restart(storage, wf)
     assert result.status is tf.RunStatus.SUCCESS
     assert result.result == "a+b"
+    assert started.count("a") == 1
     await storage.aclose()
 
 
@@ -434,4 +436,55 @@ async def test_the_runtime_stopping_inside_a_resumed_foreach_item_restarts_it_ex
     assert result.result == [12, 23, 34]
     resumed = [a for a in asked if a[1] is not None]
     assert sorted(resumed) == [(1, 1), (2, 2), (3, 3)]
+    await storage.aclose()
+
+
+async def test_a_loop_over_a_nested_workflow_the_runtime_stops_restarts_exactly(
+    tmp_path: Path,
+) -> None:
+    """dountil over a nested workflow; the runtime stops inside its third iteration's
+    second inner step: restart() re-runs only that step, and the loop counts on."""
+    calls: list[tuple[str, int]] = []
+    hang = {"on": True}
+
+    async def inc(ctx: tf.StepContext) -> int:
+        calls.append(("inc", int(ctx.input_data)))
+        await trio.lowlevel.checkpoint()
+        return int(ctx.input_data) + 1
+
+    async def slow_double(ctx: tf.StepContext) -> int:
+        calls.append(("dbl", int(ctx.input_data)))
+        if hang["on"] and int(ctx.input_data) > 5:
+            await trio.sleep_forever()
+        await trio.lowlevel.checkpoint()
+        return int(ctx.input_data) * 2
+
+    body = (
+        tf.create_workflow(id="body")
+        .then(tf.create_step(id="inc", execute=inc))
+        .then(tf.create_step(id="dbl", execute=slow_double))
+        .commit()
+    )
+
+    async def big(ctx: tf.StepContext) -> bool:
+        await trio.lowlevel.checkpoint()
+        return int(ctx.input_data) > 20
+
+    wf = tf.create_workflow(id="w").dountil(body, big).commit()
+    storage = tf.SqliteStorage(tmp_path / "runs.db")
+    with trio.fail_after(10):
+        async with tf.open_runtime(storage=storage, workflows=[wf]):
+            run = await wf.create_run(run_id="r1")
+            await run.stream(input_data=0)
+            while ("dbl", 7) not in calls:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
+    assert [s for s in await _step_results(storage) if s[1] == "canceled"] == []
+    hang["on"] = False
+    before = len(calls)
+    result = await _restart(storage, wf)
+    assert result.status is tf.RunStatus.SUCCESS
+    # 0 -> inc 1 -> dbl 2 -> inc 3 -> dbl 6 -> inc 7 -> dbl 14 -> inc 15 -> dbl 30
+    assert result.result == 30
+    assert calls[before:] == [("dbl", 7), ("inc", 14), ("dbl", 15)]
     await storage.aclose()
