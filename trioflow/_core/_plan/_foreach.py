@@ -18,6 +18,9 @@ Rules:
   restart (or a replay of the resume it happened in) the items never taken stay so.
 - A suspended item (from before this resume) is resumed when the resume targets it
   (``foreach_index`` None or its index); otherwise it stays suspended with its payload.
+  On a restart, a suspended item that still has a nested progress record was being
+  resumed when the execution stopped, after that resume was spent: it continues from
+  its progress (and does not count as having stopped the foreach).
 - Items are taken in index order by ``concurrency`` lanes; a taken item is recorded as
   ``running`` (with its ``prior`` record) until it settles. After an item suspends, fails
   or bails no new item is taken; the items in flight still settle, and so do the items
