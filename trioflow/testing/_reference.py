@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -35,6 +35,7 @@ from ._reference_nodes import (
     foreach_record,
     step_record,
 )
+from ._reference_paths import labels_of, suspended_leaves
 from ._spec import (
     BranchSpec,
     EntrySpec,
@@ -204,7 +205,7 @@ class ReferenceModel:
         validated: set[str] = set()
         labels: dict[str, tuple[tuple[str, ...], int | None]] = {}
         if status == "suspended":
-            for path, rec, spec, iterations in self._suspended_leaves(root, ()):
+            for path, rec, spec, iterations in suspended_leaves(root, ()):
                 dotted = ".".join(path)
                 suspended.append(dotted)
                 payloads[dotted] = rec.suspend_payload
@@ -212,7 +213,7 @@ class ReferenceModel:
                     foreach[dotted] = iterations
                 if isinstance(spec, StepSpec):
                     validated.add(dotted)
-            labels = self._labels()
+            labels = labels_of(root)
         expected = Expected(
             status=status,
             result=outcome.output if status == "success" else None,
@@ -232,79 +233,6 @@ class ReferenceModel:
 
     def _emit(self, kind: str, id: str = "", detail: str = "") -> None:
         self._chunks[(kind, id, detail)] += 1
-
-    # --- suspended paths and labels ---------------------------------------------------
-
-    def _suspended_leaves(
-        self, level: _Level, prefix: tuple[str, ...]
-    ) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec, tuple[int, ...] | None]]:
-        """Each suspended path with its leaf's record and spec and, below a foreach, the
-        suspended iterations it names. A foreach over a nested workflow lists the inner
-        paths of its suspended items (each once, the first item's record)."""
-        for node_id in level.suspended:
-            rec = level.results[node_id]
-            path = (*prefix, node_id)
-            if rec.kind == "nested" and rec.level is not None:
-                yield from self._suspended_leaves(rec.level, path)
-            elif rec.kind == "foreach" and rec.items is not None:
-                yield from self._foreach_leaves(level, rec, path)
-            else:
-                yield path, rec, self._leaf_spec(level.spec, node_id), None
-
-    def _foreach_leaves(
-        self, level: _Level, rec: _Rec, path: tuple[str, ...]
-    ) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec, tuple[int, ...] | None]]:
-        assert rec.items is not None
-        suspended = [
-            (i, item) for i, item in enumerate(rec.items) if item and item.status == "suspended"
-        ]
-        inner: dict[tuple[str, ...], tuple[_Rec, NodeSpec, list[int]]] = {}
-        for i, item in suspended:
-            if item.kind != "nested" or item.level is None:
-                continue
-            for leaf_path, leaf, spec, _ in self._suspended_leaves(item.level, path):
-                inner.setdefault(leaf_path, (leaf, spec, []))[2].append(i)
-        if not inner:
-            yield path, rec, self._leaf_spec(level.spec, path[-1]), tuple(i for i, _ in suspended)
-            return
-        for leaf_path, (leaf, spec, indices) in inner.items():
-            yield leaf_path, leaf, spec, tuple(indices)
-
-    @staticmethod
-    def _leaf_spec(spec: WorkflowSpec, node_id: str) -> NodeSpec:
-        for entry in spec.entries:
-            nodes: tuple[NodeSpec, ...] = ()
-            if isinstance(entry, ThenSpec | LoopSpec | ForeachSpec):
-                nodes = (entry.node,)
-            elif isinstance(entry, ParallelSpec | BranchSpec):
-                nodes = entry.nodes
-            for node in nodes:
-                if node.id == node_id:
-                    return node
-        raise ModelError(f"no node {node_id!r} in {spec.id!r}")
-
-    def _labels(self) -> dict[str, tuple[tuple[str, ...], int | None]]:
-        found: dict[str, list[tuple[tuple[str, ...], int | None]]] = {}
-
-        def visit(level: _Level, prefix: tuple[str, ...], index: int | None) -> None:
-            for node_id in level.suspended:
-                rec = level.results[node_id]
-                path = (*prefix, node_id) if index is None else prefix
-                collect(rec, path, index)
-
-        def collect(rec: _Rec, path: tuple[str, ...], index: int | None) -> None:
-            if rec.kind == "step" and rec.label is not None:
-                found.setdefault(rec.label, []).append((path, index))
-            elif rec.kind == "nested" and rec.level is not None:
-                visit(rec.level, path, index)
-            elif rec.kind == "foreach" and rec.items is not None:
-                for i, item in enumerate(rec.items):
-                    if item is not None and item.status == "suspended":
-                        collect(item, path, i if index is None else index)
-
-        visit(self._root, (), None)
-        # A label given by two suspended steps is ambiguous: leave it out.
-        return {name: places[0] for name, places in found.items() if len(places) == 1}
 
     # --- one level ----------------------------------------------------------------------
 
@@ -456,7 +384,7 @@ class ReferenceModel:
                 inner = target
             else:
                 # Resumed as a whole (a foreach iteration): its single suspended path.
-                paths = [p for p, *_ in self._suspended_leaves(sub, ())]
+                paths = [p for p, *_ in suspended_leaves(sub, ())]
                 if len(paths) != 1:
                     raise ModelError(f"nested {spec.id!r} has {len(paths)} suspended paths")
                 inner = _Target(paths[0], target.value, target.index)
@@ -470,7 +398,7 @@ class ReferenceModel:
         if outcome.status == "success":
             rec = _Rec("nested", "success", outcome.output, value, level=sub)
         elif outcome.status == "suspended":
-            leaves = list(self._suspended_leaves(sub, ()))
+            leaves = list(suspended_leaves(sub, ()))
             first = leaves[0][1].suspend_payload if leaves else None
             rec = _Rec("nested", "suspended", None, value, first, level=sub)
         else:
