@@ -17,6 +17,7 @@ from .._core._graph import (
     SleepEntry,
     StepEntry,
 )
+from .._core._plan._node import consumes_resume, settles_when_cancelled
 from .._core._plan._records import (
     canceled_result,
 )
@@ -133,10 +134,7 @@ class Dispatch:
                         announced=announced,
                         foreach_index=foreach_index,
                     )
-                if resume is not None and not resume.restarting and foreach_index is None:
-                    # The resumed node has consumed the resume: from the next write on, a
-                    # restart after a crash must not apply it again. (Foreach items are
-                    # tracked one by one: see run_foreach.)
+                if consumes_resume(resume, foreach_index):
                     level.execution.pending_resume = None
                 if span is not None:
                     span.status = run.result.status.value
@@ -144,7 +142,9 @@ class Dispatch:
                         span.error = str(run.result.error)
                 return run
         except trio.Cancelled:
-            if record and not level.execution.interrupted_resume(resume):
+            if settles_when_cancelled(
+                record=record, resume_interrupted=level.execution.interrupted_resume(resume)
+            ):
                 # A nested workflow's progress record stays: a restart continues it.
                 prior = level.execution.stored.get(level.key_prefix + node.id)
                 canceled = canceled_result(value, announced, resume, prior, iteration, now_ms())

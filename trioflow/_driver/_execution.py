@@ -44,6 +44,7 @@ from .._core._model import (
     Usage,
     WorkflowResult,
 )
+from .._core._plan._node import interrupted_resume
 from .._core._plan._run import (
     ending_chunks,
     final_fields,
@@ -284,11 +285,8 @@ class Execution:
         """Whether the runtime (not a cancel of the run) interrupted a node it was
         resuming: its stored suspended record and path stay as they were, so restart()
         replays the resume as it was (its suspend data, its resume count)."""
-        return (
-            resume is not None
-            and not resume.restarting
-            and not self.cancel_requested
-            and self.pending_resume is not None
+        return interrupted_resume(
+            resume, cancel_requested=self.cancel_requested, pending_resume=self.pending_resume
         )
 
     def request_cancel(self, reason: str) -> None:
