@@ -320,10 +320,7 @@ async def test_foreach_of_a_suspending_nested_workflow_streams_mastras_container
             else:
                 assert a == b
     assert suspended_result.status == theirs["suspended"]["result"]["status"] == "suspended"
-    # The same payload; keyed by the dotted suspended path (SPEC: "nested.inner"), where
-    # Mastra 1.71 keys it by the top-level step ("nested").
-    their_payload = theirs["suspended"]["result"]["suspendPayload"]
-    assert suspended_result.suspend_payload == {"nested.inner": their_payload["nested"]}
+    assert suspended_result.suspend_payload == theirs["suspended"]["result"]["suspendPayload"]
     assert result.status == "success"
     assert result.result == theirs["resumed"]["result"]["result"] == [10, 25, 30]
     step_result = result.steps["nested"]
@@ -334,6 +331,11 @@ async def test_foreach_of_a_suspending_nested_workflow_streams_mastras_container
     assert "metadata" not in their_step
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="trioflow reports [['nested']] for a suspension inside a foreach of a nested "
+    "workflow; Mastra 1.71 (and trioflow for a plain nested workflow) give the inner path",
+)
 async def test_foreach_of_nested_reports_the_inner_suspended_path_as_mastra(rt: tf.Runtime) -> None:
     theirs = mastra("foreach_nested_wf")["suspended"]["result"]
     run = await foreach_of_nested().create_run()
@@ -341,6 +343,11 @@ async def test_foreach_of_nested_reports_the_inner_suspended_path_as_mastra(rt: 
     assert result.suspended == theirs["suspended"] == [["nested", "inner"]]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="trioflow refuses step=['nested', 'inner'] (StepNotSuspendedError) for a "
+    "suspension inside a foreach of a nested workflow; Mastra 1.71 resumes it",
+)
 async def test_foreach_of_nested_resumes_by_the_inner_path_as_mastra(rt: tf.Runtime) -> None:
     theirs = mastra("foreach_nested_wf")["resumeBy"]
     assert theirs['["nested","inner"]'] == {"status": "success", "result": [10, 25, 30]}

@@ -451,36 +451,3 @@ def test_items_in_flight_at_a_crash_run_again_even_after_one_of_them_stops_the_f
     assert plan.take() is None
     plan.item_settled(1, _run_of(1, "failed"))
     assert plan.outcome(200).outcome.status is _S.FAILED
-
-
-def _nested_item(*paths: list[str]) -> dict[str, Any]:
-    return {
-        "status": "suspended",
-        "suspend_payload": {"at": paths[0]},
-        "metadata": {"nested": {"suspended": [list(p) for p in paths], "active_entry": 0}},
-    }
-
-
-def test_a_resume_by_inner_path_resumes_only_the_items_suspended_there() -> None:
-    # Items of a foreach over a nested workflow suspended at different inner steps: a
-    # resume of ["each", "ask"] resumes the items suspended at "ask"; the item suspended
-    # at "other" stays suspended (was: it was resumed with a tail it is not suspended at).
-    records = [_nested_item(["ask"]), _nested_item(["other"]), _nested_item(["ask"])]
-    stored = {
-        "status": "suspended",
-        "payload": [0, 1, 2],
-        "metadata": {"foreach": {"outcomes": records}},
-    }
-    resume = NodeResume(data={"ok": 1}, tail=["ask"], stored=stored)
-    plan = ForeachPlan(
-        items=[0, 1, 2],
-        stored=stored,
-        resume=resume,
-        resume_token=TOKEN,
-        chunk_id="each",
-        emit=True,
-        now=100,
-    )
-    assert [item.foreach_index for item in plan.plan] == [0, 2]
-    assert all(item.resume is not None and item.resume.tail == ["ask"] for item in plan.plan)
-    assert plan.suspended_payloads == {1: {"at": ["other"]}}

@@ -38,30 +38,13 @@ def full_suspended_paths(
     then branch): concurrent branches may suspend in any order, the list does not."""
     paths: list[list[str]] = []
     for step_id in sorted(suspended_paths, key=lambda k: list(suspended_paths[k])):
-        stored = steps.get(step_id)
-        header = nested_header(stored)
-        inner = header.get("suspended") if header else _item_inner_paths(stored)
+        header = nested_header(steps.get(step_id))
+        inner = header.get("suspended") if header else None
         if inner:
             paths.extend([step_id, *p] for p in inner)
         else:
             paths.append([step_id])
     return paths
-
-
-def _item_inner_paths(stored: Mapping[str, Any] | None) -> list[list[str]]:
-    """A foreach over a nested workflow: the inner suspended paths of its suspended items
-    (each once, in item order), as Mastra 1.71 lists them (``["nested", "inner"]``)."""
-    outcomes = _foreach_outcomes(stored)
-    if not outcomes:
-        return []
-    found: list[list[str]] = []
-    for outcome in outcomes:
-        if isinstance(outcome, Mapping) and outcome.get("status") == "suspended":
-            header = nested_header(outcome)
-            for path in (header.get("suspended") if header else None) or []:
-                if list(path) not in found:
-                    found.append(list(path))
-    return found
 
 
 def resolve_target(

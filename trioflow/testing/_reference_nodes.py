@@ -148,20 +148,9 @@ def foreach_plan(
             plan.append((i, None))
         elif previous.status == "suspended" and resume is not None:
             wanted = resume[0].index
-            if (wanted is None or wanted == i) and _suspended_below(previous, resume[0].path):
+            if wanted is None or wanted == i:
                 plan.append((i, (_Target(resume[0].path, resume[0].value), previous)))
     return plan
-
-
-def _suspended_below(rec: _Rec, path: tuple[str, ...]) -> bool:
-    """Whether an item is suspended at ``path`` below its node (an item of a nested
-    workflow suspended on another inner path is not resumed by it)."""
-    if not path or rec.kind != "nested" or rec.level is None:
-        return True
-    level = rec.level
-    if path[0] not in level.suspended:
-        return False
-    return len(path) == 1 or _suspended_below(level.results[path[0]], path[1:])
 
 
 def foreach_record(

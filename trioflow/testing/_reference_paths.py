@@ -12,37 +12,22 @@ from ._spec import BranchSpec, ForeachSpec, LoopSpec, NodeSpec, ParallelSpec, Th
 def suspended_leaves(
     level: _Level, prefix: tuple[str, ...]
 ) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec, tuple[int, ...] | None]]:
-    """Each suspended path with its leaf's record and spec and, below a foreach, the
-    suspended iterations it names. A foreach over a nested workflow lists the inner
-    paths of its suspended items (each once, the first item's record)."""
+    """Each suspended path with its leaf's record and spec and, for a foreach, its
+    suspended iterations. A suspended foreach is listed by its own path (a foreach over a
+    nested workflow too: its items are resumed through it)."""
     for node_id in level.suspended:
         rec = level.results[node_id]
         path = (*prefix, node_id)
         if rec.kind == "nested" and rec.level is not None:
             yield from suspended_leaves(rec.level, path)
         elif rec.kind == "foreach" and rec.items is not None:
-            yield from _foreach_leaves(level, rec, path)
+            iterations = tuple(
+                i for i, item in enumerate(rec.items) if item and item.status == "suspended"
+            )
+            yield path, rec, _leaf_spec(level.spec, node_id), iterations
         else:
             yield path, rec, _leaf_spec(level.spec, node_id), None
 
-def _foreach_leaves(
-    level: _Level, rec: _Rec, path: tuple[str, ...]
-) -> Iterator[tuple[tuple[str, ...], _Rec, NodeSpec, tuple[int, ...] | None]]:
-    assert rec.items is not None
-    suspended = [
-        (i, item) for i, item in enumerate(rec.items) if item and item.status == "suspended"
-    ]
-    inner: dict[tuple[str, ...], tuple[_Rec, NodeSpec, list[int]]] = {}
-    for i, item in suspended:
-        if item.kind != "nested" or item.level is None:
-            continue
-        for leaf_path, leaf, spec, _ in suspended_leaves(item.level, path):
-            inner.setdefault(leaf_path, (leaf, spec, []))[2].append(i)
-    if not inner:
-        yield path, rec, _leaf_spec(level.spec, path[-1]), tuple(i for i, _ in suspended)
-        return
-    for leaf_path, (leaf, spec, indices) in inner.items():
-        yield leaf_path, leaf, spec, tuple(indices)
 
 def _leaf_spec(spec: WorkflowSpec, node_id: str) -> NodeSpec:
     for entry in spec.entries:
@@ -55,6 +40,7 @@ def _leaf_spec(spec: WorkflowSpec, node_id: str) -> NodeSpec:
             if node.id == node_id:
                 return node
     raise ModelError(f"no node {node_id!r} in {spec.id!r}")
+
 
 def labels_of(root: _Level) -> dict[str, tuple[tuple[str, ...], int | None]]:
     found: dict[str, list[tuple[tuple[str, ...], int | None]]] = {}

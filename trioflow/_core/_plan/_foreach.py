@@ -17,8 +17,7 @@ Rules:
 - An item that suspended or failed had stopped the foreach from taking new items: on a
   restart (or a replay of the resume it happened in) the items never taken stay so.
 - A suspended item (from before this resume) is resumed when the resume targets it
-  (``foreach_index`` None or its index, and, for a nested workflow, a path below the
-  foreach that the item is suspended at); otherwise it stays suspended with its payload.
+  (``foreach_index`` None or its index); otherwise it stays suspended with its payload.
   On a restart, a suspended item that still has a nested progress record was being
   resumed when the execution stopped, after that resume was spent: it continues from
   its progress (and does not count as having stopped the foreach).
@@ -100,18 +99,6 @@ def not_a_list(value: Any, started_at: int, now: int) -> Settle | None:
     return Settle(
         result=result, run=StepRun(result=result), outcome=Outcome(_S.FAILED, error=error)
     )
-
-
-def _suspended_at(record: Record | None, tail: list[str]) -> bool:
-    """Whether a suspended item is suspended at ``tail`` (the resumed path below the
-    foreach): an item of a nested workflow suspended on another inner path is not
-    resumed by it and stays suspended."""
-    if not tail:
-        return True
-    header = nested_header(record)
-    if header is None:
-        return True
-    return any(list(path[: len(tail)]) == tail for path in header.get("suspended") or [])
 
 
 def _status(record: Record | None) -> str | None:
@@ -242,11 +229,7 @@ class ForeachPlan:
             if continuing is not None:
                 self.replayed.add(i)
                 return ItemRun(i, continuing)
-            if (
-                resume is not None
-                and resume.foreach_index in (None, i)
-                and _suspended_at(prev, resume.tail)
-            ):
+            if resume is not None and resume.foreach_index in (None, i):
                 item_resume = NodeResume(
                     data=resume.data, tail=resume.tail, stored=prev, foreach_index=None
                 )

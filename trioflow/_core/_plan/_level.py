@@ -112,29 +112,13 @@ class LevelBook:
         out: dict[str, Any] = {}
         for path in self.full_suspended_paths():
             key = self.key_prefix + ".".join(path)
-            stored = self.stored.get(key) or self._item_leaf(path)
+            stored = self.stored.get(key)
             result = self.results.get(path[0])
             if stored is not None:
                 out[".".join(path)] = stored.get("suspend_payload")
             elif result is not None:
                 out[".".join(path)] = result.suspend_payload
         return out
-
-    def _item_leaf(self, path: list[str]) -> dict[str, Any] | None:
-        """A path below a foreach over a nested workflow (``["each", "inner"]``): the
-        record of that inner step in the first suspended item that has it suspended."""
-        if len(path) < 2:
-            return None
-        container = self.stored.get(self.key_prefix + path[0]) or {}
-        foreach = (container.get("metadata") or {}).get("foreach") or {}
-        inner = path[1:]
-        for i, item in enumerate(foreach.get("outcomes") or []):
-            header = nested_header(item) if isinstance(item, dict) else None
-            if header and item.get("status") == "suspended" and inner in (
-                header.get("suspended") or []
-            ):
-                return self.stored.get(f"{self.key_prefix}{path[0]}[{i}].{'.'.join(inner)}")
-        return None
 
     def step_output(self, step_id: str) -> Any:
         result = self.results.get(step_id)
