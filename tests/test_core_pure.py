@@ -681,3 +681,32 @@ def test_the_core_does_not_import_trio() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"trio modules imported by the core: {proc.stdout}"
+
+
+def test_a_path_into_the_items_of_a_suspended_foreach_of_a_nested_workflow_names_it() -> None:
+    # Mastra 1.71 lists ["each", "ask"] for an item of a foreach over a nested workflow
+    # suspended at "ask", and resumes by it: here it names the foreach (its items are
+    # resumed through it). A tail no item is suspended at is refused.
+    item = {
+        "status": "suspended",
+        "metadata": {"nested": {"suspended": [["ask"]], "suspended_paths": {"ask": [0]}}},
+    }
+    steps = {"each": {"status": "suspended", "metadata": {"foreach": {"outcomes": [item]}}}}
+    target = resolve_target(
+        step=["each", "ask"],
+        label=None,
+        for_each_index=0,
+        suspended_paths={"each": [1]},
+        steps=steps,
+        resume_labels={},
+    )
+    assert target == ResumeTarget(path=["each"], foreach_index=0)
+    with pytest.raises(tf.StepNotSuspendedError):
+        resolve_target(
+            step=["each", "other"],
+            label=None,
+            for_each_index=None,
+            suspended_paths={"each": [1]},
+            steps=steps,
+            resume_labels={},
+        )

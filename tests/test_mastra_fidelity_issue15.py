@@ -343,11 +343,6 @@ async def test_foreach_of_nested_reports_the_inner_suspended_path_as_mastra(rt: 
     assert result.suspended == theirs["suspended"] == [["nested", "inner"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trioflow refuses step=['nested', 'inner'] (StepNotSuspendedError) for a "
-    "suspension inside a foreach of a nested workflow; Mastra 1.71 resumes it",
-)
 async def test_foreach_of_nested_resumes_by_the_inner_path_as_mastra(rt: tf.Runtime) -> None:
     theirs = mastra("foreach_nested_wf")["resumeBy"]
     assert theirs['["nested","inner"]'] == {"status": "success", "result": [10, 25, 30]}

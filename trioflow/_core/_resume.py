@@ -82,10 +82,31 @@ def resolve_target(
         # Allow naming an inner step by its own id (or tail path) when that is unambiguous.
         matches = [p for p in available if p[-len(given) :] == given]
     if not matches:
+        # A path into the items of a suspended foreach over a nested workflow
+        # (``["each", "inner"]``, as Mastra 1.71 lists them) names that foreach.
+        matches = [p for p in available if _names_item_path(p, given, steps)]
+    if not matches:
         raise StepNotSuspendedError(".".join(given), available)
     if len(matches) > 1:
         raise MultipleSuspendedStepsError(matches)
     return ResumeTarget(path=matches[0], foreach_index=for_each_index)
+
+
+def _names_item_path(
+    path: list[str], given: list[str], steps: Mapping[str, Mapping[str, Any]]
+) -> bool:
+    """Whether ``given`` continues the suspended foreach ``path`` into the nested workflow
+    of one of its suspended items (the item's own suspended path below it)."""
+    if len(given) <= len(path) or given[: len(path)] != path:
+        return False
+    tail = given[len(path) :]
+    for outcome in _foreach_outcomes(steps.get(".".join(path))) or []:
+        if isinstance(outcome, Mapping) and outcome.get("status") == "suspended":
+            header = nested_header(outcome)
+            inner = header.get("suspended") if header else None
+            if any(list(p[: len(tail)]) == tail for p in inner or []):
+                return True
+    return False
 
 
 def _foreach_outcomes(stored: Mapping[str, Any] | None) -> list[Any] | None:
