@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import attrs
 
-from ._core._chunks import Chunk, WorkflowCanceled, WorkflowFinish, WorkflowFinishPayload
-from ._core._status import TERMINAL, RunStatus
+from ._core._chunks import Chunk
+from ._core._model import Usage
+from ._core._plan._run import ending_chunks
+from ._core._plan._values import Outcome
+from ._core._status import TERMINAL, RunStatus, StepStatus
 from ._effects import now_ms
 from ._hub import RunHub, result_from_snapshot
 from .storage import Storage
@@ -50,11 +53,8 @@ async def cancel_stored(storage: Storage, hub: RunHub) -> None:
             log = hub.log
             await log.sync_with_storage()
             events: list[Chunk] = log.take_unflushed()
-            canceled = WorkflowCanceled(run_id=run_id, seq=log.next_seq)
-            finish = WorkflowFinish(
-                run_id=run_id,
-                seq=log.next_seq + 1,
-                payload=WorkflowFinishPayload(workflow_status=RunStatus.CANCELED.value),
+            canceled, finish = ending_chunks(
+                run_id, log.next_seq, RunStatus.CANCELED, Outcome(StepStatus.CANCELED), Usage()
             )
             updated = attrs.evolve(
                 snapshot,

@@ -16,11 +16,12 @@ from typing import Protocol
 import attrs
 import trio
 
-from ._core._chunks import WorkflowFinish, WorkflowFinishPayload
 from ._core._errors import LeaseLostError, TrioflowError
 from ._core._model import RunSnapshot, SerializedError
+from ._core._plan._run import ending_chunks
+from ._core._plan._values import Outcome
 from ._core._serde import dump_error, load_error
-from ._core._status import RunStatus
+from ._core._status import RunStatus, StepStatus
 from ._driver._execution import Execution
 from ._effects import now_ms
 from ._groups import is_fatal
@@ -251,14 +252,8 @@ async def give_up(runtime: WorkerHost, run_id: str, error: SerializedError, atte
         cause=error.cause,
     )
     last = await storage.last_seq(run_id)
-    finish = WorkflowFinish(
-        run_id=run_id,
-        seq=last + 1,
-        payload=WorkflowFinishPayload(
-            workflow_status=RunStatus.FAILED.value,
-            usage=snapshot.usage,
-            metadata={"error": {"message": error.message, "name": error.name}},
-        ),
+    (finish,) = ending_chunks(
+        run_id, last + 1, RunStatus.FAILED, Outcome(StepStatus.FAILED, error=error), snapshot.usage
     )
     failed = attrs.evolve(
         snapshot,

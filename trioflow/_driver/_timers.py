@@ -40,8 +40,9 @@ async def run_map(level: Level, idx: int, entry: MapEntry, value: Any) -> Outcom
             output = await call_maybe_async(entry.fn, ctx)
         else:
             await trio.lowlevel.checkpoint()
-            context = level.execution.request_context.to_dict()
-            output = {k: level.resolve_source(s, context) for k, s in (entry.mapping or {}).items()}
+            context = level.execution.request_context.to_dict
+            mapping = entry.mapping or {}
+            output = {k: level.resolve_source(s, context) for k, s in mapping.items()}
     except trio.Cancelled:
         settle(level, idx, chunk_id, entry.id, plan.cancelled(now_ms()), call_id)
         raise

@@ -174,12 +174,9 @@ def died_here(run: Run) -> ExecutionDied | None:
     """Why ``run`` gets no more chunks here: its latest execution in this process died
     without its ``workflow-finish`` and none runs now (None: not so)."""
     hub = run._hub
-    latest = hub.latest
-    if latest is None or hub.execution is not None:
+    if hub.died_here() is None or hub.latest is None:
         return None
-    if not latest.done.is_set() or latest.result is not None:
-        return None
-    return ExecutionDied(run.run_id, latest.failure)
+    return ExecutionDied(run.run_id, hub.latest.failure)
 
 
 def follow_run(run: Run, from_seq: int) -> Subscription:

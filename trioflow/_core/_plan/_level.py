@@ -4,7 +4,7 @@ resume targeting of its nodes, idempotency keys, map sources (pure, trio-free).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._graph import Const, FromContext, FromInit, FromStep, get_path
@@ -189,13 +189,15 @@ class LevelBook:
         return key
 
 
-    def resolve_source(self, source: Any, context: Mapping[str, Any]) -> Any:
+    def resolve_source(self, source: Any, context: Callable[[], Mapping[str, Any]]) -> Any:
+        """A map source's value; ``context()`` gives the request context (read only for
+        a ``FromContext`` source)."""
         if isinstance(source, Const):
             return source.value
         if isinstance(source, FromInit):
             return get_path(self.input, source.path)
         if isinstance(source, FromContext):
-            return get_path(context, source.path)
+            return get_path(context(), source.path)
         if isinstance(source, FromStep):
             result = self.results.get(source.step_id)
             if result is None or result.status is not StepStatus.SUCCESS:
